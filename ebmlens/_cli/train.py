@@ -1,0 +1,44 @@
+"""``ebmlens train``: adversarial training with PGD-AT, TRADES, WEAT or Robust-JEM."""
+
+from __future__ import annotations
+
+import click
+
+from ..cli import friendly_errors, main, parse_number
+
+
+@main.command("train")
+@click.option("--data", required=True, help="Data spec, e.g. cifar10:PATH (train split for training, test for evaluation).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoints, metrics).")
+@click.option("--arch", default="resnet-small", show_default=True, help="Registered arch or module.path:factory.")
+@click.option("--objective", default="pgd-at", show_default=True,
+              help="pgd-at, trades, weat-adv, weat-nat, robust-jem or standard.")
+@click.option("--threat-model", default="L2", show_default=True, type=click.Choice(["L2", "Linf"]))
+@click.option("--eps", default="0.5", show_default=True, help="Attack radius in [0,1] pixels (e.g. 0.5 or 8/255).")
+@click.option("--attack-steps", default=10, show_default=True, type=int, help="PGD steps of the training attack.")
+@click.option("--attack-step-size", default=None, help="PGD step (default 2.5*eps/steps).")
+@click.option("--epochs", default=15, show_default=True, type=int)
+@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--lr", default=0.1, show_default=True, type=float, help="Peak learning rate.")
+@click.option("--weight-decay", default=5e-4, show_default=True, type=float)
+@click.option("--schedule", default="onecycle", show_default=True, type=click.Choice(["onecycle", "cosine"]))
+@click.option("--beta", default=6.0, show_default=True, type=float, help="TRADES/WEAT KL weight.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--amp", default="none", show_default=True, type=click.Choice(["none", "bf16", "fp16"]))
+@click.option("--channels-last/--no-channels-last", default=False, show_default=True)
+@click.option("--eval-n", default=1000, show_default=True, type=int, help="Held-out test images evaluated each epoch (strided).")
+@click.option("--max-train-images", default=None, type=int, help="Train on a strided subset (for quick runs).")
+@click.option("--checkpoint-every", default=100, show_default=True, type=int, help="Steps between last.pt saves.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt after a kill.")
+@friendly_errors
+def train_cmd(resume: bool, eps: str, attack_step_size: str | None, **kw) -> None:
+    """Train a classifier adversarially and evaluate clean/PGD accuracy each epoch."""
+    from ..train import TrainConfig, train
+
+    step = parse_number(attack_step_size) if attack_step_size is not None else None
+    cfg = TrainConfig(eps=parse_number(eps), attack_step_size=step, **kw)
+    result = train(cfg, resume=resume, progress=True)
+    final = result.final
+    click.echo(f"done: {cfg.out} clean_acc={final.get('clean_acc', float('nan')):.4f} "
+               f"robust_acc={final.get('robust_acc', float('nan')):.4f} (n={final.get('n')})")

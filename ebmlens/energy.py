@@ -1,0 +1,247 @@
+"""A classifier seen as an energy-based model (Grathwohl et al., JEM, 2020).
+
+For a classifier ``f`` with logits ``f(x) in R^K``:
+
+* joint energy      ``E(x, y) = -f(x)[y]``
+* marginal energy   ``E(x) = -T * logsumexp_y(f(x)[y] / T)``  (temperature ``T``, default 1)
+* class posterior   ``log p(y | x) = log_softmax(f(x))[y]``;  ``E(x) - E(x, y) = -log p(y|x) >= 0`` at T=1.
+
+:class:`EnergyModel` owns normalization, so every caller passes pixels in ``[0, 1]``
+(NCHW float). Gradients are taken with respect to the input only
+(:func:`torch.autograd.grad`), never accumulated into parameters.
+
+>>> import torch
+>>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+>>> m = EnergyModel(net, mean=(0.5,), std=(0.5,), input_shape=(3, 2, 2), num_classes=3)
+>>> x = torch.rand(4, 3, 2, 2)
+>>> bool(torch.all(m.energy(x) <= m.joint_energy(x, torch.zeros(4, dtype=torch.long)) + 1e-6))
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from typing import Callable, Iterator, Literal, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["EnergyModel", "energy_grad", "validate_images", "validate_labels"]
+
+log = logging.getLogger(__name__)
+
+EnergyKind = Literal["joint", "marginal", "ce"]
+
+
+class EnergyModel(nn.Module):
+    """Wrap a classifier as an energy-based model.
+
+    Args:
+        classifier: any ``nn.Module`` mapping normalized ``(N, C, H, W)`` images to ``(N, K)`` logits.
+        mean, std: per-channel normalization applied inside (``(x - mean) / std``). Use
+            ``(0,)``/``(1,)`` (the default) for models that normalize themselves, as RobustBench's do.
+        input_shape: ``(C, H, W)`` the classifier expects.
+        num_classes: ``K``.
+        class_names: optional names of the ``K`` classes.
+        temperature: ``T`` of the marginal energy.
+        sampling_mode: ``"eval"`` (default) or ``"train"``: the BatchNorm/Dropout mode used while
+            sampling or attacking. JEM++ samples with BatchNorm in train mode; that mode couples
+            the images of a batch. See :meth:`mode`.
+        source, name, dataset, threat_model: provenance, recorded in outputs.
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        *,
+        mean: Sequence[float] = (0.0,),
+        std: Sequence[float] = (1.0,),
+        input_shape: Sequence[int] = (3, 32, 32),
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        temperature: float = 1.0,
+        sampling_mode: Literal["eval", "train"] = "eval",
+        source: str | None = None,
+        name: str | None = None,
+        dataset: str | None = None,
+        threat_model: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(classifier, nn.Module):
+            raise TypeError(
+                f"EnergyModel expects an nn.Module classifier, got {type(classifier).__name__}; "
+                "wrap a plain function in an nn.Module first"
+            )
+        if len(input_shape) != 3 or any(int(s) <= 0 for s in input_shape):
+            raise ValueError(f"input_shape must be (C, H, W) with positive sizes, got {tuple(input_shape)}")
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        c = int(input_shape[0])
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+        for label, t in (("mean", mean_t), ("std", std_t)):
+            if t.numel() not in (1, c):
+                raise ValueError(f"{label} must have 1 or {c} values (one per channel), got {t.numel()}")
+        if torch.any(std_t <= 0):
+            raise ValueError(f"std must be > 0, got {std_t.tolist()}")
+        if class_names is not None and len(class_names) != int(num_classes):
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if sampling_mode not in ("eval", "train"):
+            raise ValueError(f"sampling_mode must be 'eval' or 'train', got {sampling_mode!r}")
+        self.classifier = classifier
+        self.register_buffer("mean", mean_t.expand(c).clone().view(1, c, 1, 1))
+        self.register_buffer("std", std_t.expand(c).clone().view(1, c, 1, 1))
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.num_classes = int(num_classes)
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
+        self.temperature = float(temperature)
+        self.sampling_mode = sampling_mode
+        self.source = source
+        self.name = name
+        self.dataset = dataset
+        self.threat_model = threat_model
+        self.eval()
+
+    # ------------------------------------------------------------------ energies
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``f(x)``: ``(N, K)`` logits of pixels ``x`` in [0, 1]. No validation here (hot path)."""
+        return self.classifier((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D401 - nn.Module protocol
+        return self.logits(x)
+
+    def energy_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``E(x) = -T logsumexp(f/T)``, computed in float32 for stability."""
+        t = self.temperature
+        return -t * torch.logsumexp(logits.float() / t, dim=1)
+
+    @staticmethod
+    def joint_energy_from_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``E(x, y) = -f(x)[y]`` in float32."""
+        return -logits.float().gather(1, y.view(-1, 1).long()).squeeze(1)
+
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        """Marginal energy ``E(x)``, shape ``(N,)``."""
+        return self.energy_from_logits(self.logits(x))
+
+    def joint_energy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Joint energy ``E(x, y) = -f(x)[y]``, shape ``(N,)``."""
+        return self.joint_energy_from_logits(self.logits(x), y)
+
+    def log_prob_y(self, x: torch.Tensor) -> torch.Tensor:
+        """``log p(y | x)`` for every class, shape ``(N, K)``."""
+        return torch.log_softmax(self.logits(x).float(), dim=1)
+
+    # ------------------------------------------------------------------ modes
+    @contextlib.contextmanager
+    def mode(self, mode: Literal["eval", "train"] | None = None) -> Iterator["EnergyModel"]:
+        """Put the classifier in ``mode`` (default: ``self.sampling_mode``) and restore afterwards.
+
+        In train mode BatchNorm running statistics are saved and restored, so sampling never
+        changes the model.
+        """
+        mode = mode or self.sampling_mode
+        if mode not in ("eval", "train"):
+            raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
+        was_training = self.classifier.training
+        saved = None
+        if mode == "train":
+            saved = {k: v.detach().clone() for k, v in self.classifier.state_dict().items()
+                     if "running_" in k or "num_batches_tracked" in k}
+        self.classifier.train(mode == "train")
+        try:
+            yield self
+        finally:
+            self.classifier.train(was_training)
+            if saved:
+                self.classifier.load_state_dict(saved, strict=False)
+
+    def describe(self) -> dict:
+        """Provenance, as recorded in run.json and reports."""
+        return {
+            "source": self.source,
+            "name": self.name,
+            "dataset": self.dataset,
+            "threat_model": self.threat_model,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "temperature": self.temperature,
+            "sampling_mode": self.sampling_mode,
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+        }
+
+
+def energy_grad(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of ``fn(x).sum()`` with respect to ``x`` only.
+
+    ``fn`` maps ``(N, ...)`` images to ``(N,)`` per-sample values (an energy or a loss); because
+    samples are independent (in eval mode), the gradient of the sum is the per-sample gradient.
+    Parameters receive no gradient: :func:`torch.autograd.grad` is asked for ``x`` alone.
+
+    Returns:
+        ``(value, grad)``: the detached per-sample values ``(N,)`` and ``d value / d x`` (shape of x).
+    """
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        value = fn(xg)
+        (grad,) = torch.autograd.grad(value.sum(), xg)
+    return value.detach(), grad
+
+
+# ---------------------------------------------------------------------- validation
+def validate_images(x: object, model: EnergyModel | None = None, *, name: str = "x") -> torch.Tensor:
+    """Check an image batch at a public entry point: float NCHW, finite, roughly in [0, 1].
+
+    Raises ``TypeError``/``ValueError`` naming the problem and the fix; warns once when values are
+    far outside [0, 1] (a sign of pre-normalized input; the model normalizes itself).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must have shape (N, C, H, W), got shape {tuple(x.shape)}; "
+                         "add a batch dimension with x.unsqueeze(0)")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor with pixels in [0, 1], got dtype {x.dtype}; "
+                        "convert uint8 images with x.float() / 255")
+    if model is not None and tuple(x.shape[1:]) != tuple(model.input_shape):
+        if x.shape[1] != model.input_shape[0]:
+            raise ValueError(f"{name} has {x.shape[1]} channels but the model expects "
+                             f"{model.input_shape[0]} (input_shape {model.input_shape})")
+        log.debug("input spatial size %s differs from the model's %s", tuple(x.shape[2:]), model.input_shape[1:])
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if x.numel():
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -0.5 or hi > 1.5:
+            warnings.warn(
+                f"{name} has values in [{lo:.3g}, {hi:.3g}], far outside [0, 1]: ebmlens models take raw "
+                "pixels in [0, 1] and normalize inside; pass unnormalized images",
+                stacklevel=2,
+            )
+    return x
+
+
+def validate_labels(y: object, num_classes: int, n: int | None = None, *, name: str = "y") -> torch.Tensor:
+    """Check a label vector: integer, 1-D, values in ``[0, num_classes)``, length ``n`` if given."""
+    if isinstance(y, (list, tuple, range)):
+        y = torch.as_tensor(list(y))
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor of class indices, got {type(y).__name__}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class indices, got dtype {y.dtype}; use y.long()")
+    if y.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (N,), got shape {tuple(y.shape)}")
+    if n is not None and y.numel() != n:
+        raise ValueError(f"{name} has {y.numel()} labels for {n} images")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+        raise ValueError(f"{name} contains class index {bad}, outside [0, {num_classes - 1}] for a "
+                         f"{num_classes}-class model")
+    return y.long()

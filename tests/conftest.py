@@ -1,0 +1,68 @@
+"""Shared fixtures. Data comes from ../shared/data (never the network); decoded arrays are cached
+under $EBMLENS_CACHE (default ~/.cache/ebmlens), so the archive is decoded once per machine."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ebmlens.data import default_cifar10_path, load_data
+from ebmlens.energy import EnergyModel
+from ebmlens.models.archs import ConvNetSmall
+
+torch.set_num_threads(int(os.environ.get("EBMLENS_TEST_THREADS", "2")))
+
+
+@pytest.fixture(scope="session")
+def cifar_path() -> Path:
+    p = default_cifar10_path()
+    assert p is not None and p.exists(), (
+        "CIFAR-10 archive not found: put ../shared/data/cifar10-jpeg.tar.xz beside the checkout "
+        "or set EBMLENS_CIFAR10")
+    return p
+
+
+@pytest.fixture(scope="session")
+def cifar_spec(cifar_path) -> str:
+    return f"cifar10:{cifar_path}"
+
+
+@pytest.fixture(scope="session")
+def cifar_test(cifar_spec):
+    return load_data(cifar_spec, "test")
+
+
+@pytest.fixture(scope="session")
+def cifar_train(cifar_spec):
+    return load_data(cifar_spec, "train")
+
+
+def make_tiny_model(seed: int = 0, num_classes: int = 10) -> EnergyModel:
+    """A small random ConvNet as an EnergyModel (fast; for contracts, not quality)."""
+    g = torch.Generator().manual_seed(seed)
+    net = ConvNetSmall(num_classes=num_classes, widths=(8, 16, 16, 16))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.ndim > 1 else 0.05))
+    return EnergyModel(net, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_shape=(3, 32, 32),
+                       num_classes=num_classes, source="test", name="tiny")
+
+
+@pytest.fixture
+def tiny_model() -> EnergyModel:
+    return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def robust_model() -> EnergyModel:
+    """The bundled robust model (ebmlens:cifar10-l2-small). During development only,
+    EBMLENS_DEV_ROBUST=path/to/epoch_NNN.pt stands in for it before it ships."""
+    dev = os.environ.get("EBMLENS_DEV_ROBUST")
+    import ebmlens
+
+    if dev:
+        return ebmlens.load_model(f"file:{dev}")
+    return ebmlens.load_model("ebmlens:cifar10-l2-small")
