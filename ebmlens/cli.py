@@ -75,7 +75,7 @@ def _register() -> None:
 
     from . import _cli
 
-    for mod in sorted(m.name for m in pkgutil.iter_modules(_cli.__path__)):
+    for mod in sorted(m.name for m in pkgutil.iter_modules(_cli.__path__) if not m.name.startswith("_")):
         importlib.import_module(f"{_cli.__name__}.{mod}")
 
 
