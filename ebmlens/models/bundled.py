@@ -1,0 +1,100 @@
+"""``ebmlens:NAME`` - small models that ship inside the package (the default: :data:`DEFAULT_MODEL`).
+
+Each model is a pair in the ``bundled/`` folder next to this file:
+
+* ``NAME.safetensors`` - the weights (may be stored in float16; cast to float32 on load);
+* ``NAME.json``        - ``{"arch", "num_classes", "class_names", "mean", "std", "input_shape",
+  "threat_model", "eps", "dataset", "card": {...}}``; the card records how it was trained and
+  measured.
+
+The folder can be redirected with ``$EBMLENS_BUNDLED_DIR`` or by setting :data:`BUNDLED_DIR`.
+
+>>> isinstance(list_names(), list)
+True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..energy import EnergyModel
+from .archs import get_arch
+from .file import load_into, read_checkpoint
+
+__all__ = ["DEFAULT_MODEL", "BUNDLED_DIR", "bundled_dir", "list_names", "load", "model_card", "model_meta"]
+
+DEFAULT_MODEL = "ebmlens:cifar10-l2-small"
+
+#: Override for the folder of bundled models (``None``: ``$EBMLENS_BUNDLED_DIR`` or the package's).
+BUNDLED_DIR: Path | None = None
+
+_REQUIRED = ("arch", "num_classes", "mean", "std", "input_shape")
+
+
+def bundled_dir() -> Path:
+    """The folder holding ``NAME.safetensors`` + ``NAME.json`` pairs."""
+    if BUNDLED_DIR is not None:
+        return Path(BUNDLED_DIR)
+    env = os.environ.get("EBMLENS_BUNDLED_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent / "bundled"
+
+
+def list_names() -> list[str]:
+    """Names of the bundled models present (a ``.json`` with its ``.safetensors``)."""
+    d = bundled_dir()
+    if not d.is_dir():
+        return []
+    return sorted(p.stem for p in d.glob("*.json") if p.with_suffix(".safetensors").is_file())
+
+
+def model_meta(name: str) -> dict:
+    """The ``NAME.json`` of a bundled model, checked."""
+    names = list_names()
+    if name not in names:
+        from . import unknown_name_error
+
+        hint = (f"No bundled models were found in {bundled_dir()}; reinstall ebmlens"
+                if not names else f"Bundled models live in {bundled_dir()}.")
+        raise unknown_name_error("bundled model", name, names, hint)
+    path = bundled_dir() / f"{name}.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"bundled model file {str(path)!r} is not valid JSON ({e}); reinstall ebmlens") from None
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise ValueError(f"bundled model file {str(path)!r} lacks {', '.join(missing)}")
+    return meta
+
+
+def model_card(name: str) -> dict:
+    """The model card (training command, data, seed, measured accuracies) of a bundled model."""
+    return dict(model_meta(name).get("card", {}))
+
+
+def load(name: str, *, temperature: float = 1.0, sampling_mode: str = "eval") -> EnergyModel:
+    """Load the bundled model ``name`` (float32, eval mode, CPU)."""
+    meta = model_meta(name)
+    path = bundled_dir() / f"{name}.safetensors"
+    sd, _ = read_checkpoint(path, where="reinstall ebmlens")
+    sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+    net = get_arch(meta["arch"])(num_classes=int(meta["num_classes"]))
+    load_into(net, sd, path=path, strict=True)
+    return EnergyModel(
+        net,
+        mean=meta["mean"],
+        std=meta["std"],
+        input_shape=meta["input_shape"],
+        num_classes=int(meta["num_classes"]),
+        class_names=meta.get("class_names"),
+        temperature=temperature,
+        sampling_mode=sampling_mode,  # type: ignore[arg-type]
+        source="ebmlens",
+        name=name,
+        dataset=meta.get("dataset"),
+        threat_model=meta.get("threat_model"),
+    )

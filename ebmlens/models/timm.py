@@ -1,0 +1,149 @@
+"""``timm:NAME`` - any timm model, with weights from a local file or timm's own cache. Never downloads.
+
+* ``checkpoint=PATH`` (``.safetensors``/``.pth``/``.pt``): built with ``pretrained=False`` and
+  loaded safely (safetensors or ``torch.load(weights_only=True)``). Files in the original
+  (non-timm) layout are passed through timm's own key filter for that architecture.
+* no checkpoint: ``pretrained=True`` with the network blocked, which succeeds only when the weights
+  are already in timm's cache (Hugging Face hub cache or ``~/.cache/torch/hub``).
+
+Mean, std and input size come from ``timm.data.resolve_model_data_config``; 1000-class models get
+ImageNet class names from timm's bundled WordNet lemmas.
+
+>>> m = load("resnet18", pretrained=False)  # doctest: +SKIP  (random weights, for tests)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from ..energy import EnergyModel
+from ._offline import NetworkBlocked, no_network
+from .file import load_into, match_state_dict, read_checkpoint, split_checkpoint
+
+__all__ = ["load", "list_names", "imagenet_class_names"]
+
+log = logging.getLogger(__name__)
+
+_EXTRA = "pip install 'ebmlens[timm]'"
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise ImportError(f"timm models need the timm package: {_EXTRA}") from None
+    return timm
+
+
+def list_names(pattern: str = "", pretrained: bool = False) -> list[str]:
+    """timm's model names matching ``pattern`` (``"resnet*"``); ``pretrained=True`` lists
+    ``arch.tag`` names that have published weights. Offline: this is timm's registry."""
+    return list(_timm().list_models(pattern or "", pretrained=pretrained))
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names (WordNet lemmas, as timm ships them)."""
+    from timm.data import ImageNetInfo
+
+    return [d.split(",")[0].strip() for d in ImageNetInfo("imagenet-1k").label_descriptions()]
+
+
+def _check_name(timm, name: str) -> None:
+    if not timm.is_model(name):
+        from . import unknown_name_error
+
+        raise unknown_name_error("timm model", name, timm.list_models(), "(list them with "
+                                 "ebmlens.list_models('timm', pattern='resnet*'))", show=20)
+    try:
+        from timm.models import get_pretrained_cfg
+
+        get_pretrained_cfg(name)
+    except RuntimeError as e:  # a known arch with an unknown '.tag'
+        arch = name.split(".")[0]
+        from . import unknown_name_error
+
+        raise unknown_name_error("timm pretrained tag", name, timm.list_models(arch, pretrained=True), str(e)) from None
+
+
+def load(
+    name: str,
+    *,
+    checkpoint: str | Path | None = None,
+    pretrained: bool = True,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    dataset: str | None = None,
+    threat_model: str | None = None,
+    trust_checkpoint: bool = False,
+    temperature: float = 1.0,
+    sampling_mode: str = "eval",
+    **timm_kwargs,
+) -> EnergyModel:
+    """Load ``timm:NAME`` as an :class:`~ebmlens.EnergyModel`.
+
+    Args:
+        name: a timm model name, optionally with its weights tag (``"resnet50.tv_in1k"``).
+        checkpoint: a local weights file; without it, timm's cache is used (no download).
+        pretrained: ``False`` builds random weights (tests, or training from scratch).
+        num_classes: override the classifier size (a fine-tuned checkpoint).
+        class_names: names of the classes (default: ImageNet names for 1000 classes, else indices).
+        trust_checkpoint: allow pickled objects in ``checkpoint``.
+        **timm_kwargs: passed to ``timm.create_model`` (e.g. ``drop_rate``).
+    """
+    timm = _timm()
+    _check_name(timm, name)
+    if num_classes is not None:
+        timm_kwargs["num_classes"] = int(num_classes)
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        obj, meta = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+        sd, _ = split_checkpoint(obj, meta)
+        net = timm.create_model(name, pretrained=False, **timm_kwargs)
+        sd2 = match_state_dict(sd, net)
+        if set(sd2) == set(net.state_dict()):
+            load_into(net, sd2, path=path)
+        else:  # original-layout weights: let timm's filter for this architecture remap the keys
+            try:
+                with no_network():
+                    net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": sd2},
+                                            **timm_kwargs)
+            except (RuntimeError, KeyError, ValueError, NetworkBlocked):
+                load_into(net, sd2, path=path)  # raises the readable key-mismatch error
+    elif pretrained:
+        try:
+            with no_network():
+                net = timm.create_model(name, pretrained=True, **timm_kwargs)
+        except (NetworkBlocked, RuntimeError, OSError) as e:
+            cfg = getattr(timm.models, "get_pretrained_cfg", lambda n: None)(name)
+            origin = (getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or "timm's hub") if cfg else "timm's hub"
+            raise FileNotFoundError(
+                f"timm weights for {name!r} are not in the local cache (they come from {origin}; timm said: "
+                f"{str(e).splitlines()[0][:160] if str(e) else type(e).__name__}) and ebmlens does not download. "
+                "Pass checkpoint=PATH to a local .safetensors/.pth file (CLI: --checkpoint), or fill timm's "
+                "cache once with timm.create_model(name, pretrained=True) on a machine with internet access") from None
+    else:
+        net = timm.create_model(name, pretrained=False, **timm_kwargs)
+    net.eval()
+    cfg = timm.data.resolve_model_data_config(net)
+    k = int(getattr(net, "num_classes", 0) or 0)
+    if k < 2:
+        raise ValueError(f"timm model {name!r} has no classifier head (num_classes={k}); pass num_classes=")
+    if class_names is None and k == 1000:
+        class_names = imagenet_class_names()
+        dataset = dataset or "imagenet"
+    return EnergyModel(
+        net,
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        input_shape=tuple(cfg["input_size"]),
+        num_classes=k,
+        class_names=class_names,
+        temperature=temperature,
+        sampling_mode=sampling_mode,  # type: ignore[arg-type]
+        source="timm",
+        name=name,
+        dataset=dataset,
+        threat_model=threat_model,
+    )
