@@ -1,0 +1,150 @@
+"""``ebmlens sample``: class-conditional samples from a classifier with a named preset.
+
+The command is :func:`ebmlens.sample` with a preset::
+
+    model = ebmlens.load_model("ebmlens:cifar10-l2-small")
+    pipe = ebmlens.sampling.presets.get("robust-jem", stats=stats, **overrides)
+    ebmlens.sample(model, pipe, n=64, out_dir="samples/", batch_size=256, seed=0)
+
+Under ``torchrun --nproc_per_node=K -m ebmlens sample ...`` the sample indices are split across
+the K processes and rank 0 merges the shards (see :mod:`ebmlens.sampling.runner`).
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from typing import Any
+
+import click
+
+from ..cli import friendly_errors, main
+
+try:  # the bundled default lives with the bundled models
+    from ..models.bundled import DEFAULT_MODEL
+except ImportError:  # pragma: no cover - partial installs
+    DEFAULT_MODEL = "ebmlens:cifar10-l2-small"
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"steps=20"`` -> ``("steps", 20)``; values become int, float (``8/255`` too), bool, None or str.
+
+    >>> parse_override("eps=8/255")[1] == 8 / 255, parse_override("covariance=full")
+    (True, ('covariance', 'full'))
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key.isidentifier():
+        raise ValueError(f"--set expects KEY=VALUE (e.g. --set steps=20), got {text!r}")
+    raw = raw.strip()
+    low = raw.lower()
+    if low in ("true", "false"):
+        return key, low == "true"
+    if low in ("none", "null"):
+        return key, None
+    try:
+        return key, int(raw)
+    except ValueError:
+        pass
+    try:
+        return key, float(raw)
+    except ValueError:
+        pass
+    try:
+        return key, float(Fraction(raw))
+    except (ValueError, ZeroDivisionError):
+        return key, raw
+
+
+def parse_classes(text: str | None) -> str | list[str]:
+    """``"all"`` or ``"0,3,cat"`` -> ``"all"`` / ``["0", "3", "cat"]`` (resolved against the model later)."""
+    if text is None or text.strip().lower() == "all":
+        return "all"
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ValueError(f"--classes expects 'all' or a comma list of class indices or names, got {text!r}")
+    return parts
+
+
+def bundled_stats(model) -> Any:
+    """The compact class statistics shipped with a bundled model (``<bundled dir>/<name>.stats.safetensors``,
+    or ``ebmlens.models.bundled.bundled_stats(name)`` when the bundled module provides it), else ``None``."""
+    if getattr(model, "source", None) != "ebmlens" or not getattr(model, "name", None):
+        return None
+    from ..models import bundled
+
+    fn = getattr(bundled, "bundled_stats", None)
+    if callable(fn):
+        return fn(model.name)
+    path = bundled.bundled_dir() / f"{model.name}.stats.safetensors"
+    if not path.is_file():
+        return None
+    from ..sampling.stats import ClassStats
+
+    return ClassStats.load(path)
+
+
+@main.command("sample")
+@click.option("--model", "model_spec", default=DEFAULT_MODEL, show_default=True,
+              help="Model spec: ebmlens:NAME, robustbench:NAME, timm:NAME, file:PATH.")
+@click.option("--model-dir", default=None, help="Folder of RobustBench checkpoints (default models/).")
+@click.option("--dataset", default=None, help="RobustBench dataset of the model (cifar10, cifar100, imagenet).")
+@click.option("--threat-model", default=None, help="RobustBench threat model of the model (Linf, L2, ...).")
+@click.option("--arch", default=None, help="Architecture of a file: checkpoint (registered name or module:fn).")
+@click.option("--data", default=None,
+              help="Data spec (cifar10:PATH): class statistics for the preset (train split), seeds for dat2025.")
+@click.option("--stats", "stats_path", default=None, type=click.Path(dir_okay=False),
+              help="A saved ClassStats file (.safetensors), instead of fitting on --data.")
+@click.option("--preset", default="robust-jem", show_default=True, help="Sampler preset (see docs/cli.md).")
+@click.option("--n", default=64, show_default=True, type=int, help="Number of samples.")
+@click.option("--classes", default="all", show_default=True,
+              help="'all' or a comma list of class indices or names; labels cycle through them.")
+@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Sample i uses stream (seed, i).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--resume", is_flag=True, help="Continue a killed run in --out.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... (auto: CUDA if available).")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="Autocast precision of the model passes.")
+@click.option("--no-png", is_flag=True, help="Skip the per-image PNGs (samples.npz and grid.png are written).")
+@click.option("--no-grid", is_flag=True, help="Skip grid.png.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a preset option (repeatable), e.g. --set steps=20 --set eps=8/255.")
+@friendly_errors
+def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, data, stats_path, preset, n, classes, batch_size,
+               seed, out, resume, device, dtype, no_png, no_grid, overrides) -> None:
+    """Draw class-conditional samples with a preset; writes PNGs, samples.npz, grid.png and run.json."""
+    from ..sampling import presets
+    from ..sampling.runner import resolve_classes, sample
+    from ._common import load_model_from_cli
+
+    # cheap checks first: no model is loaded for a typo
+    if n <= 0:
+        raise ValueError(f"--n must be a positive number of samples, got {n}")
+    if batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    if preset not in presets.names():
+        presets.get(preset)  # raises the error with close matches
+    opts = dict(parse_override(s) for s in overrides)
+    wanted = parse_classes(classes)
+    if stats_path is not None and not os.path.isfile(stats_path):
+        raise FileNotFoundError(f"--stats file {stats_path!r} does not exist; save one with "
+                                "ebmlens.class_stats('cifar10:PATH').save(PATH)")
+
+    model = load_model_from_cli(model_spec, model_dir=model_dir, dataset=dataset, threat_model=threat_model, arch=arch)
+    resolve_classes(wanted, model.num_classes, model.class_names)  # out-of-range classes fail before any fitting
+    stats: Any = None
+    if stats_path is not None:
+        from ..sampling.stats import ClassStats
+
+        stats = ClassStats.load(stats_path)
+    elif data is None:
+        stats = bundled_stats(model)
+    pipe = presets.get(preset, stats=stats, data=data, **opts)
+    run = sample(model, pipe, n, out, batch_size=batch_size, seed=seed, classes=wanted, resume=resume,
+                 progress=True, device=device, dtype=dtype, save_png=not no_png, grid=not no_grid)
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        t = run.run["timings"]
+        ips = f", {t['images_per_s']:.2f} images/s" if t.get("images_per_s") else ""
+        grid = f", grid {run.grid}" if run.grid else ""
+        click.echo(f"wrote {run.n} samples to {run.out_dir}{grid} ({preset}{ips})")

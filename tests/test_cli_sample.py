@@ -1,0 +1,142 @@
+"""``ebmlens sample``: the default path (bundled model + its shipped statistics), file: models,
+overrides, resume, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+from ebmlens.cli import main
+from ebmlens.data import CIFAR10_CLASSES
+from ebmlens.models.archs import ConvNetSmall
+from ebmlens.sampling import class_stats
+
+SHAPE = (3, 16, 16)  # small images keep the Gaussian statistics and the passes cheap
+QUICK = ["--set", "attack_steps=2", "--set", "steps=2", "--set", "inner_steps=1"]  # robust-jem, shortened
+
+
+def _net(seed: int = 0) -> ConvNetSmall:
+    g = torch.Generator().manual_seed(seed)
+    net = ConvNetSmall(num_classes=10)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.ndim > 1 else 0.05))
+    return net.eval()
+
+
+def _meta() -> dict:
+    return {"arch": "convnet-small", "num_classes": 10, "class_names": CIFAR10_CLASSES, "mean": [0.5] * 3,
+            "std": [0.25] * 3, "input_shape": list(SHAPE), "dataset": "cifar10", "threat_model": "L2"}
+
+
+def _stats():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(200, *SHAPE, generator=g) * 0.5 + 0.25 * torch.arange(10).repeat(20).view(-1, 1, 1, 1) / 10
+    return class_stats(x, torch.arange(10).repeat(20)).compact(8)
+
+
+@pytest.fixture(scope="module")
+def fake_bundle(tmp_path_factory):
+    """A bundled-model folder standing in for the package's (weights + json + compact stats)."""
+    d = tmp_path_factory.mktemp("bundled")
+    name = "cifar10-l2-small"
+    save_file({k: v.contiguous() for k, v in _net().state_dict().items()}, str(d / f"{name}.safetensors"))
+    (d / f"{name}.json").write_text(json.dumps(_meta()))
+    _stats().save(d / f"{name}.stats.safetensors")
+    return d
+
+
+@pytest.fixture
+def bundled(fake_bundle, monkeypatch):
+    monkeypatch.setenv("EBMLENS_BUNDLED_DIR", str(fake_bundle))
+    return fake_bundle
+
+
+def _invoke(args):
+    return CliRunner().invoke(main, ["sample", *args], catch_exceptions=False)
+
+
+def test_default_model_and_shipped_stats(bundled, tmp_path):
+    out = tmp_path / "s"
+    r = _invoke(["--n", "12", "--classes", "0,cat,9", "--batch-size", "5", "--out", str(out), *QUICK])
+    assert r.exit_code == 0, r.output
+    assert f"wrote 12 samples to {out}" in r.output
+    with np.load(out / "samples.npz") as z:
+        assert z["images"].shape == (12, 16, 16, 3) and z["images"].dtype == np.uint8
+        assert z["labels"].tolist() == [0, 3, 9] * 4
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["source"] == "ebmlens" and run["model"]["name"] == "cifar10-l2-small"
+    names = [s["name"] for s in run["pipeline"]["stages"]]
+    assert run["pipeline"]["init"]["name"] == "GaussianInit" and names == ["TargetedPGD", "Contrast", "SGLD", "Clamp"]
+    assert run["pipeline"]["stages"][0]["steps"] == 2 and run["pipeline"]["stages"][2]["steps"] == 2
+    # the statistics are recorded by fingerprint, never as tensors
+    assert "<array" not in json.dumps(run["pipeline"])
+    assert sorted(p.parent.name for p in out.glob("*/*.png")) == ["airplane"] * 4 + ["cat"] * 4 + ["truck"] * 4
+    assert (out / "grid.png").exists()
+    assert len(run["energy"]) == 5 * 2  # E(x), E(x,y) after the init and after each of the 4 stages
+
+    # --resume on a finished run re-merges, samples nothing, and gives the same images
+    r2 = _invoke(["--n", "12", "--classes", "0,cat,9", "--batch-size", "4", "--out", str(out), "--resume",
+                  "--no-png", *QUICK])
+    assert r2.exit_code == 0, r2.output
+    run2 = json.loads((out / "run.json").read_text())
+    assert run2["timings"]["images_sampled"] == 0 and run2["timings"]["images_resumed"] == 12
+    with np.load(out / "samples.npz") as z:
+        assert z["labels"].tolist() == [0, 3, 9] * 4
+
+
+def test_file_model_with_stats_file_and_dtype(tmp_path):
+    ckpt = tmp_path / "m.pt"
+    torch.save({"state_dict": _net(2).state_dict(), "ebmlens_meta": _meta()}, ckpt)
+    stats = _stats().save(tmp_path / "stats.safetensors")
+    out = tmp_path / "f"
+    r = _invoke(["--model", f"file:{ckpt}", "--stats", str(stats), "--preset", "santurkar2019", "--set", "steps=2",
+                 "--n", "4", "--out", str(out), "--no-png", "--no-grid", "--dtype", "bfloat16", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["dtype"] == "bfloat16" and run["device"] == "cpu" and run["files"]["grid"] is None
+    assert run["pipeline"]["stages"][0]["name"] == "TargetedPGD" and run["pipeline"]["stages"][0]["steps"] == 2
+    assert not (out / "grid.png").exists() and not list(out.glob("*/*.png"))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--n", "0"], "--n must be a positive"),
+    (["--n", "-5"], "--n must be a positive"),
+    (["--preset", "robust-jm"], "unknown preset 'robust-jm'; did you mean robust-jem"),
+    (["--classes", "3,10"], "class index 10 is out of range"),
+    (["--classes", "kat"], "unknown class name 'kat'; did you mean cat"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--set", "steps"], "--set expects KEY=VALUE"),
+    (["--set", "bogus=1"], "has no option 'bogus'"),
+    (["--stats", "/nonexistent/stats.safetensors"], "does not exist"),
+])
+def test_bad_arguments_one_line_exit_2(bundled, tmp_path, args, needle):
+    r = _invoke(["--out", str(tmp_path / "x"), *args])
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.output
+    assert not (tmp_path / "x" / "samples.npz").exists()
+
+
+def test_missing_stats_is_a_one_line_error(bundled, tmp_path):
+    (bundled / "cifar10-l2-small.stats.safetensors").rename(bundled / "hidden.bin")
+    try:
+        r = _invoke(["--out", str(tmp_path / "x"), "--n", "2"])
+    finally:
+        (bundled / "hidden.bin").rename(bundled / "cifar10-l2-small.stats.safetensors")
+    assert r.exit_code == 2
+    line = r.output.strip()
+    assert "\n" not in line and line.startswith("error: ") and "needs per-class statistics" in line
+    assert "--data" in line
+
+
+def test_refuses_to_overwrite_without_resume(bundled, tmp_path):
+    args = ["--n", "2", "--out", str(tmp_path / "o"), "--no-png", *QUICK]
+    assert _invoke(args).exit_code == 0
+    r = _invoke(args)
+    assert r.exit_code == 2 and "--resume" in r.output and r.output.count("\n") == 1
