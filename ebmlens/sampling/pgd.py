@@ -1,0 +1,73 @@
+"""Targeted projected gradient descent as a sampling stage (Santurkar et al. 2019; DAT).
+
+Each step descends the loss of the *target* class inside a ball around the stage's input ``x0``:
+
+    g = d loss(f(x), y) / d x;   x <- clamp(project(step(x, -g, step_size), x0), 0, 1)
+
+with the geometry's step (L2: ``-step_size * g / ||g||_2``; Linf: ``-step_size * sign(g)``;
+Unconstrained: the L2 step with no ball). Losses: ``"ce"`` cross-entropy to the target
+``E(x, y) - E(x)`` (Santurkar et al.), ``"joint"`` ``E(x, y) = -f(x)[y]`` (DAT ascends the target
+logit), ``"marginal"`` ``E(x)`` (unconditional). Built on :func:`ebmlens.attacks.pgd`.
+
+>>> import torch
+>>> from ebmlens.attacks import L2Ball
+>>> stage = TargetedPGD(L2Ball(0.5), steps=3, step_size=0.2)
+>>> stage.geometry
+L2Ball(eps=0.5)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+
+from .. import rng
+from ..attacks import Geometry, pgd
+
+__all__ = ["TargetedPGD"]
+
+
+@dataclass(frozen=True)
+class TargetedPGD:
+    """Targeted PGD toward class ``y``.
+
+    Args:
+        geometry: ``L2Ball(eps)``, ``LinfBall(eps)`` or ``Unconstrained()``; the ball is centred on
+            the stage's input.
+        steps: gradient steps (>= 0; one forward + backward each).
+        step_size: step length in the geometry's norm, pixels in [0, 1].
+        loss: ``"ce"`` | ``"joint"`` | ``"marginal"`` (see module doc).
+        random_start: start from a random point of the ball (drawn from ``generator``).
+        keep_best: return each sample's iterate with the lowest loss (Santurkar et al.'s
+            ``use_best``; one extra forward pass).
+        clamp: pixel range kept after every step (``None``: none).
+
+    Shapes: ``x (N, C, H, W)``, ``y (N,)`` -> ``(N, C, H, W)``.
+    """
+
+    geometry: Geometry
+    steps: int
+    step_size: float
+    loss: Literal["ce", "joint", "marginal"] = "ce"
+    random_start: bool = False
+    keep_best: bool = False
+    clamp: tuple[float, float] | None = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if not all(hasattr(self.geometry, a) for a in ("random_start", "step", "project")):
+            raise TypeError(f"TargetedPGD geometry must be L2Ball(eps), LinfBall(eps) or Unconstrained(), got "
+                            f"{self.geometry!r}")
+        if not (isinstance(self.steps, int) and self.steps >= 0):
+            raise ValueError(f"TargetedPGD steps must be an int >= 0, got {self.steps!r}")
+        if not self.step_size > 0:
+            raise ValueError(f"TargetedPGD step_size must be > 0, got {self.step_size!r}")
+        if self.loss not in ("ce", "joint", "marginal"):
+            raise ValueError(f"TargetedPGD loss must be 'ce', 'joint' or 'marginal', got {self.loss!r}")
+
+    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, *, generator: rng.GeneratorLike = None,
+                 callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+        return pgd(model, x, y, self.geometry, self.steps, self.step_size, loss=self.loss, targeted=True,
+                   random_start=self.random_start, keep_best=self.keep_best, clamp=self.clamp,
+                   generator=generator, callback=callback)
