@@ -37,7 +37,7 @@ __all__ = ["TradesTerms", "trades_energy_terms", "trades_terms_from_logits"]
 
 @dataclass(frozen=True)
 class TradesTerms:
-    """Per-sample TRADES terms in energies; every field has shape ``(N,)`` (float32).
+    """Per-sample TRADES terms in energies; every field has shape ``(N,)`` (float32, or float64 for float64 logits).
 
     Attributes:
         energy: ``E(x)`` of the natural inputs.
@@ -69,7 +69,7 @@ def _check_logits(name: str, t: object) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor of shape (N, K), got {type(t).__name__}")
     if t.dim() != 2 or t.shape[1] < 2:
         raise ValueError(f"{name} must have shape (N, K) with K >= 2 classes, got {tuple(t.shape)}")
-    return t.float()
+    return t if t.dtype == torch.float64 else t.float()  # at least float32 (autocast gives bf16/fp16)
 
 
 def trades_terms_from_logits(logits: torch.Tensor, logits_adv: torch.Tensor,

@@ -15,9 +15,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .. import rng
+from ..analysis.trades import trades_terms_from_logits
+from ..analysis.weat import weat_terms_from_logits
 from ..attacks import attack_loss, make_geometry, pgd
 
-__all__ = ["AttackConfig", "pgd_at", "trades", "adversarial_examples", "OBJECTIVES"]
+__all__ = ["AttackConfig", "pgd_at", "trades", "trades_examples", "weat_adv", "weat_nat", "standard",
+           "adversarial_examples", "OBJECTIVES"]
 
 
 @dataclass(frozen=True)
@@ -72,32 +76,80 @@ def pgd_at(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, gen
     return F.cross_entropy(model.logits(x_adv).float(), y)
 
 
-def trades(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, beta: float = 6.0, generator=None) -> torch.Tensor:
-    """TRADES (Zhang et al., ICML 2019).
+def trades_examples(model, x: torch.Tensor, attack: AttackConfig, *, generator=None) -> torch.Tensor:
+    """TRADES' inner maximization: ``x* = argmax_{x' in ball(x)} KL(p(.|x) || p(.|x'))`` by PGD.
 
-    ``loss = CE(f(x), y) + beta * KL(p(.|x) || p(.|x*))`` where ``x*`` maximizes the KL term
-    (KL-PGD from ``x + 0.001 N(0, I)``). Defaults: beta 6, 10 KL-PGD steps.
-    The energy form of the same terms is :func:`ebmlens.analysis.trades_energy_terms`.
+    Starts from ``x + 0.001 N(0, I)`` (clamped to [0, 1]), steps in the attack's geometry, eval mode
+    (mode restored), ``p(.|x)`` fixed. The same examples serve TRADES and both WEAT objectives.
     """
-    if not beta >= 0:
-        raise ValueError(f"TRADES beta must be >= 0, got {beta}")
-    from .. import rng
-
     geom = make_geometry(attack.threat_model, attack.eps)
     with model.mode("eval"):
         with torch.no_grad():
-            p_nat = F.softmax(model.logits(x).float(), dim=1)
+            logits_nat = model.logits(x)
         start = (x + 0.001 * rng.randn(generator, x.shape[0], x.shape[1:], device=x.device)).clamp(0, 1)
 
         def kl_loss(logits, _y):
-            return F.kl_div(F.log_softmax(logits.float(), dim=1), p_nat, reduction="none").sum(1)
+            return trades_terms_from_logits(logits_nat, logits).kl
 
-        x_adv = pgd(model, start, y, geom, attack.steps, attack.alpha, loss=kl_loss, x0=x)
-    logits_nat = model.logits(x).float()
-    logits_adv = model.logits(x_adv).float()
-    ce = F.cross_entropy(logits_nat, y)
-    kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1), reduction="batchmean")
-    return ce + beta * kl
+        return pgd(model, start, logits_nat.argmax(1), geom, attack.steps, attack.alpha, loss=kl_loss, x0=x)
+
+
+def _check_beta(name: str, beta: float) -> None:
+    if not (isinstance(beta, (int, float)) and beta >= 0):
+        raise ValueError(f"{name} beta must be a number >= 0, got {beta!r}")
+
+
+def trades(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, beta: float = 6.0, generator=None) -> torch.Tensor:
+    """TRADES (Zhang et al., ICML 2019).
+
+    ``loss = mean_i CE(f(x_i), y_i) + beta * mean_i KL(p(.|x_i) || p(.|x*_i))`` where ``x*``
+    maximizes the KL term (:func:`trades_examples`: KL-PGD from ``x + 0.001 N(0, I)``).
+    Both terms are computed in energies by :func:`ebmlens.analysis.trades_terms_from_logits`:
+    ``CE = E(x, y) - E(x)``, ``KL = sum_k p(k|x) [E(x*, k) - E(x, k)] + E(x) - E(x*)``.
+    Defaults (TRADES paper/code): beta 6; Linf eps 8/255, step 2/255, 10 KL-PGD steps.
+    """
+    _check_beta("TRADES", beta)
+    x_adv = trades_examples(model, x, attack, generator=generator)
+    return trades_terms_from_logits(model.logits(x), model.logits(x_adv), y).loss(beta)
+
+
+def _weat(model, x, y, attack, kind: str, beta: float, generator) -> torch.Tensor:
+    _check_beta(f"WEAT-{kind}", beta)
+    x_adv = trades_examples(model, x, attack, generator=generator)
+    e_w = None
+    if not model.classifier.training:  # the weights come from a train-mode forward (BN buffers restored);
+        with torch.no_grad(), model.mode("train"):  # before the loss's forwards: restoring the buffers
+            e_w = -torch.logsumexp(model.logits(x).float(), dim=1)  # in place would break their graph
+    logits = model.logits(x)
+    logits_adv = model.logits(x_adv)
+    return weat_terms_from_logits(logits, logits_adv, y, energy_for_weights=e_w).loss(kind, beta)
+
+
+def weat_adv(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, beta: float = 6.0, generator=None) -> torch.Tensor:
+    """WEAT-adv: energy-weighted TRADES with the adversarial cross-entropy (Mirza et al., ECCV 2024).
+
+    ``loss = mean_i(w_i CE(f(x*_i), y_i)) + beta * mean_i(w_i KL(p(.|x_i) || p(.|x*_i)))``,
+    ``w_i = 1 / softplus(|E(x_i)|)`` (:func:`ebmlens.analysis.weat_weights`): marginal energy of the
+    natural input in train mode, detached, not normalized. ``x*`` from :func:`trades_examples`.
+    If the model is in eval mode, one extra no-grad train-mode forward gives the weights (the
+    model's mode and BatchNorm buffers are restored); in train mode (the trainer) the loss's own
+    forward of ``x`` gives them, as in the authors' code.
+
+    Defaults: ``beta = 6``: the authors' training script passes 6 to both WEAT losses, although
+    the ``WEAT_adv`` function's own default says 7. Their attack: TRADES KL-PGD, Linf eps 8/255,
+    step 2/255, 10 steps (``AttackConfig("Linf", 8/255, 10, 2/255)``); ResNet-18, SGD 0.1,
+    momentum 0.9, weight decay 5e-4, batch 128, 100 epochs, one-cycle (pct_start 0.25).
+    """
+    return _weat(model, x, y, attack, "adv", beta, generator)
+
+
+def weat_nat(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, beta: float = 6.0, generator=None) -> torch.Tensor:
+    """WEAT-nat: as :func:`weat_adv` with the cross-entropy on the natural input (Mirza et al., ECCV 2024).
+
+    ``loss = mean_i(w_i CE(f(x_i), y_i)) + beta * mean_i(w_i KL(p(.|x_i) || p(.|x*_i)))``,
+    ``w_i = 1 / softplus(|E(x_i)|)`` detached. Defaults as :func:`weat_adv` (beta 6, the code's value).
+    """
+    return _weat(model, x, y, attack, "nat", beta, generator)
 
 
 def standard(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig | None = None, *, generator=None) -> torch.Tensor:
@@ -109,6 +161,8 @@ OBJECTIVES = {
     "pgd-at": pgd_at,
     "trades": trades,
     "standard": standard,
+    "weat-adv": weat_adv,
+    "weat-nat": weat_nat,
 }
 
 _ = attack_loss  # re-exported for users composing their own objectives
