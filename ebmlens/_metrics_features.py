@@ -171,8 +171,8 @@ class ModuleFeatures:
         module: an :class:`~ebmlens.energy.EnergyModel` (its classifier is run on normalized input)
             or any module taking float ``(N, C, H, W)`` pixels in [0, 1].
         layer: a graph node name (``torchvision.models.feature_extraction.get_graph_node_names``);
-            ``None``: the input of the last ``nn.Linear`` (penultimate features). 4-D node outputs
-            are averaged over space, others flattened.
+            ``None``: the input of the last ``nn.Linear`` (penultimate features); ``"output"``: the
+            module's output itself. 4-D node outputs are averaged over space, others flattened.
         device: where to run; ``None`` keeps the module where it is.
         name: the network's name in reports (default: the model's ``source:name`` or class name).
     """
@@ -201,14 +201,17 @@ class ModuleFeatures:
             default_name = type(module).__name__
         self.network = name or default_name
         self._captured: torch.Tensor | None = None
-        if layer is None:
+        self._hooked = self._fx = None
+        self.layer = layer or ""
+        if layer == "output":
+            pass
+        elif layer is None:
             linears = [n for n, m in self.net.named_modules() if isinstance(m, nn.Linear)]
             if not linears:
                 raise ValueError(f"{self.network} has no nn.Linear, so there is no default penultimate layer; name a "
                                  f"layer (layer=..., CLI --layer), one of: {', '.join(self._node_names()[-8:])}")
             self.layer = f"{linears[-1]}:input"
             self._hooked = self.net.get_submodule(linears[-1])
-            self._fx = None
         else:
             names = self._node_names()
             if layer not in names:
@@ -221,8 +224,6 @@ class ModuleFeatures:
             nodes = {layer: "feat"}
             if names[-1] != layer:
                 nodes[names[-1]] = "out"
-            self.layer = layer
-            self._hooked = None
             self._fx = create_feature_extractor(self.net, return_nodes=nodes)
 
     def _node_names(self) -> list[str]:
@@ -272,7 +273,7 @@ class ModuleFeatures:
             x = (x - self.module.mean) / self.module.std
         if self._fx is None:
             out = self.net(x)
-            feat = self._captured
+            feat = self._captured if self._hooked is not None else out
             if feat is None:
                 raise RuntimeError(f"the last nn.Linear of {self.network} was not called in forward; name a layer")
         else:

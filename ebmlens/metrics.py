@@ -588,7 +588,9 @@ def conditional_accuracy(images: object, labels: object, classifier: object, *, 
     ``classifier``: an EnergyModel, any module mapping [0, 1] images to logits, or a model name.
     """
     data, y = _labelled(images, labels)
-    ext = _extractor(classifier, arch=arch, device=device, trust_checkpoint=trust_checkpoint)
+    if classifier is None:
+        raise ValueError("conditional_accuracy needs a classifier (an nn.Module, EnergyModel or model name)")
+    ext = _extractor(classifier, layer="output", arch=arch, device=device, trust_checkpoint=trust_checkpoint)
     _, logits, _ = _features(ext, data, batch_size, False, "classify")
     if logits is None:
         raise ValueError(f"{ext.network} does not output (N, K) logits; conditional_accuracy needs a classifier")
