@@ -1,8 +1,14 @@
-"""What we measure about a model: energies of natural vs adversarial inputs, TRADES in energies,
-WEAT weights."""
+"""What we measure about a model (Mirza et al. 2024, Sec. 3): energies of natural vs adversarial
+inputs (:func:`energy_report`), their course over a training run (:func:`dynamics`), TRADES written
+in energies (:func:`trades_energy_terms`) and WEAT weights (:func:`weat_weights`)."""
 
+from .dynamics import DynamicsReport, dynamics
+from .energies import energy_report
+from .report import EnergyReport, Interval, KindSummary, Stats, bootstrap_mean_ci
 from .trades import TradesTerms, trades_energy_terms, trades_terms_from_logits
 from .weat import WeatTerms, weat_terms_from_logits, weat_weights
 
-__all__ = ["TradesTerms", "trades_energy_terms", "trades_terms_from_logits",
+__all__ = ["energy_report", "EnergyReport", "KindSummary", "Stats", "Interval", "bootstrap_mean_ci",
+           "dynamics", "DynamicsReport",
+           "TradesTerms", "trades_energy_terms", "trades_terms_from_logits",
            "WeatTerms", "weat_terms_from_logits", "weat_weights"]
