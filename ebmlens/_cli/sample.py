@@ -96,7 +96,9 @@ def bundled_stats(model) -> Any:
 @click.option("--stats", "stats_path", default=None, type=click.Path(dir_okay=False),
               help="A saved ClassStats file (.safetensors), instead of fitting on --data.")
 @click.option("--preset", default="robust-jem", show_default=True, help="Sampler preset (see docs/cli.md).")
-@click.option("--n", default=64, show_default=True, type=int, help="Number of samples.")
+@click.option("-n", "--n", "--num-samples", "n", default=64, show_default=True, type=int,
+              help="Number of samples. Under torchrun write -n or --num-samples: torchrun's own parser "
+                   "rejects --n as an abbreviation of its --nnodes/--nproc-per-node.")
 @click.option("--classes", default="all", show_default=True,
               help="'all' or a comma list of class indices or names; labels cycle through them.")
 @click.option("--batch-size", default=256, show_default=True, type=int)

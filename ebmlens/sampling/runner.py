@@ -8,7 +8,10 @@ into a folder of images::
       samples.npz        images uint8 (N, H, W, C), labels int64 (N,)
       grid.png           classes as rows, up to 10 samples per class
       <class_name>/<idx>.png    one PNG per image (save_png=True)
-      run.json           config, model, versions, seed, timings, per-stage energy summary
+      run.json           config (pipeline.config()), model.describe(), versions, seed, n, batch size,
+                         dtype, device, timings, images/s, and "energy": one record per point of
+                         the pipeline (after the init, after each stage) with the mean and std of
+                         E(x) ("energy") and E(x, y) ("joint_energy") over all samples, and seconds
       shards/            one .npz per finished batch (kept so that a run can be resumed)
 
 Invariance. Sample ``i`` always gets label ``labels[i]`` and the random stream
@@ -278,61 +281,44 @@ def _safe_name(name: str) -> str:
     return s or "class"
 
 
-def _trace_arrays(trace: Any, n: int) -> dict[str, np.ndarray]:
-    """Per-sample energies from ``Samples.trace`` as ``{"<stage>/<quantity>": float32 (n,)}``.
+def _trace_arrays(trace: Any, n: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Per-sample energies and per-stage seconds from ``Samples.trace``.
 
-    Accepts a mapping ``{stage: {quantity: (n,) tensor}}``, a sequence of records (mappings or
-    objects) with a stage name and tensor fields, or a flat mapping of tensors. Entries that are
-    not per-sample vectors of length ``n`` (e.g. per-step traces) are left out.
+    ``trace`` is the pipeline's list of records (dicts with ``"stage"``, ``"energy"``,
+    ``"joint_energy"`` ``(n,)``, ``"seconds"``; see :class:`~ebmlens.sampling.Samples`). Returns
+    ``({"<j>:<stage>/<quantity>": float32 (n,)}, {"<j>:<stage>": seconds})``; fields that are not
+    per-sample vectors (per-step traces, indices) are left out. A pipeline without a trace gives ``{}``.
     """
-    out: dict[str, np.ndarray] = {}
-
-    def vec(v: Any) -> np.ndarray | None:
-        if isinstance(v, torch.Tensor):
-            v = v.detach().float().cpu().numpy()
-        if isinstance(v, np.ndarray) and v.shape == (n,) and np.issubdtype(v.dtype, np.number):
-            return v.astype(np.float32)
-        return None
-
-    def fields(rec: Any) -> dict:
-        if isinstance(rec, dict):
-            return rec
-        import dataclasses
-
-        if dataclasses.is_dataclass(rec):
-            return {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)}
-        return dict(getattr(rec, "__dict__", {}))
-
-    def add(prefix: str, rec: Any) -> None:
-        for k, v in fields(rec).items():
-            a = vec(v)
-            if a is not None:
-                out[f"{prefix}/{k}" if prefix else str(k)] = a
-            elif isinstance(v, dict):
-                add(f"{prefix}/{k}" if prefix else str(k), v)
-
-    if trace is None:
-        return out
-    if isinstance(trace, dict):
-        add("", trace)
-    elif isinstance(trace, (list, tuple)):
-        for j, rec in enumerate(trace):
-            f = fields(rec)
-            name = f.get("stage") or f.get("name") or type(rec).__name__
-            add(f"{j}:{name}", {k: v for k, v in f.items() if k not in ("stage", "name")})
-    else:
-        add("", trace)
-    return out
+    vecs: dict[str, np.ndarray] = {}
+    secs: dict[str, float] = {}
+    if not isinstance(trace, (list, tuple)):
+        return vecs, secs
+    for j, rec in enumerate(trace):
+        if not isinstance(rec, dict):
+            continue
+        group = f"{j}:{rec.get('stage', 'stage')}"
+        for k, v in rec.items():
+            if isinstance(v, torch.Tensor) and tuple(v.shape) == (n,):
+                vecs[f"{group}/{k}"] = v.detach().float().cpu().numpy()
+            elif k == "seconds" and isinstance(v, (int, float)):
+                secs[group] = float(v)
+    return vecs, secs
 
 
-def _energy_summary(keys: list[str], arrays: dict[str, np.ndarray]) -> dict:
-    summary: dict[str, dict] = {}
-    for k in keys:
-        a = arrays[k].astype(np.float64)
+def _energy_summary(keys: list[str], arrays: dict[str, np.ndarray], seconds: dict[str, float]) -> list[dict]:
+    """``[{"index", "stage", "<quantity>": {"mean", "std"}, "n", "seconds"}, ...]`` over all samples."""
+    groups: dict[str, dict] = {}
+    for key in keys:
+        group, _, qty = key.rpartition("/")
+        j, _, stage = group.partition(":")
+        g = groups.setdefault(group, {"index": int(j), "stage": stage})
+        a = arrays[key].astype(np.float64)
         fin = a[np.isfinite(a)]
-        summary[k] = {"mean": float(fin.mean()) if fin.size else None,
-                      "std": float(fin.std()) if fin.size else None, "n": int(fin.size)}
-    return summary
+        g[qty] = {"mean": float(fin.mean()) if fin.size else None, "std": float(fin.std()) if fin.size else None}
+        g["n"] = int(fin.size)
+    for group, g in groups.items():
+        g["seconds"] = round(seconds.get(group, 0.0), 4)
+    return sorted(groups.values(), key=lambda g: g["index"])
 
 
 def make_grid(images: np.ndarray, labels: np.ndarray, classes: Sequence[int], per_class: int = GRID_PER_CLASS,
@@ -545,8 +531,11 @@ def _run(model, pipeline, n, out, y_all, cls_order, class_names, batch_size, see
     if progress is True and d.rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n, initial=n_resumed, unit="img", unit_scale=True, desc="sampling", dynamic_ncols=True,
-                   smoothing=0.1)
+        # under torchrun the bar shows rank 0's share (its rate times the world size is the total rate)
+        share = sum(b.size for b in mine)
+        desc = "sampling" if not d.active else f"sampling (rank 0 of {d.world})"
+        bar = tqdm(total=n if not d.active else share, initial=n_resumed if not d.active else 0, unit="img",
+                   desc=desc, dynamic_ncols=True, smoothing=0.1)
     n_done = n_resumed
     t_sampling = time.perf_counter()
     try:
@@ -562,10 +551,11 @@ def _run(model, pipeline, n, out, y_all, cls_order, class_names, batch_size, see
                                  f"{tuple(getattr(images, 'shape', ()))} for a batch of {idx.size}; "
                                  "a pipeline must return Samples with images (B, C, H, W)")
             arr = _to_uint8_nhwc(images)
-            trace = _trace_arrays(getattr(out_s, "trace", None), idx.size)
-            extra = {f"trace/{k}": v for k, v in trace.items()}
+            vecs, secs = _trace_arrays(getattr(out_s, "trace", None), idx.size)
+            extra = {**{f"trace/{k}": v for k, v in vecs.items()}, **{f"tsec/{k}": np.float64(v) for k, v in secs.items()}}
             _atomic_npz(shard_dir / f"shard_{int(idx[0]):09d}.npz", indices=idx.astype(np.int64),
-                        labels=y_all[idx], images=arr, seconds=np.float64(time.perf_counter() - t0), **extra)
+                        labels=y_all[idx], images=arr, seconds=np.float64(time.perf_counter() - t0),
+                        rank=np.int64(d.rank), **extra)
             n_done += idx.size
             if bar is not None:
                 bar.update(idx.size)
@@ -604,6 +594,7 @@ def _merge(out: Path, shard_dir: Path, n: int, y_all: np.ndarray, cls_order: lis
     seen = np.zeros(n, bool)
     traces: dict[str, np.ndarray] = {}
     trace_keys: list[str] = []
+    stage_seconds: dict[str, float] = {}
     batch_seconds = 0.0
     for p in _read_shards(shard_dir):
         with np.load(p) as z:
@@ -625,6 +616,8 @@ def _merge(out: Path, shard_dir: Path, n: int, y_all: np.ndarray, cls_order: lis
                         traces[key] = np.full(n, np.nan, np.float32)
                         trace_keys.append(key)
                     traces[key][idx] = z[k]
+                elif k.startswith("tsec/"):
+                    stage_seconds[k[5:]] = stage_seconds.get(k[5:], 0.0) + float(z[k])
     if images is None or not seen.all():
         raise RuntimeError(f"{int((~seen).sum())} of {n} samples are missing from {shard_dir} after sampling; "
                            "run again with resume=True")
@@ -674,7 +667,7 @@ def _merge(out: Path, shard_dir: Path, n: int, y_all: np.ndarray, cls_order: lis
             "images_resumed": info["n_resumed"],
             "images_per_s": round(info["n_new"] / sampling_s, 4) if sampling_s > 0 and info["n_new"] else None,
         },
-        "energy": _energy_summary(trace_keys, traces),
+        "energy": _energy_summary(trace_keys, traces, stage_seconds),
     }
     run = _jsonable(run)
     _atomic_json(out / "run.json", run)
