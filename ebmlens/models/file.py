@@ -166,12 +166,18 @@ def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], *, path: Path | 
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=strict)
 
 
-def _build(factory: Callable[..., nn.Module], num_classes: int | None) -> nn.Module:
+def _build(factory: Callable[..., nn.Module], num_classes: int | None, sd: Mapping[str, torch.Tensor]) -> nn.Module:
     try:
         params = inspect.signature(factory).parameters
         takes_nc = "num_classes" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+        needs_nc = "num_classes" in params and params["num_classes"].default is inspect.Parameter.empty
     except (TypeError, ValueError):
-        takes_nc = True
+        takes_nc, needs_nc = True, False
+    if num_classes is None and needs_nc:  # the last 2-D weight is the classifier's (K, features)
+        mats = [v for k, v in sd.items() if v.ndim == 2 and k.endswith("weight")]
+        if not mats:
+            raise ValueError("cannot tell num_classes from the checkpoint; pass num_classes=")
+        num_classes = int(mats[-1].shape[0])
     net = factory(num_classes=num_classes) if (num_classes is not None and takes_nc) else factory()
     if not isinstance(net, nn.Module):
         raise TypeError(f"arch factory {getattr(factory, '__name__', factory)!r} returned "
@@ -219,7 +225,7 @@ def load(
                          "'package.module:factory', or a callable returning the nn.Module)")
     factory = get_arch(arch)
     nc = num_classes if num_classes is not None else meta.get("num_classes")
-    net = _build(factory, None if nc is None else int(nc))
+    net = _build(factory, None if nc is None else int(nc), sd)
     load_into(net, match_state_dict(sd, net), path=path, strict=strict)
     shape = tuple(input_shape or meta.get("input_shape") or (3, 32, 32))
     net.eval()
