@@ -1,0 +1,120 @@
+"""``ebmlens energy``: natural vs adversarial energies of a checkpoint, or over a run's checkpoints.
+
+The Python equivalent of ``ebmlens energy --model M --data D --attack pgd --eps 0.5 --out report/``::
+
+    rep = ebmlens.analysis.energy_report("M", "D", ["pgd"], eps=0.5, threat_model="Linf", n=1000)
+    rep.to_json("report/report.json"); rep.table(); rep.plot("report/energies.png")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..cli import friendly_errors, main, parse_number
+
+DEFAULT_MODEL = "ebmlens:cifar10-l2-small"
+
+
+def _print_attacks() -> None:
+    from ..attacks import list_attacks
+
+    for s in list_attacks():
+        alias = f" (aliases: {', '.join(s.aliases)})" if s.aliases else ""
+        kind = "targeted" if s.targeted else "untargeted"
+        click.echo(f"{s.name:<16} {kind:<10} {s.backend:<12} {'/'.join(s.threat_models):<8} {s.description}{alias}")
+    click.echo("ta:<Class>       untargeted torchattacks L2/Linf   any other torchattacks class, e.g. ta:FGSM")
+
+
+def _check_out(out: str) -> Path:
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {out!r} is a file; give a folder for report.json, table.md, table.csv, energies.png")
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+@main.command("energy")
+@click.option("--model", "model_spec", default=DEFAULT_MODEL, show_default=True,
+              help="Model spec: ebmlens:NAME, robustbench:NAME, timm:NAME or file:PATH.")
+@click.option("--model-dir", default=None, help="Local folder of RobustBench/timm checkpoints.")
+@click.option("--threat-model", default="Linf", show_default=True, type=click.Choice(["L2", "Linf"], case_sensitive=False),
+              help="Threat model of the attacks (and of robustbench:NAME look-ups).")
+@click.option("--arch", default=None, help="Architecture for checkpoints that do not record it (file:/--checkpoints).")
+@click.option("--checkpoints", default=None,
+              help="Glob of a training run's checkpoints (quote it: 'runs/x/epoch_*.pt'): energies per epoch.")
+@click.option("--data", default=None, help="Data spec, e.g. cifar10:PATH (test split by default).")
+@click.option("--n", default=1000, show_default=True, type=int, help="Images, spread evenly over the set.")
+@click.option("--attack", "attacks", multiple=True, help="Attack name (repeatable); see --list-attacks. Default: pgd, pgd-targeted.")
+@click.option("--eps", default=None, help="Attack radius in [0,1] pixels, e.g. 0.5 or 8/255 (default: 8/255 Linf, 0.5 L2).")
+@click.option("--steps", default=None, type=int, help="Gradient steps of every attack that has steps (default: each attack's).")
+@click.option("--target", default="random", show_default=True, type=click.Choice(["random", "least-likely"]),
+              help="Target choice of targeted attacks.")
+@click.option("--batch-size", default=100, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu).")
+@click.option("--out", default=None, type=click.Path(), help="Folder for report.json, table.md, table.csv, energies.png.")
+@click.option("--list-attacks", is_flag=True, help="List the attack names and exit.")
+@friendly_errors
+def energy_cmd(model_spec: str, model_dir: str | None, threat_model: str, arch: str | None, checkpoints: str | None,
+               data: str | None, n: int, attacks: tuple[str, ...], eps: str | None, steps: int | None, target: str,
+               batch_size: int, seed: int, device: str | None, out: str | None, list_attacks: bool) -> None:
+    """Measure E(x) and E(x,y) on natural and adversarial inputs (Mirza et al. 2024, Sec. 3)."""
+    if list_attacks:
+        _print_attacks()
+        return
+    if data is None:
+        raise ValueError("--data is required, e.g. --data cifar10:../shared/data/cifar10-jpeg.tar.xz")
+    if out is None:
+        raise ValueError("--out is required: a folder for report.json, table.md, table.csv and energies.png")
+    tm = "L2" if threat_model.lower() == "l2" else "Linf"
+    eps_v = parse_number(eps) if eps is not None else (0.5 if tm == "L2" else 8 / 255)
+    if not eps_v > 0:
+        raise ValueError(f"--eps must be > 0, got {eps}")
+    names = list(attacks) or ["pgd", "pgd-targeted"]
+    from ..analysis import dynamics, energy_report
+    from ..analysis.energies import build_attacks
+    from ..analysis.report import atomic_write_text, require_matplotlib
+
+    build_attacks(names, threat_model=tm, eps=eps_v, steps=steps)  # fail on bad names before loading anything
+    plots = True
+    try:
+        require_matplotlib()
+    except ImportError:
+        plots = False
+        click.echo("note: matplotlib is not installed, so no plot; pip install 'ebmlens[plots]'", err=True)
+    folder = _check_out(out)
+    kw = dict(eps=eps_v, threat_model=tm, n=n, steps=steps, target=target, batch_size=batch_size, seed=seed,
+              device=device, progress=True)
+    if checkpoints is not None:
+        dyn = dynamics(checkpoints, data, names, arch=arch, **kw)
+        dyn.to_json(folder / "report.json")
+        atomic_write_text(folder / "table.md", dyn.table())
+        dyn.to_csv(folder / "table.csv")
+        if plots:
+            dyn.plot(folder / "dynamics.png")
+        click.echo(dyn.table())
+        click.echo(f"wrote {folder}/report.json, table.md, table.csv" + (", dynamics.png" if plots else ""))
+        return
+    from ..models import load_model
+
+    load_kw = {}
+    if model_spec.startswith("robustbench:"):
+        load_kw["threat_model"] = tm
+        if model_dir is not None:
+            load_kw["model_dir"] = model_dir
+    elif model_dir is not None:
+        raise ValueError("--model-dir applies to robustbench: models; for other files use --model file:PATH")
+    if arch is not None and not model_spec.startswith(("ebmlens:", "robustbench:", "timm:")):
+        load_kw["arch"] = arch
+    model = load_model(model_spec, device=device, **load_kw)
+    rep = energy_report(model, data, names, **kw)
+
+    rep.to_json(folder / "report.json")
+    atomic_write_text(folder / "table.md", rep.table())
+    rep.to_csv(folder / "table.csv")
+    if plots:
+        rep.plot(folder / "energies.png")
+    click.echo(rep.table())
+    click.echo(f"wrote {folder}/report.json, table.md, table.csv" + (", energies.png" if plots else ""))

@@ -1,0 +1,101 @@
+"""The attack-name registry: names, aliases, errors, targets, and torchattacks' isolation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ebmlens.attacks import ATTACKS, choose_targets, get_attack, list_attacks, resolve_attack_name
+
+from .conftest import make_linear_model
+
+PAPER_EIGHT = ["pgd", "tpgd", "apgd-ce", "apgd-t", "apgd-dlr", "fab", "square", "cw"]
+
+
+def test_paper_attacks_and_aliases_resolve():
+    names = {s.name for s in list_attacks()}
+    assert set(PAPER_EIGHT) | {"pgd-targeted"} <= names
+    assert resolve_attack_name("APGD").name == "apgd-ce"
+    assert resolve_attack_name("pgd_t").name == "pgd-targeted"
+    assert resolve_attack_name("apgdt").name == "apgd-t"
+    assert list_attacks()[0].backend == "ebmlens"  # ours first
+
+
+def test_unknown_attack_lists_choices_and_close_matches():
+    with pytest.raises(ValueError) as e:
+        get_attack("pgdd", eps=0.1)
+    msg = str(e.value)
+    assert "'pgdd'" in msg and "did you mean" in msg and "apgd-ce" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("eps", [0, -0.1, float("nan"), float("inf")])
+def test_eps_must_be_positive(eps):
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        get_attack("pgd", threat_model="L2", eps=eps)
+
+
+def test_modes_torchattacks_cannot_do_fail_clearly():
+    with pytest.raises(ValueError, match="untargeted only.*apgd-t"):
+        get_attack("apgd-ce+targeted", eps=0.1)
+    with pytest.raises(ValueError, match="Linf only"):
+        get_attack("tpgd", threat_model="L2", eps=0.5)
+    with pytest.raises(ValueError, match="no option"):
+        get_attack("pgd", eps=0.1, n_queries=5)
+    assert get_attack("square+targeted", eps=0.1).name == "square-targeted"
+
+
+def test_choose_targets():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 10, generator=g)
+    y = torch.randint(0, 10, (500,), generator=g)
+    t = choose_targets(logits, y, "random", g)
+    assert bool((t != y).all()) and set(t.tolist()) == set(range(10))
+    ll = choose_targets(logits, y, "least-likely")
+    masked = logits.clone()
+    masked[torch.arange(500), y] = float("inf")
+    assert torch.equal(ll, masked.argmin(1)) and bool((ll != y).all())
+    given = torch.full((500,), 3)
+    assert torch.equal(choose_targets(logits, y, "given", given=given), given)
+    with pytest.raises(ValueError, match="needs the targets"):
+        choose_targets(logits, y, "given")
+    with pytest.raises(ValueError, match="class indices"):
+        choose_targets(logits, y, "given", given=torch.full((500,), 10))
+
+
+def test_our_pgd_targeted_reaches_target_and_stays_in_ball():
+    m = make_linear_model(scale=0.2)
+    x = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = m(x).argmax(1)
+    t = choose_targets(m(x), y, "random", torch.Generator().manual_seed(2))
+    a = get_attack("pgd-targeted", threat_model="L2", eps=2.0, steps=20)
+    xa = a(m, x, y, target=t)
+    assert (xa - x).flatten(1).norm(dim=1).max() <= 2.0 + 1e-5
+    assert float((m(xa).argmax(1) == t).float().mean()) > 0.8
+    with pytest.raises(ValueError, match="targeted: pass target"):
+        a(m, x, y)
+    with pytest.raises(ValueError, match="takes no target"):
+        get_attack("pgd", eps=0.1)(m, x, y, target=t)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in ATTACKS.items() if s.backend == "torchattacks"))
+def test_torchattacks_run_isolated(name, capfd):
+    pytest.importorskip("torchattacks")
+    m = make_linear_model(scale=0.2)
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    y = m(x).argmax(1)
+    tm, eps = ("Linf", 8 / 255) if name == "tpgd" else ("L2", 0.5)
+    opts = {"n_queries": 20} if name.startswith("square") else {"steps": 3}
+    a = get_attack(name, threat_model=tm, eps=eps, **opts)
+    t = choose_targets(m(x), y, "random", torch.Generator().manual_seed(0)) if a.needs_target else None
+    torch.manual_seed(1234)
+    state = torch.random.get_rng_state()
+    xa = a(m, x, y, target=t, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(torch.random.get_rng_state(), state), "a torchattacks attack changed the global RNG"
+    out = capfd.readouterr()
+    assert out.out == "", f"{name} printed {out.out!r}"
+    assert xa.shape == x.shape and xa.dtype == x.dtype and not xa.requires_grad
+    assert float(xa.min()) >= 0.0 and float(xa.max()) <= 1.0
+    if a.spec.bounded and tm == "L2":
+        assert float((xa - x).flatten(1).norm(dim=1).max()) <= eps * (1 + 1e-4)
+    elif a.spec.bounded:
+        assert float((xa - x).abs().max()) <= eps + 1e-5
