@@ -104,7 +104,25 @@ def test_file_model_with_stats_file_and_dtype(tmp_path):
     assert not (out / "grid.png").exists() and not list(out.glob("*/*.png"))
 
 
+def test_evaluate_after_sampling(bundled, tmp_path):
+    """--evaluate runs ebmlens.metrics.evaluate on the finished run (here IS in a small classifier, offline)."""
+    ckpt = tmp_path / "feat.pt"
+    torch.save({"state_dict": _net(3).state_dict(), "ebmlens_meta": _meta()}, ckpt)
+    out = tmp_path / "e"
+    r = _invoke(["-n", "10", "--out", str(out), "--no-png", *QUICK, "--evaluate", "is",
+                 "--feature-model", f"file:{ckpt}"])
+    assert r.exit_code == 0, r.output
+    assert "evaluated 10 samples" in r.output
+    rec = json.loads((out / "metrics.json").read_text())
+    run = json.loads((out / "run.json").read_text())
+    assert run["evaluation"] == rec and rec["num_images"] == 10
+    (key,) = [k for k in rec["values"] if k.endswith("_mean")]
+    assert key.startswith("is_") and 1.0 <= rec["values"][key] <= 10.0
+
+
 @pytest.mark.parametrize("args, needle", [
+    (["--evaluate", "fid"], "needs a reference"),
+    (["--evaluate", "fidd"], "unknown metrics"),
     (["--n", "0"], "--n must be a positive"),
     (["--n", "-5"], "--n must be a positive"),
     (["--preset", "robust-jm"], "unknown preset 'robust-jm'; did you mean robust-jem"),

@@ -112,9 +112,18 @@ def bundled_stats(model) -> Any:
 @click.option("--no-grid", is_flag=True, help="Skip grid.png.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a preset option (repeatable), e.g. --set steps=20 --set eps=8/255.")
+@click.option("--evaluate", "eval_metrics", default=None, metavar="METRICS",
+              help="After sampling, measure the samples: is, fid, kid or a comma list (ebmlens.metrics.evaluate); "
+                   "written to OUT/metrics.json and run.json.")
+@click.option("--ref", default=None, help="Reference images or statistics .npz for FID/KID (default: --data's train split).")
+@click.option("--inception-weights", default=None, type=click.Path(dir_okay=False),
+              help="The Inception weights file for standard IS/FID/KID (never downloaded).")
+@click.option("--feature-model", default=None,
+              help="Measure in another network (e.g. ebmlens:cifar10-l2-small): non-standard fd_/kd_/is_ scores.")
 @friendly_errors
 def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, data, stats_path, preset, n, classes, batch_size,
-               seed, out, resume, device, dtype, no_png, no_grid, overrides) -> None:
+               seed, out, resume, device, dtype, no_png, no_grid, overrides, eval_metrics, ref, inception_weights,
+               feature_model) -> None:
     """Draw class-conditional samples with a preset; writes PNGs, samples.npz, grid.png and run.json."""
     from ..sampling import presets
     from ..sampling.runner import resolve_classes, sample
@@ -128,6 +137,15 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, data, stats_p
     if preset not in presets.names():
         presets.get(preset)  # raises the error with close matches
     opts = dict(parse_override(s) for s in overrides)
+    metrics = ref_spec = None
+    if eval_metrics is not None:
+        from ..metrics import _metric_list
+
+        metrics = _metric_list(eval_metrics)
+        ref_spec = ref or (default_ref(data) if data else None)
+        if ref_spec is None and ("fid" in metrics or "kid" in metrics):
+            raise ValueError("--evaluate fid/kid needs a reference: --ref cifar10:PATH@train (or a statistics "
+                             ".npz), or --data; or evaluate 'is' only")
     wanted = parse_classes(classes)
     if stats_path is not None and not os.path.isfile(stats_path):
         raise FileNotFoundError(f"--stats file {stats_path!r} does not exist; save one with "
@@ -145,8 +163,39 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, data, stats_p
     pipe = presets.get(preset, stats=stats, data=data, **opts)
     run = sample(model, pipe, n, out, batch_size=batch_size, seed=seed, classes=wanted, resume=resume,
                  progress=True, device=device, dtype=dtype, save_png=not no_png, grid=not no_grid)
-    if int(os.environ.get("RANK", "0") or 0) == 0:
-        t = run.run["timings"]
-        ips = f", {t['images_per_s']:.2f} images/s" if t.get("images_per_s") else ""
-        grid = f", grid {run.grid}" if run.grid else ""
-        click.echo(f"wrote {run.n} samples to {run.out_dir}{grid} ({preset}{ips})")
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return
+    t = run.run["timings"]
+    ips = f", {t['images_per_s']:.2f} images/s" if t.get("images_per_s") else ""
+    grid = f", grid {run.grid}" if run.grid else ""
+    click.echo(f"wrote {run.n} samples to {run.out_dir}{grid} ({preset}{ips})")
+    if metrics is not None:
+        evaluate_run(run, metrics, ref_spec, inception_weights=inception_weights, feature_model=feature_model,
+                     device=device, batch_size=batch_size)
+
+
+def default_ref(data: str) -> str:
+    """The FID/KID reference by convention: the train split of ``--data``."""
+    base, sep, split = data.rpartition("@")
+    return f"{base if sep and split in ('train', 'test') else data}@train"
+
+
+def evaluate_run(run, metrics, ref, *, inception_weights=None, feature_model=None, device=None, batch_size=256) -> None:
+    """Measure a finished run with :func:`ebmlens.metrics.evaluate`; write ``metrics.json`` and add it
+    to ``run.json`` (both atomically); print the values on one line."""
+    import json
+
+    from ..metrics import evaluate
+    from ..sampling.runner import _atomic_json
+
+    res = evaluate(run.out_dir, ref=ref, metrics=metrics, feature_model=feature_model,
+                   inception_weights=inception_weights, device=None if device == "auto" else device,
+                   batch_size=batch_size, progress=True)
+    record = res.to_dict()
+    _atomic_json(run.out_dir / "metrics.json", record)
+    path = run.out_dir / "run.json"
+    full = json.loads(path.read_text())
+    full["evaluation"] = record
+    _atomic_json(path, full)
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in res.values.items())
+    click.echo(f"evaluated {res.num_images} samples in {res.network}: {shown}")
