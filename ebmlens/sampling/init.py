@@ -105,7 +105,7 @@ class GaussianInit:
                 x[rows] += self.scale * (z[rows] @ chol[k].T)
         else:
             vecs, vals = s.on(dev, "eigvecs")[:, :, :r], s.on(dev, "eigvals")[:, :r]
-            sd = s.on(dev, "lowrank_diag").sqrt()
+            sd = s.on(dev, f"lowrank_diag:{r}").sqrt()
             for k in torch.unique(y).tolist():
                 rows = torch.nonzero(y == k).flatten()
                 low = (z[rows, :r] * vals[k].clamp_min(0).sqrt()) @ vecs[k].T

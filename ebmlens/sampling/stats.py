@@ -129,9 +129,11 @@ class ClassStats:
         c = self.counts.double()
         return (c / c.sum()).float()
 
-    def lowrank_diag(self) -> torch.Tensor:
-        """``(K, D)`` the diagonal ``d`` of the low-rank + diagonal covariance (``>= 0``, ``+ reg``)."""
-        explained = (self.eigvecs.float() ** 2 * self.eigvals.float().unsqueeze(1)).sum(2)
+    def lowrank_diag(self, rank: int | None = None) -> torch.Tensor:
+        """``(K, D)`` the diagonal ``d`` of the low-rank + diagonal covariance with the top ``rank``
+        components (default all held): ``diag(Sigma) - diag(U diag(lambda) U^T)``, ``>= 0``, ``+ reg``."""
+        r = self.rank if rank is None else rank
+        explained = (self.eigvecs[:, :, :r].float() ** 2 * self.eigvals[:, :r].float().unsqueeze(1)).sum(2)
         return (self.diag - explained).clamp_min(0.0) + self.reg
 
     def on(self, device: torch.device | str, name: str) -> torch.Tensor:
@@ -139,7 +141,10 @@ class ClassStats:
         key = (str(torch.device(device)), name)
         cache: dict = self.__dict__["_device_cache"]
         if key not in cache:
-            t = self.lowrank_diag() if name == "lowrank_diag" else getattr(self, name)
+            if name.startswith("lowrank_diag"):  # "lowrank_diag:<rank>"
+                t = self.lowrank_diag(int(name.partition(":")[2] or self.rank))
+            else:
+                t = getattr(self, name)
             if t is None:
                 raise ValueError(f"these {self.kind} class statistics have no {name!r}; "
                                  "compute full statistics with ebmlens.class_stats(...)")
