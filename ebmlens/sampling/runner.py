@@ -192,7 +192,7 @@ def _dist_from_env(device_hint: str | None) -> _Dist:
     if not dist.is_available():
         raise ImportError("this torch build has no torch.distributed; run a single process")
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = torch.cuda.is_available() and (device_hint is None or str(device_hint).startswith("cuda"))
+    use_cuda = torch.cuda.is_available() and (device_hint in (None, "auto") or str(device_hint).startswith("cuda"))
     backend = "nccl" if use_cuda else "gloo"
     kwargs: dict = {"backend": backend, "timeout": datetime.timedelta(minutes=60)}
     if use_cuda:
@@ -376,7 +376,7 @@ def _covered(paths: list[Path], n: int) -> np.ndarray:
     return done
 
 
-def _check_meta(meta_path: Path, meta: dict, resume: bool) -> None:
+def _check_meta(meta_path: Path, meta: dict) -> None:
     if not meta_path.exists():
         return
     old = json.loads(meta_path.read_text())
@@ -501,7 +501,7 @@ def _run(model, pipeline, n, out, y_all, cls_order, class_names, batch_size, see
                                                 or (out / "run.json").exists()):
                 raise ValueError(f"{out} already holds a sampling run; pass resume=True (--resume) to continue "
                                  "it, or choose a new output folder")
-            _check_meta(meta_path, meta, resume)
+            _check_meta(meta_path, meta)
             shard_dir.mkdir(parents=True, exist_ok=True)
             _atomic_json(meta_path, meta)
         except Exception as e:  # report on rank 0, but do not leave the others at the barrier
@@ -512,7 +512,7 @@ def _run(model, pipeline, n, out, y_all, cls_order, class_names, batch_size, see
 
         dist.all_reduce(flag)
         if int(flag.item()) and err is None:
-            raise RuntimeError("rank 0 refused the output folder (see its error)")
+            raise ValueError("rank 0 refused the output folder (see its error above)")
     if err is not None:
         raise err
 
