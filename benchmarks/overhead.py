@@ -18,7 +18,7 @@ Default mode also times the pipeline with the runner's per-sample random streams
 (:class:`ebmlens.rng.SampleStreams`) and reports memory: peak RSS per image and RSS over repeated runs.
 
     python benchmarks/overhead.py --quick            # < 40 s on a 2-core CPU
-    python benchmarks/overhead.py                    # ResNetSmall, batch 32, full robust-jem
+    python benchmarks/overhead.py                    # ResNetSmall, batch 16, full robust-jem
     python benchmarks/overhead.py --device cuda --batch-size 256 --model file:ckpt.pt
 """
 
@@ -66,21 +66,21 @@ def main(argv=None) -> float:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small model and batch, few repeats (< 40 s on 2 CPU cores)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=None, help="default 32 (quick: 8)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 16 (quick: 8)")
     p.add_argument("--model", default=None, help="resnet-small | resnet-tiny | convnet-small | any load_model spec "
                    "(default resnet-small; quick: resnet-tiny)")
     p.add_argument("--preset", default="robust-jem")
     p.add_argument("--pgd-steps", type=int, default=None, help="override the preset's attack steps")
     p.add_argument("--sgld-steps", type=int, default=None, help="override the preset's SGLD steps")
-    p.add_argument("--repeats", type=int, default=None, help="counted runs per side (default 7; quick 4)")
+    p.add_argument("--repeats", type=int, default=None, help="counted runs per side (default 5; quick 4)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None, help="fit class statistics on this data spec (default: synthetic)")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
     set_threads(args.threads)
-    bs = args.batch_size or (8 if args.quick else 32)
+    bs = args.batch_size or (8 if args.quick else 16)
     model_spec = args.model or ("resnet-tiny" if args.quick else "resnet-small")
-    repeats = args.repeats or (4 if args.quick else 7)
+    repeats = args.repeats or (4 if args.quick else 5)
     if args.quick and args.sgld_steps is None:
         args.sgld_steps = 25  # robust-jem: 15 PGD + 25 SGLD passes
     model = build_model(model_spec, args.device)

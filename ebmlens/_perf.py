@@ -11,8 +11,8 @@ these helpers make that pass cheaper or fill the device with more of them:
   (doubling, then bisecting back between the last size that fitted and the first that did not);
 * :func:`peak_memory_per_image` - peak memory of one batch divided by its size (CUDA allocator peak,
   or the process's peak resident memory on the CPU);
-* :func:`input_grad_flops` - floating-point operations of one input-gradient pass, for throughput
-  as a fraction of the device's peak.
+* :func:`input_grad_flops` - floating-point operations of one input-gradient pass (convolutions and
+  linear layers), for throughput as a fraction of the device's peak.
 
 >>> import torch
 >>> with autocast_context("cpu", "float32"):
@@ -279,23 +279,36 @@ def peak_memory_per_image(model: Any, pipeline_or_step_fn: Any, device: str | to
 
 
 def input_grad_flops(model: Any, batch_size: int = 1, *, device: str | torch.device | None = None) -> int:
-    """Floating-point operations of one forward + backward pass w.r.t. the input at ``batch_size``
-    (:class:`torch.utils.flop_counter.FlopCounterMode`: matmuls and convolutions, 2 per multiply-add).
+    """Floating-point operations of one forward + backward pass w.r.t. the input at ``batch_size``.
 
-    Throughput as a fraction of the device's peak is then ``flops * passes / seconds / peak``.
+    Counts the convolutions and linear layers (2 per multiply-add; what dominates any image classifier):
+    a forward hook adds ``2 * out.numel() * (C_in / groups) * k_h * k_w`` per ``Conv2d`` and
+    ``2 * out.numel() * in_features`` per ``Linear``; the backward pass with respect to the *input* costs the
+    same again (a transposed convolution / matmul of the same size; no weight gradients are needed), so the
+    pass is ``2 x`` the forward. Throughput as a fraction of the device's peak is then
+    ``flops * passes / seconds / peak``.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"input_grad_flops batch_size must be an int >= 1, got {batch_size!r}")
     shape = getattr(model, "input_shape", None)
-    if shape is None:
+    if shape is None or not hasattr(model, "logits"):
         raise TypeError("input_grad_flops expects an ebmlens.EnergyModel (it reads model.input_shape)")
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
-    x = torch.rand(batch_size, *shape, device=device, requires_grad=True)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.enable_grad():
-        logits = model.logits(x)
-        torch.autograd.grad(logits[:, 0].sum(), x)
-    return int(counter.get_total_flops())
+    total = [0]
+
+    def hook(mod: nn.Module, args: Any, out: torch.Tensor) -> None:
+        if isinstance(mod, nn.Conv2d):
+            kh, kw = mod.kernel_size
+            total[0] += 2 * out.numel() * (mod.in_channels // mod.groups) * kh * kw
+        elif isinstance(mod, nn.Linear):
+            total[0] += 2 * out.numel() * mod.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.logits(torch.rand(batch_size, *shape, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return 2 * total[0]
