@@ -22,7 +22,7 @@ from ..cli import friendly_errors, main, parse_number
 @click.option("--lr", default=0.1, show_default=True, type=float, help="Peak learning rate.")
 @click.option("--weight-decay", default=5e-4, show_default=True, type=float)
 @click.option("--schedule", default="onecycle", show_default=True, type=click.Choice(["onecycle", "cosine"]))
-@click.option("--beta", default=6.0, show_default=True, type=float, help="TRADES/WEAT KL weight.")
+@click.option("--beta", default=6.0, show_default=True, type=float, help="TRADES/WEAT KL weight (both use 6).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--amp", default="none", show_default=True, type=click.Choice(["none", "bf16", "fp16"]))
@@ -30,6 +30,15 @@ from ..cli import friendly_errors, main, parse_number
 @click.option("--eval-n", default=1000, show_default=True, type=int, help="Held-out test images evaluated each epoch (strided).")
 @click.option("--max-train-images", default=None, type=int, help="Train on a strided subset (for quick runs).")
 @click.option("--checkpoint-every", default=100, show_default=True, type=int, help="Steps between last.pt saves.")
+@click.option("--buffer-size", default=10000, show_default=True, type=int, help="robust-jem: replay buffer size.")
+@click.option("--reinit-freq", default=0.05, show_default=True, type=float, help="robust-jem: chains restarted per step.")
+@click.option("--gamma", default=1.0, show_default=True, type=float, help="robust-jem: weight of the generative term.")
+@click.option("--sgld-steps", default=10, show_default=True, type=int, help="robust-jem: SGLD outer steps M.")
+@click.option("--sgld-inner-steps", default=5, show_default=True, type=int, help="robust-jem: SGLD inner steps N.")
+@click.option("--sgld-step-size", default=0.1, show_default=True, type=float, help="robust-jem: SGLD step a ([0,1] pixels).")
+@click.option("--sgld-noise", default=0.0, show_default=True, type=float, help="robust-jem: SGLD noise std.")
+@click.option("--jem-init", default="gaussian", show_default=True, type=click.Choice(["gaussian", "uniform"]),
+              help="robust-jem: buffer init (class Gaussians of the training set, as JEM++, or uniform noise).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt after a kill.")
 @friendly_errors
 def train_cmd(resume: bool, eps: str, attack_step_size: str | None, **kw) -> None:

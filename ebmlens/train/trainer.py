@@ -1,7 +1,8 @@
 """A small adversarial trainer: augmentation, SGD with one-cycle or cosine, checkpoints, resume.
 
-Determinism: the data order of epoch ``e`` and the augmentation/attack noise of step ``s`` come
-from generators seeded by ``(seed, e)`` and ``(seed, e, s)``; nothing uses torch's global RNG.
+Determinism: the initial weights, the data order of epoch ``e`` and the augmentation/attack noise of
+step ``s`` come from generators seeded by ``seed``, ``(seed, e)`` and ``(seed, e, s)``; torch's global
+RNG is neither used nor changed (the init runs under ``torch.random.fork_rng``).
 A run killed and resumed from ``last.pt`` therefore continues at the same step with the same
 numbers as an uninterrupted run (on the same device and thread count).
 
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
+BETA_OBJECTIVES = ("trades", "weat-adv", "weat-nat")  # objectives that take ``beta=cfg.beta``
+STATEFUL_OBJECTIVES = ("robust-jem",)  # ``(loss, state) = objective(model, x, y, attack, state, ...)``
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -72,6 +76,15 @@ class TrainConfig:
     max_train_images: int | None = None
     mean: tuple[float, ...] = CIFAR10_MEAN
     std: tuple[float, ...] = CIFAR10_STD
+    # robust-jem only (JEM++'s defaults; see ebmlens.train.objectives.robust_jem)
+    buffer_size: int = 10000
+    reinit_freq: float = 0.05
+    gamma: float = 1.0
+    sgld_steps: int = 10
+    sgld_inner_steps: int = 5
+    sgld_step_size: float = 0.1
+    sgld_noise: float = 0.0
+    jem_init: Literal["gaussian", "uniform"] = "gaussian"
 
     def __post_init__(self) -> None:
         if self.objective not in O.OBJECTIVES:
@@ -95,6 +108,20 @@ class TrainConfig:
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
         if self.schedule not in ("onecycle", "cosine"):
             raise ValueError(f"schedule must be 'onecycle' or 'cosine', got {self.schedule!r}")
+        if not self.beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        for name in ("buffer_size", "sgld_steps", "sgld_inner_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.reinit_freq <= 1:
+            raise ValueError(f"reinit_freq must be in [0, 1], got {self.reinit_freq}")
+        if not (self.gamma >= 0 and self.sgld_step_size > 0 and self.sgld_noise >= 0):
+            raise ValueError(f"need gamma >= 0, sgld_step_size > 0, sgld_noise >= 0; got {self.gamma}, "
+                             f"{self.sgld_step_size}, {self.sgld_noise}")
+        if self.jem_init not in ("gaussian", "uniform"):
+            raise ValueError(f"jem_init must be 'gaussian' or 'uniform', got {self.jem_init!r}")
+        if self.objective in STATEFUL_OBJECTIVES and self.buffer_size < self.batch_size:
+            raise ValueError(f"buffer_size {self.buffer_size} is smaller than batch_size {self.batch_size}")
 
     @property
     def attack(self) -> O.AttackConfig:
@@ -198,9 +225,48 @@ def _save_weights_ckpt(model: EnergyModel, cfg: TrainConfig, path: Path, epoch: 
     _atomic_torch_save({"state_dict": model.classifier.state_dict(), "ebmlens_meta": meta}, path)
 
 
+
+
+def _check_data_path(spec: str) -> None:
+    """Fail on a missing data path before anything is written to the run folder."""
+    from ..data import parse_data_spec
+
+    if isinstance(spec, str):
+        _, path, _ = parse_data_spec(spec)
+        if not Path(path).expanduser().exists():
+            raise FileNotFoundError(f"data path {path!r} does not exist (from --data {spec!r}); "
+                                    "point it at the CIFAR-10 archive or an npz/folder of images")
+
+
+def _objective_kwargs(cfg: TrainConfig, data: ImageData, n_train: int) -> dict:
+    """Keyword arguments of a stateful objective, built once per run."""
+    if cfg.objective != "robust-jem":
+        return {}
+    from ..sampling.init import GaussianInit, NoiseInit
+
+    if cfg.jem_init == "gaussian":  # JEM++'s informative init: class Gaussians of the training images
+        from ..sampling.stats import class_stats
+
+        init = GaussianInit(class_stats(data, n=n_train if n_train < len(data) else None))
+    else:
+        init = NoiseInit("uniform")
+    sgld = O.jempp_sgld(steps=cfg.sgld_steps, inner_steps=cfg.sgld_inner_steps, step_size=cfg.sgld_step_size,
+                        noise=cfg.sgld_noise)
+    return {"gamma": cfg.gamma, "reinit_freq": cfg.reinit_freq, "sgld": sgld, "init": init}
+
+
+def _initial_objective_state(cfg: TrainConfig, model: EnergyModel, device: torch.device, kwargs: dict):
+    """The state a stateful objective starts from (``None`` for the stateless ones); its own seed."""
+    if cfg.objective != "robust-jem":
+        return None
+    return O.init_replay_buffer(model, cfg.buffer_size, init=kwargs["init"], generator=_gen(cfg.seed, 2_000_003),
+                                device=device)
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[dict], None] = False,
           objective_fn: Callable | None = None) -> TrainResult:
     """Run (or resume) adversarial training described by ``cfg``; returns per-epoch metrics."""
+    _check_data_path(cfg.data)
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -218,9 +284,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
     train_idx = train_data.strided(n_train) if n_train < len(train_data) else np.arange(len(train_data))
     eval_idx = test_data.strided(min(cfg.eval_n, len(test_data)))
 
-    model = build_model(cfg.arch, train_data.num_classes, cfg.mean, cfg.std, train_data.class_names,
-                        input_shape=(train_data.images.shape[3], *train_data.images.shape[1:3]),
-                        source="file", name=cfg.arch, dataset=train_data.source, threat_model=cfg.threat_model)
+    # The initial weights come from cfg.seed: torch's global generator starts from a random seed in
+    # each process, so an unseeded init would make the same command give different models.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sample_seed(cfg.seed, 3_000_017))
+        model = build_model(cfg.arch, train_data.num_classes, cfg.mean, cfg.std, train_data.class_names,
+                            input_shape=(train_data.images.shape[3], *train_data.images.shape[1:3]),
+                            source="file", name=cfg.arch, dataset=train_data.source, threat_model=cfg.threat_model)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -233,19 +303,24 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                           lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if cfg.schedule == "onecycle" and cfg.pct_start * total < 2:  # OneCycleLR divides by zero below that
+        raise ValueError(f"the one-cycle schedule needs pct_start * total steps >= 2, got {cfg.pct_start} * {total}; "
+                         "train longer, raise --max-train-images, or use --schedule cosine")
     if cfg.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start)
     else:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     scaler = torch.amp.GradScaler("cuda") if (cfg.amp == "fp16" and device.type == "cuda") else None
     objective = objective_fn or O.OBJECTIVES[cfg.objective]
+    obj_kwargs = _objective_kwargs(cfg, train_data, n_train)
+    state = _initial_objective_state(cfg, model, device, obj_kwargs)
 
-    epoch, step, history = 0, 0, []
+    epoch, step, history, epoch_loss_sum = 0, 0, [], 0.0
     last = out / "last.pt"
     if resume and last.exists():
         ck = torch.load(last, map_location=device, weights_only=True)
         saved_cfg = ck.get("config", {})
-        for k in ("arch", "objective", "epochs", "batch_size", "seed", "eps", "threat_model"):
+        for k in ("arch", "objective", "epochs", "batch_size", "seed", "eps", "threat_model", "buffer_size"):
             if k in saved_cfg and saved_cfg[k] != getattr(cfg, k):
                 raise ValueError(f"--resume: {k} was {saved_cfg[k]!r} in {last} but is {getattr(cfg, k)!r} now; "
                                  "resume with the same settings or choose a new --out")
@@ -255,15 +330,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
         if scaler is not None and "scaler" in ck:
             scaler.load_state_dict(ck["scaler"])
         epoch, step, history = int(ck["epoch"]), int(ck["step"]), list(ck.get("history_json") and json.loads(ck["history_json"]) or [])
+        epoch_loss_sum = float(ck.get("epoch_loss_sum", 0.0))
+        if state is not None:
+            if ck.get("objective_state") is None:
+                raise ValueError(f"--resume: {last} holds no {cfg.objective} state (replay buffer); "
+                                 "it was written by another objective or an older ebmlens: choose a new --out")
+            state = ck["objective_state"].to(device)
         log.info("resumed from %s at epoch %d step %d", last, epoch, step)
     elif resume:
         log.info("--resume given but %s does not exist; starting fresh", last)
     _atomic_json(asdict(cfg), out / "config.json")
 
-    def save_last(e: int, s: int) -> None:
+    def save_last(e: int, s: int, loss_so_far: float = 0.0) -> None:
         ck = {"state_dict": model.classifier.state_dict(), "optimizer": opt.state_dict(),
               "scheduler": sched.state_dict(), "epoch": e, "step": s, "config": asdict(cfg),
-              "history_json": json.dumps(history)}
+              "history_json": json.dumps(history), "epoch_loss_sum": loss_so_far, "objective_state": state}
         if scaler is not None:
             ck["scaler"] = scaler.state_dict()
         _atomic_torch_save(ck, last)
@@ -278,7 +359,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
     while epoch < cfg.epochs:
         perm = torch.from_numpy(train_idx)[torch.randperm(n_train, generator=_gen(cfg.seed, epoch))]
         model.classifier.train()
-        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+        t0, seen, loss_sum = time.perf_counter(), 0, epoch_loss_sum  # loss_sum carries over a mid-epoch resume
+        epoch_loss_sum = 0.0
         while step < steps_per_epoch:
             g = _gen(cfg.seed, epoch, step + 1_000_003)
             b = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size].numpy()
@@ -287,8 +369,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
             if cfg.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with _autocast(device, cfg.amp):
-                loss = objective(model, xb, yb, attack, generator=g) if cfg.objective != "trades" else \
-                    objective(model, xb, yb, attack, beta=cfg.beta, generator=g)
+                if cfg.objective in STATEFUL_OBJECTIVES:  # objectives that carry state (a replay buffer)
+                    loss, state = objective(model, xb, yb, attack, state, generator=g, **obj_kwargs)
+                elif cfg.objective in BETA_OBJECTIVES:
+                    loss = objective(model, xb, yb, attack, beta=cfg.beta, generator=g)
+                else:
+                    loss = objective(model, xb, yb, attack, generator=g)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -308,7 +394,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
             if report is not None:
                 report({"epoch": epoch, "step": step, "loss": float(loss.detach()), "images_per_s": ips})
             if step % cfg.checkpoint_every == 0 and step < steps_per_epoch:
-                save_last(epoch, step)
+                save_last(epoch, step, loss_sum)
         metrics = evaluate_accuracy(model, test_data, indices=eval_idx, threat_model=cfg.threat_model, eps=cfg.eps,
                                     steps=cfg.eval_steps, device=device, amp=cfg.amp)
         metrics.update(epoch=epoch + 1, train_loss=loss_sum / max(steps_per_epoch, 1), lr=sched.get_last_lr()[0])
