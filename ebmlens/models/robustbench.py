@@ -173,7 +173,8 @@ def _build_offline(ctor, what: str, allow_network: bool) -> nn.Module:
     if allow_network:
         return ctor()
     err: BaseException | None = None
-    with no_network() as attempts:
+    with no_network() as attempts, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")  # its 'pretrained' deprecation
         try:
             net = ctor()
         except NetworkBlocked as e:
