@@ -13,31 +13,15 @@ from torch import nn
 from ebmlens.metrics import class_diversity, conditional_accuracy, evaluate
 
 
-class SmallNet(nn.Module):
-    """A small fixed random conv net (seeded): features are the 64-d input of ``fc``."""
-
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)  # tests only: the library never seeds globally
-        self.features = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-                                      nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(64, 10)
-
-    def forward(self, x):
-        return self.fc(self.pool(self.features(x - 0.5)).flatten(1))
-
-
 @pytest.fixture(scope="module")
 def halves(cifar_test):
     idx = cifar_test.strided(400)
     return cifar_test.tensor(idx[0::2]), cifar_test.tensor(idx[1::2])
 
 
-def test_fid_of_cifar_halves_is_small_and_grows_with_corruption(halves):
+def test_fid_of_cifar_halves_is_small_and_grows_with_corruption(halves, small_net):
     a, b = halves
-    net = SmallNet()
+    net = small_net()
     g = torch.Generator().manual_seed(0)
 
     def fd(x):
@@ -52,9 +36,9 @@ def test_fid_of_cifar_halves_is_small_and_grows_with_corruption(halves):
         assert all(x < y for x, y in zip(seq, seq[1:])), seq
 
 
-def test_result_names_say_which_network(halves):
+def test_result_names_say_which_network(halves, small_net):
     a, b = halves
-    r = evaluate(a[:60], b[:40], ("is", "fid", "kid"), SmallNet(), splits=3, kid_subsets=5)
+    r = evaluate(a[:60], b[:40], ("is", "fid", "kid"), small_net(), splits=3, kid_subsets=5)
     assert set(r.values) == {"is_smallnet_mean", "is_smallnet_std", "fd_smallnet", "kd_smallnet_mean",
                              "kd_smallnet_std"}
     assert r.fid is None and r.inception_score is None and r.kid is None and r.is_mean is None
@@ -67,9 +51,9 @@ def test_result_names_say_which_network(halves):
     assert 1.0 <= r.values["is_smallnet_mean"] <= 10.0
 
 
-def test_set_against_itself_is_zero(halves):
+def test_set_against_itself_is_zero(halves, small_net):
     a, _ = halves
-    r = evaluate(a, a, "fid,kid", SmallNet(), kid_subsets=3, feature_name="mine")
+    r = evaluate(a, a, "fid,kid", small_net(), kid_subsets=3, feature_name="mine")
     assert abs(r.values["fd_mine"]) < 1e-9
     assert abs(r.values["kd_mine_mean"]) < 1e-6
 
@@ -94,9 +78,9 @@ def test_energy_model_uses_its_normalization_and_restores_modes(halves, tiny_mod
                                                      rel=1e-4, abs=1e-12)
 
 
-def test_layer_by_name(halves):
+def test_layer_by_name(halves, small_net):
     a, b = halves
-    net = SmallNet()
+    net = small_net()
     r = evaluate(a[:40], b[:40], "fid", net, layer="features.3")
     assert r.layer == "features.3" and r.values["fd_smallnet"] > 0
     r_pool = evaluate(a[:40], b[:40], "fid", net, layer="flatten")

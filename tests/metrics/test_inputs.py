@@ -9,26 +9,25 @@ from PIL import Image
 
 from ebmlens.metrics import evaluate, load_reference_stats, reference_stats
 
-from .test_feature_net import SmallNet
 
 
 def _rand(n, seed=0, size=16):
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def test_float_and_uint8_inputs_agree():
+def test_float_and_uint8_inputs_agree(small_net):
     x, r = _rand(30), _rand(20, 1)
     u8 = x.mul(255).round().byte().permute(0, 2, 3, 1).numpy()          # uint8 NHWC
-    a = evaluate(x, r, "fid,is", SmallNet(), splits=3)
-    b = evaluate(u8, r, "fid,is", SmallNet(), splits=3)
+    a = evaluate(x, r, "fid,is", small_net(), splits=3)
+    b = evaluate(u8, r, "fid,is", small_net(), splits=3)
     assert a.values == b.values and a.fingerprint == b.fingerprint
 
 
-def test_samples_folder_and_spec(tmp_path, cifar_test):
+def test_samples_folder_and_spec(tmp_path, cifar_test, small_net):
     idx = cifar_test.strided(40)
     np.savez(tmp_path / "samples.npz", images=cifar_test.images[idx], labels=cifar_test.labels[idx])
     ref = f"npz:{tmp_path / 'samples.npz'}"
-    r = evaluate(tmp_path, ref, "fid", SmallNet())
+    r = evaluate(tmp_path, ref, "fid", small_net())
     assert r.num_images == 40 and abs(r.values["fd_smallnet"]) < 1e-9
     assert "samples.npz" in r.ref
     # a data spec without @split means the test split; the report says which
@@ -38,31 +37,31 @@ def test_samples_folder_and_spec(tmp_path, cifar_test):
     assert r.ref.endswith("@test") and r.num_ref_images == 10000
 
 
-def test_reference_stats_round_trip(tmp_path):
+def test_reference_stats_round_trip(tmp_path, small_net):
     x, ref = _rand(40), _rand(50, 1)
     path = tmp_path / "stats.npz"
-    s = reference_stats(ref, SmallNet(), out=path, keep_features=True)
+    s = reference_stats(ref, small_net(), out=path, keep_features=True)
     loaded = load_reference_stats(path)
     np.testing.assert_array_equal(loaded.mu, s.mu)
     np.testing.assert_array_equal(loaded.sigma, s.sigma)
     np.testing.assert_array_equal(loaded.features, s.features)
     assert (loaded.count, loaded.fingerprint, loaded.network, loaded.layer, loaded.network_fingerprint) == \
            (50, s.fingerprint, "SmallNet", "fc:input", s.network_fingerprint)
-    direct = evaluate(x, ref, "fid,kid", SmallNet(), kid_subsets=4)
-    via_file = evaluate(x, path, "fid,kid", SmallNet(), kid_subsets=4)
+    direct = evaluate(x, ref, "fid,kid", small_net(), kid_subsets=4)
+    via_file = evaluate(x, path, "fid,kid", small_net(), kid_subsets=4)
     assert via_file.values == pytest.approx(direct.values, rel=1e-9, abs=1e-12)
     assert via_file.ref_fingerprint == direct.ref_fingerprint and via_file.num_ref_images == 50
 
 
-def test_reference_stats_refuse_mismatches(tmp_path):
+def test_reference_stats_refuse_mismatches(tmp_path, small_net):
     path = tmp_path / "stats.npz"
-    reference_stats(_rand(20), SmallNet(), out=path)
+    reference_stats(_rand(20), small_net(), out=path)
     with pytest.raises(ValueError, match="KID needs the reference features.*keep_features"):
-        evaluate(_rand(20, 1), path, "kid", SmallNet())
+        evaluate(_rand(20, 1), path, "kid", small_net())
     with pytest.raises(ValueError, match="other weights"):
-        evaluate(_rand(20, 1), path, "fid", SmallNet(seed=1))
+        evaluate(_rand(20, 1), path, "fid", small_net(seed=1))
     with pytest.raises(ValueError, match="computed in SmallNet at fc:input"):
-        evaluate(_rand(20, 1), path, "fid", SmallNet(), layer="features.3")
+        evaluate(_rand(20, 1), path, "fid", small_net(), layer="features.3")
     with pytest.raises(FileNotFoundError, match="--make-ref-stats"):
         load_reference_stats(tmp_path / "nope.npz")
 
@@ -73,8 +72,8 @@ def _write(folder, arrays):
         Image.fromarray(a).save(folder / f"{i:03d}.png")
 
 
-def test_bad_inputs_teach(tmp_path):
-    net, ref = SmallNet(), _rand(20)
+def test_bad_inputs_teach(tmp_path, small_net):
+    net, ref = small_net(), _rand(20)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images found"):
         evaluate(tmp_path / "empty", ref, "fid", net)
