@@ -185,8 +185,80 @@ def test_beta_and_registry():
     for fn in (O.trades, O.weat_adv, O.weat_nat):
         with pytest.raises(ValueError, match="beta"):
             fn(model, x, y, ATTACK, beta=-1.0)
-    assert {"pgd-at", "trades", "weat-adv", "weat-nat", "standard"} <= set(O.OBJECTIVES)
+    assert {"pgd-at", "trades", "weat-adv", "weat-nat", "robust-jem", "standard"} <= set(O.OBJECTIVES)
     for fn in O.OBJECTIVES.values():
         assert "Defaults" in (fn.__doc__ or "") or fn is O.standard
     with pytest.raises(ValueError, match="eps must be > 0"):
         O.AttackConfig("L2", eps=0.0)
+
+
+def test_robust_jem_equals_direct_and_is_pure():
+    model, (x, y) = make_tiny_model(7), _batch(6)
+    buffer = torch.rand(10, 3, 32, 32, generator=_gen(1))
+    kept = buffer.clone()
+    sgld = O.jempp_sgld(steps=2, inner_steps=3)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    loss, new = O.robust_jem(model, x, y, ATTACK, buffer, generator=_gen(), sgld=sgld, reinit_freq=0.5, gamma=0.7)
+    assert torch.equal(buffer, kept)  # the input buffer is not modified
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # BN buffers restored
+    assert not model.classifier.training
+    # the same draws, written out: PGD start, buffer indices, labels, restarts, fresh noise
+    g = _gen()
+    xa = pgd(model, x, y, L2Ball(0.5), 3, 0.2, loss="ce", random_start=True, generator=g)
+    idx = torch.randperm(10, generator=g)[:6]
+    y_q = torch.randint(10, (6,), generator=g)
+    restart = torch.rand(6, generator=g) < 0.5
+    fresh = torch.rand(6, 3, 32, 32, generator=g)
+    assert 0 < int(restart.sum()) < 6
+    xq = torch.where(restart.view(-1, 1, 1, 1), fresh, buffer[idx])
+    twin = copy.deepcopy(model).train()  # JEM++ samples with BatchNorm in train mode
+    for _ in range(2):
+        xg = xq.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad((-torch.logsumexp(twin.logits(xg), 1)).sum(), xg)
+        for _ in range(3):
+            xq = (xq - 0.5 * 0.1 * grad.clamp(-2, 2)).clamp(0, 1)
+    expected_buffer = buffer.clone()
+    expected_buffer[idx] = xq
+    assert torch.allclose(new, expected_buffer, atol=1e-6)
+    others = torch.ones(10, dtype=torch.bool)
+    others[idx] = False
+    assert torch.equal(new[others], buffer[others])
+    direct = F.cross_entropy(model.logits(xa), y) + 0.7 * (
+        (-torch.logsumexp(model.logits(x), 1)).mean() - (-torch.logsumexp(model.logits(xq), 1)).mean())
+    assert loss.item() == pytest.approx(direct.item(), rel=1e-5, abs=1e-6)
+    assert not new.requires_grad
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_robust_jem_training_steps_reduce_the_loss():
+    model, (x, y) = make_tiny_model(6), _batch(16, seed=1)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-2)
+    buffer = O.init_replay_buffer(model, 64, generator=_gen(0))
+    attack = O.AttackConfig("L2", eps=0.25, steps=2)
+    losses = []
+    for step in range(15):
+        loss, buffer = O.robust_jem(model, x, y, attack, buffer, generator=_gen(step), sgld=O.jempp_sgld(steps=2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2, losses
+
+
+def test_robust_jem_bad_input():
+    from ebmlens.rng import SampleStreams
+
+    model, (x, y) = make_tiny_model(), _batch(4)
+    with pytest.raises(ValueError, match="replay buffer must be a tensor"):
+        O.robust_jem(model, x, y, ATTACK, torch.rand(8, 3, 16, 16))
+    with pytest.raises(ValueError, match="fewer than the batch of 4"):
+        O.robust_jem(model, x, y, ATTACK, torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="reinit_freq"):
+        O.robust_jem(model, x, y, ATTACK, torch.rand(8, 3, 32, 32), reinit_freq=2.0)
+    with pytest.raises(TypeError, match="torch.Generator"):
+        O.robust_jem(model, x, y, ATTACK, torch.rand(8, 3, 32, 32), generator=SampleStreams(0, range(4)))
+    with pytest.raises(ValueError, match="buffer size"):
+        O.init_replay_buffer(model, 0)
