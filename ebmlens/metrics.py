@@ -322,8 +322,8 @@ def _is_stats_file(x: object) -> bool:
 
 
 def reference_stats(source: object, feature_model: object = None, *, inception_weights=None, layer: str | None = None,
-                    arch: str | None = None, batch_size: int = 100, device=None, trust_checkpoint: bool = False,
-                    keep_features: bool = False, out: str | os.PathLike | None = None,
+                    arch: str | None = None, feature_name: str | None = None, batch_size: int = 100, device=None,
+                    trust_checkpoint: bool = False, keep_features: bool = False, out: str | os.PathLike | None = None,
                     progress: bool = False) -> ReferenceStats:
     """Feature mean/covariance of a reference set, streamed batch by batch; saved to ``out`` if given.
 
@@ -332,10 +332,11 @@ def reference_stats(source: object, feature_model: object = None, *, inception_w
             test split; the published FID convention uses ``cifar10:PATH@train``.
         feature_model: ``None`` (standard Inception, needs ``inception_weights``) or a feature network.
         keep_features: also store the ``(N, d)`` features (needed for KID; 50,000 x 2048 float32 is 400 MB).
+        Other arguments as in :func:`evaluate`, which must later use the same network, layer and name.
     """
     data = _as_images(source, "reference")
     ext = _extractor(feature_model, inception_weights=inception_weights, layer=layer, arch=arch, device=device,
-                     trust_checkpoint=trust_checkpoint)
+                     trust_checkpoint=trust_checkpoint, feature_name=feature_name)
     f, _, mom = _features(ext, data, batch_size, progress, "reference features", keep=keep_features)
     mu, sigma = mom.result()
     stats = ReferenceStats(mu, sigma, mom.n, data.fingerprint, data.source, ext.network, ext.layer,

@@ -1,0 +1,78 @@
+"""``ebmlens evaluate``: IS / FID / KID of a samples folder (standard Inception or a named feature network),
+and ``--make-ref-stats`` to precompute reference statistics once."""
+
+from __future__ import annotations
+
+import click
+
+from ..cli import friendly_errors, main
+
+
+@main.command("evaluate")
+@click.argument("samples", required=False)
+@click.option("--ref", default=None, help="Reference images: data spec (cifar10:PATH@train), folder or .npz.")
+@click.option("--ref-stats", default=None, type=click.Path(dir_okay=False),
+              help="Precomputed reference statistics (.npz from --make-ref-stats) instead of --ref.")
+@click.option("--make-ref-stats", default=None, metavar="SPEC",
+              help="Compute reference statistics of SPEC and write them to --out (.npz); no SAMPLES.")
+@click.option("--keep-features", is_flag=True, help="With --make-ref-stats: also store the features (KID needs them).")
+@click.option("--metrics", default="is,fid,kid", show_default=True, help="Comma-separated: is, fid, kid.")
+@click.option("--inception-weights", default=None, type=click.Path(dir_okay=False),
+              help="The official pt_inception-2015-12-05-6726825d.pth (standard IS/FID/KID).")
+@click.option("--feature-model", default=None,
+              help="Measure in this network instead of Inception: ebmlens:NAME, file:CKPT (with --arch), ...")
+@click.option("--arch", default=None, help="Architecture of a file: feature model.")
+@click.option("--layer", default=None, help="Feature layer by graph node name (default: penultimate).")
+@click.option("--batch-size", default=100, show_default=True, type=int)
+@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available).")
+@click.option("--splits", default=10, show_default=True, type=int, help="Inception Score splits.")
+@click.option("--kid-subsets", default=100, show_default=True, type=int)
+@click.option("--kid-subset-size", default=None, type=int, help="Default: min(1000, N, N_ref).")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Load a weights file that is not the official one (it is unpickled: trusted files only).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Write the result (.json), or the statistics (.npz) with --make-ref-stats.")
+@friendly_errors
+def evaluate_cmd(samples, ref, ref_stats, make_ref_stats, keep_features, metrics, inception_weights, feature_model,
+                 arch, layer, batch_size, device, splits, kid_subsets, kid_subset_size, trust_checkpoint, out) -> None:
+    """Inception Score, FID and KID of SAMPLES (a samples folder, image folder, .npz or data spec).
+
+    Standard numbers need the official Inception weights file (never downloaded); with
+    --feature-model the numbers are named after that network (fd_<net>, kd_<net>, is_<net>).
+    """
+    from .. import metrics as M
+
+    fm = None
+    if feature_model:
+        from ._common import load_model_from_cli
+
+        fm = load_model_from_cli(feature_model, arch=arch, trust_checkpoint=trust_checkpoint)
+    elif arch:
+        raise ValueError("--arch applies to a file: --feature-model; the standard Inception takes none")
+    common = dict(inception_weights=inception_weights, layer=layer, batch_size=batch_size, device=device,
+                  trust_checkpoint=trust_checkpoint, progress=True)
+    if make_ref_stats:
+        if samples or ref or ref_stats:
+            raise ValueError("--make-ref-stats takes no SAMPLES, --ref or --ref-stats")
+        if not out or not out.endswith(".npz"):
+            raise ValueError("--make-ref-stats needs --out FILE.npz")
+        s = M.reference_stats(make_ref_stats, fm, keep_features=keep_features, out=out, **common)
+        click.echo(f"wrote {out}: {s.count} images of {s.source} in {s.network} at {s.layer}"
+                   + (" (with features)" if s.features is not None else ""))
+        return
+    if not samples:
+        raise ValueError("give SAMPLES (a samples folder, image folder, .npz or data spec), or --make-ref-stats SPEC")
+    if ref and ref_stats:
+        raise ValueError("give either --ref or --ref-stats, not both")
+    r = M.evaluate(samples, ref_stats or ref, metrics, fm, splits=splits, kid_subsets=kid_subsets,
+                   kid_subset_size=kid_subset_size, **common)
+    text = r.to_json()
+    if out:
+        from pathlib import Path
+
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+        click.echo(" ".join(f"{k}={v:.6g}" for k, v in r.values.items())
+                   + f" (n={r.num_images}, {r.network}; details in {out})")
+    else:
+        click.echo(text)
