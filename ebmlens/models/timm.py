@@ -126,7 +126,7 @@ def load(
     else:
         net = timm.create_model(name, pretrained=False, **timm_kwargs)
     net.eval()
-    cfg = timm.data.resolve_model_data_config(net)
+    cfg = timm.data.resolve_model_data_config(net, use_test_size=True)  # evaluation resolution
     k = int(getattr(net, "num_classes", 0) or 0)
     if k < 2:
         raise ValueError(f"timm model {name!r} has no classifier head (num_classes={k}); pass num_classes=")
