@@ -123,3 +123,27 @@ def test_unwritable_out(tiny_spec, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(ValueError, match="not writable"):
         train(_cfg(tiny_spec, blocker / "run"))
+
+
+def test_robust_jem_gaussian_init_from_training_images(tiny_spec, tmp_path, monkeypatch):
+    from ebmlens.data import load_data
+    from ebmlens.sampling import GaussianInit
+    from ebmlens.train import objectives as O
+    from ebmlens.train.trainer import _objective_kwargs, build_model
+
+    monkeypatch.setenv("EBMLENS_CACHE", str(tmp_path))
+    data = load_data(tiny_spec, "train")
+    cfg = _cfg(tiny_spec, tmp_path / "run", objective="robust-jem", jem_init="gaussian")
+    kw = _objective_kwargs(cfg, data, 64)
+    assert isinstance(kw["init"], GaussianInit)
+    assert (kw["gamma"], kw["reinit_freq"], kw["sgld"].steps, kw["sgld"].inner_steps) == (1.0, 0.05, 2, 2)
+    model = build_model("convnet-small", 4, input_shape=(3, 16, 16))
+    buf = O.init_replay_buffer(model, 256, init=kw["init"], generator=torch.Generator().manual_seed(0))
+    # class Gaussians of the images, not uniform noise: each draw lies near one class mean
+    x, y = data.tensor(), torch.as_tensor(data.labels)
+    means = torch.stack([x[y == c].mean(0) for c in range(4)]).flatten(1)
+
+    def dist(b):
+        return float(torch.cdist(b.flatten(1), means).min(1).values.mean())
+
+    assert dist(buf) < 6.0 < 8.0 < dist(torch.rand(256, 3, 16, 16))
