@@ -269,3 +269,11 @@ def test_normalization_check_bad_input(tiny_model):
         normalization_check(tiny_model, x, torch.tensor([0, 1, 2, 3]), expected_accuracy=85)
     with pytest.raises(TypeError, match="EnergyModel"):
         normalization_check(nn.Linear(2, 2), x, torch.tensor([0, 1, 2, 3]))  # type: ignore[arg-type]
+
+
+def test_normalization_check_on_the_robust_model(robust_model, cifar_test):
+    idx = cifar_test.strided(200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = normalization_check(robust_model, cifar_test.tensor(idx), cifar_test.label_tensor(idx))
+    assert r.ok and r.configured > max(r.none, r.doubled) + 0.1
