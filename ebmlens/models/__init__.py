@@ -23,11 +23,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import torch
 

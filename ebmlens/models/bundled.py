@@ -19,8 +19,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from ..energy import EnergyModel
 from .archs import get_arch
 from .file import load_into, read_checkpoint

@@ -29,7 +29,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..energy import EnergyModel
