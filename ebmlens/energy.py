@@ -158,7 +158,12 @@ class EnergyModel(nn.Module):
         finally:
             self.classifier.train(was_training)
             if saved:
-                self.classifier.load_state_dict(saved, strict=False)
+                # Put the saved tensors back as new objects rather than copying in place, so an
+                # autograd graph built before this block (which saved the old buffers) stays valid.
+                for key, value in saved.items():
+                    owner_name, _, attr = key.rpartition(".")
+                    owner = self.classifier.get_submodule(owner_name) if owner_name else self.classifier
+                    setattr(owner, attr, value)
 
     def describe(self) -> dict:
         """Provenance, as recorded in run.json and reports."""
