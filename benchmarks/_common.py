@@ -5,6 +5,11 @@ Timing on a shared machine is noisy, so every comparison here runs its candidate
 runs that are not counted, and reports min / median / max of the repeats. The minimum is the
 least disturbed estimate of the true cost; the spread is the noise band.
 
+Clock. On the CPU the ratios use the **CPU time of this process** (``time.process_time``; torch runs
+single-threaded here), which other processes competing for the core barely disturb, while wall time
+on a loaded 2-core machine varies by +-30%; wall time is printed beside it. On CUDA the clock is wall
+time after ``torch.cuda.synchronize()``.
+
 Not part of the package (benchmarks are not run as tests); ``python benchmarks/overhead.py --help``.
 """
 
@@ -15,12 +20,12 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
 __all__ = ["Timing", "set_threads", "build_model", "synthetic_stats", "interleaved", "ratio_band",
-           "rss_bytes", "machine", "count_passes", "fmt_times"]
+           "rss_bytes", "machine", "count_passes", "fmt_times", "summary_line", "two_sample"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,8 @@ class Timing:
 
     name: str
     seconds: tuple[float, ...]
+    wall: tuple[float, ...] = ()
+    clock: str = "wall"
 
     @property
     def min(self) -> float:
@@ -101,20 +108,24 @@ def _sync(device: str) -> None:
 def interleaved(candidates: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
                 device: str = "cpu") -> dict[str, Timing]:
     """Time each zero-argument callable ``repeats`` times, interleaved in ABBA order after ``warmup``
-    uncounted rounds. Returns ``{name: Timing}``."""
+    uncounted rounds. Returns ``{name: Timing}`` on the CPU-time clock for ``device="cpu"``, else wall."""
     names = list(candidates)
+    cpu = not str(device).startswith("cuda")
     for _ in range(warmup):
         for n in names:
             candidates[n]()
     out: dict[str, list[float]] = {n: [] for n in names}
+    wall: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         for n in (names if r % 2 == 0 else names[::-1]):
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             candidates[n]()
             _sync(device)
-            out[n].append(time.perf_counter() - t0)
-    return {n: Timing(n, tuple(v)) for n, v in out.items()}
+            t1, c1 = time.perf_counter(), time.process_time()
+            wall[n].append(t1 - t0)
+            out[n].append(c1 - c0 if cpu else t1 - t0)
+    return {n: Timing(n, tuple(out[n]), tuple(wall[n]), "cpu" if cpu else "wall") for n in names}
 
 
 def ratio_band(num: Timing, den: Timing) -> tuple[float, float, float]:
@@ -124,7 +135,9 @@ def ratio_band(num: Timing, den: Timing) -> tuple[float, float, float]:
 
 
 def fmt_times(t: Timing) -> str:
-    return f"{t.name:<28s} min {t.min:8.3f} s  median {t.median:8.3f} s  max {t.max:8.3f} s  (n={len(t.seconds)})"
+    w = f"  [wall median {statistics.median(t.wall):.3f} s]" if t.clock == "cpu" and t.wall else ""
+    return (f"{t.name:<28s} {t.clock} time: min {t.min:7.3f} s  median {t.median:7.3f} s  max {t.max:7.3f} s"
+            f"  (n={len(t.seconds)}){w}")
 
 
 def rss_bytes() -> tuple[int, int]:
@@ -192,7 +205,3 @@ def two_sample(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     ks = stats.ks_2samp(a_, b_)
     t = stats.ttest_ind(a_, b_, equal_var=False)
     return {"ks": float(ks.statistic), "ks_p": float(ks.pvalue), "t": float(t.statistic), "t_p": float(t.pvalue)}
-
-
-def seconds_fmt(xs: Sequence[float]) -> str:
-    return "/".join(f"{x:.3f}" for x in xs)

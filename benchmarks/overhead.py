@@ -72,7 +72,7 @@ def main(argv=None) -> float:
     p.add_argument("--preset", default="robust-jem")
     p.add_argument("--pgd-steps", type=int, default=None, help="override the preset's attack steps")
     p.add_argument("--sgld-steps", type=int, default=None, help="override the preset's SGLD steps")
-    p.add_argument("--repeats", type=int, default=None, help="counted runs per side (default 5; quick 4)")
+    p.add_argument("--repeats", type=int, default=None, help="counted runs per side (default 5; quick 3)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None, help="fit class statistics on this data spec (default: synthetic)")
     args = p.parse_args(argv)
@@ -80,7 +80,7 @@ def main(argv=None) -> float:
     set_threads(args.threads)
     bs = args.batch_size or (8 if args.quick else 16)
     model_spec = args.model or ("resnet-tiny" if args.quick else "resnet-small")
-    repeats = args.repeats or (4 if args.quick else 5)
+    repeats = args.repeats or (3 if args.quick else 5)
     if args.quick and args.sgld_steps is None:
         args.sgld_steps = 25  # robust-jem: 15 PGD + 25 SGLD passes
     model = build_model(model_spec, args.device)
