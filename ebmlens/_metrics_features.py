@@ -72,23 +72,23 @@ def inception_search_paths() -> list[Path]:
 
 def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
     """The Inception weights file to use; a clear ``FileNotFoundError`` when there is none."""
+    from .data import cache_dir
+
     hint = (f"the standard IS/FID/KID need the official Inception weights file {INCEPTION_FILE_NAMES[0]} "
             f"(also published as {INCEPTION_FILE_NAMES[1]}; sha256 starts with {OFFICIAL_INCEPTION_SHA256_PREFIX}). "
             "ebmlens never downloads it: copy it to this machine and pass inception_weights=PATH "
-            "(CLI: --inception-weights PATH), set EBMLENS_INCEPTION_WEIGHTS, or put it in ")
+            "(CLI: --inception-weights PATH), set EBMLENS_INCEPTION_WEIGHTS, or put it in "
+            f"{cache_dir() / 'weights'}; or measure in another network (feature_model=..., CLI --feature-model), "
+            "whose scores are not standard")
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
-            raise FileNotFoundError(f"Inception weights file {str(p)!r} does not exist; " + hint
-                                    + f"{inception_search_paths()[0].parent}")
+            raise FileNotFoundError(f"Inception weights file {str(p)!r} does not exist; " + hint)
         return p
-    cands = inception_search_paths()
-    for p in cands:
+    for p in inception_search_paths():
         if p.is_file():
             return p
-    where = ", ".join(str(p) for p in cands[:2])
-    raise FileNotFoundError("no Inception weights file found; " + hint + f"{where}; or use a feature network "
-                            "(feature_model=..., CLI --feature-model) for non-standard scores")
+    raise FileNotFoundError("no Inception weights file found; " + hint)
 
 
 def check_inception_weights(path: Path, trust_checkpoint: bool = False) -> InceptionWeights:
@@ -160,7 +160,7 @@ class InceptionFeatures:
 
 def slug(name: str) -> str:
     """A network name fit for a result key: ``"ebmlens:cifar10-l2-small"`` -> ``"ebmlens-cifar10-l2-small"``."""
-    s = re.sub(r"[^a-z0-9.]+", "-", str(name).lower()).strip("-")
+    s = re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-")
     return s or "net"
 
 
@@ -200,6 +200,9 @@ class ModuleFeatures:
             self.input_shape = None
             default_name = type(module).__name__
         self.network = name or default_name
+        # the short name in result keys: a file checkpoint goes by its file name (network keeps the path)
+        file_stem = Path(str(module.name)).stem if isinstance(module, EnergyModel) and module.source == "file" else None
+        self.key_name = name or (f"file-{file_stem}" if file_stem else default_name)
         self._captured: torch.Tensor | None = None
         self._hooked = self._fx = None
         self.layer = layer or ""

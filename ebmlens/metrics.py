@@ -462,7 +462,7 @@ def evaluate(images: object, ref: object = None, metrics: str | Sequence[str] = 
 
     feats, logits, mom = _features(ext, data, batch_size, progress, "features")
     std = ext.standard
-    net = "" if std else slug(ext.network)
+    net = "" if std else slug(ext.key_name)
     values: dict[str, float] = {}
     impl: dict[str, str] = {}
     tf = f"torch-fidelity {getattr(ext, 'version', '')}"
