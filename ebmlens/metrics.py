@@ -65,6 +65,9 @@ def _as_images(x: object, what: str = "images") -> ImageData:
             data = load_data(f"folder:{p}")
         elif p.suffix == ".npz" and p.is_file():
             data = load_data(f"npz:{p}")
+        elif ":" not in str(x):
+            raise FileNotFoundError(f"{what} {str(x)!r} does not exist; give a samples or image folder, an .npz, "
+                                    "or a data spec like cifar10:PATH@train")
         else:
             data = load_data(str(x), default_split="test")
     else:

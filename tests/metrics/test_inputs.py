@@ -96,6 +96,8 @@ def test_bad_inputs_teach(tmp_path, small_net):
         evaluate(_rand(12), None, "fid", net)
     with pytest.raises(ValueError, match="unknown metrics.*'fd'"):
         evaluate(_rand(12), ref, "is,fd", net)
+    with pytest.raises(FileNotFoundError, match="'no_such_folder' does not exist"):
+        evaluate("no_such_folder", ref, "fid", net)
     with pytest.raises(ValueError, match="unknown data spec"):
         evaluate("cifar11:x", ref, "fid", net)
     with pytest.raises(TypeError, match="feature_model must be an nn.Module"):
