@@ -170,6 +170,10 @@ class DynamicsReport:
             ax1.legend(fontsize=8)
             ax2.set_xlabel("epoch")
             ax2.set_ylabel("accuracy")
+            from matplotlib.ticker import MaxNLocator
+
+            for ax in (ax1, ax2):
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax2.legend(fontsize=8)
             fig.tight_layout()
             path = Path(path)
