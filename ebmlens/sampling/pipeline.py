@@ -198,7 +198,7 @@ class Pipeline:
             if y <= 0:
                 raise ValueError(f"number of samples must be > 0, got {y}")
             y = draw_labels(y, self.prior(model.num_classes), generator, device=device)
-        y = validate_labels(y, model.num_classes)
+        y = validate_labels(y, model.num_classes).to(device)   # samples live on the model's device
         mode = self.mode or model.sampling_mode
         points: list[Any] = [self.init, *self.stages]
         report = _progress(progress, len(points))
