@@ -25,6 +25,14 @@ _SCRIPT = textwrap.dedent("""
                      [str(i) for i in range(10)], "synthetic")
 
     def peak_mb():
+        # VmHWM belongs to this process image; ru_maxrss would carry over the parent's peak through fork+exec
+        try:
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
     out = {}
