@@ -480,10 +480,12 @@ class Attack:
 
     def _run_torchattacks(self, model, x, y, target, generator) -> torch.Tensor:
         ta = _torchattacks()
-        seed = int(rng.randint(generator, x.shape[0], 2**31 - 1)[0]) if x.shape[0] else 0
+        # one seed drawn from the caller's generator (0 without one: the global RNG is never consumed)
+        seed = int(rng.randint(generator, x.shape[0], 2**31 - 1)[0]) if (generator is not None and x.shape[0]) else 0
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
         sink = _io.StringIO()
         with torch.random.fork_rng(devices=devices), _contextlib.redirect_stdout(sink):
+            torch.manual_seed(seed)  # inside the fork: the attack's own draws follow our seed, the caller's state is restored
             atk = self._ta_object(ta, model, seed)
             if self.needs_target:
                 if "targeted" not in atk.supported_mode:  # pragma: no cover - registry entries are checked

@@ -99,3 +99,17 @@ def test_torchattacks_run_isolated(name, capfd):
         assert float((xa - x).flatten(1).norm(dim=1).max()) <= eps * (1 + 1e-4)
     elif a.spec.bounded:
         assert float((xa - x).abs().max()) <= eps + 1e-5
+
+
+def test_torchattacks_random_start_follows_our_generator():
+    pytest.importorskip("torchattacks")
+    m = make_linear_model(scale=0.2)
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    y = m(x).argmax(1)
+    a = get_attack("ta-pgd", threat_model="Linf", eps=8 / 255, steps=1)
+    runs = []
+    for global_seed, our_seed in ((1, 7), (2, 7), (1, 8)):
+        torch.manual_seed(global_seed)
+        runs.append(a(m, x, y, generator=torch.Generator().manual_seed(our_seed)))
+    assert torch.equal(runs[0], runs[1])        # the caller's global state does not matter
+    assert not torch.equal(runs[0], runs[2])    # our generator does
