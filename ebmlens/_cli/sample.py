@@ -20,10 +20,7 @@ import click
 
 from ..cli import friendly_errors, main
 
-try:  # the bundled default lives with the bundled models
-    from ..models.bundled import DEFAULT_MODEL
-except ImportError:  # pragma: no cover - partial installs
-    DEFAULT_MODEL = "ebmlens:cifar10-l2-small"
+from ..models.bundled import DEFAULT_MODEL
 
 
 def parse_override(text: str) -> tuple[str, Any]:
