@@ -57,14 +57,29 @@ CIFAR100_CLASSES = [
 _NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 
 
+def _autoattack_usable() -> bool:
+    """True when an ``autoattack`` with the ``autoattack.state`` module robustbench needs is importable.
+
+    Some packages ship an unrelated top-level ``autoattack`` without ``state`` (torchattacks 3.3.0
+    does); then the name is pointed at ``pyautoattack`` too.
+    """
+    if "autoattack.state" in sys.modules:
+        return True
+    try:
+        return (importlib.util.find_spec("autoattack") is not None
+                and importlib.util.find_spec("autoattack.state") is not None)
+    except (ImportError, ValueError):
+        return False
+
+
 def import_zoo() -> Any:
     """Import ``robustbench`` 1.1.1 and return ``robustbench.model_zoo.model_dicts``.
 
     Before importing, points the module name ``autoattack`` (and ``autoattack.state``, the two that
-    robustbench imports) at the ``pyautoattack`` package when no ``autoattack`` is installed, and
+    robustbench imports) at the ``pyautoattack`` package when no usable ``autoattack`` is installed, and
     checks that ``pkg_resources`` (setuptools < 81) is importable.
     """
-    if "autoattack" not in sys.modules and importlib.util.find_spec("autoattack") is None:
+    if not _autoattack_usable():
         try:
             aa = importlib.import_module("pyautoattack")
             aa_state = importlib.import_module("pyautoattack.state")
