@@ -24,6 +24,7 @@ _LAZY = {
     "Unconstrained": ("ebmlens.attacks", "Unconstrained"),
     "pgd": ("ebmlens.attacks", "pgd"),
     "class_stats": ("ebmlens.sampling.stats", "class_stats"),
+    "bundled_stats": ("ebmlens.models.bundled", "bundled_stats"),
     "sample": ("ebmlens.sampling.runner", "sample"),
 }
 _SUBMODULES = {"energy", "attacks", "rng", "data", "models", "sampling", "analysis", "metrics", "train", "cli"}

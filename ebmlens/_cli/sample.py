@@ -64,21 +64,12 @@ def parse_classes(text: str | None) -> str | list[str]:
 
 
 def bundled_stats(model) -> Any:
-    """The compact class statistics shipped with a bundled model (``<bundled dir>/<name>.stats.safetensors``,
-    or ``ebmlens.models.bundled.bundled_stats(name)`` when the bundled module provides it), else ``None``."""
+    """The compact class statistics shipped with a bundled model, else ``None``."""
     if getattr(model, "source", None) != "ebmlens" or not getattr(model, "name", None):
         return None
-    from ..models import bundled
+    from ..models.bundled import bundled_stats as _stats
 
-    fn = getattr(bundled, "bundled_stats", None)
-    if callable(fn):
-        return fn(model.name)
-    path = bundled.bundled_dir() / f"{model.name}.stats.safetensors"
-    if not path.is_file():
-        return None
-    from ..sampling.stats import ClassStats
-
-    return ClassStats.load(path)
+    return _stats(model.name)
 
 
 @main.command("sample")

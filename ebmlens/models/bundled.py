@@ -23,7 +23,7 @@ from ..energy import EnergyModel
 from .archs import get_arch
 from .file import load_into, read_checkpoint
 
-__all__ = ["DEFAULT_MODEL", "BUNDLED_DIR", "bundled_dir", "list_names", "load", "model_card", "model_meta"]
+__all__ = ["DEFAULT_MODEL", "BUNDLED_DIR", "bundled_dir", "list_names", "load", "model_card", "model_meta", "bundled_stats"]
 
 DEFAULT_MODEL = "ebmlens:cifar10-l2-small"
 
@@ -96,3 +96,21 @@ def load(name: str, *, temperature: float = 1.0, sampling_mode: str = "eval") ->
         dataset=meta.get("dataset"),
         threat_model=meta.get("threat_model"),
     )
+
+
+def bundled_stats(name: str):
+    """The compact class statistics shipped with bundled model ``name`` (``NAME.stats.safetensors``,
+    a :class:`~ebmlens.sampling.stats.ClassStats`), or ``None`` when the model ships none.
+
+    >>> from ebmlens.models.bundled import bundled_stats
+    >>> bundled_stats("cifar10-l2-small").mean.shape
+    torch.Size([10, 3072])
+    """
+    name = name.split(":", 1)[1] if name.startswith("ebmlens:") else name
+    model_meta(name)  # unknown names fail with the choices
+    path = bundled_dir() / f"{name}.stats.safetensors"
+    if not path.is_file():
+        return None
+    from ..sampling.stats import ClassStats
+
+    return ClassStats.load(path)
