@@ -5,10 +5,12 @@ over the same images) across the epochs of a run: for PGD adversarial training i
 and then plunges when robust overfitting sets in, while TRADES keeps it near zero. :func:`dynamics`
 measures it per checkpoint, with the accuracies, and :class:`DynamicsReport` tabulates and plots it.
 
->>> import ebmlens  # doctest: +SKIP
->>> dyn = ebmlens.analysis.dynamics("runs/at/epoch_*.pt", "cifar10:PATH", ["pgd"], threat_model="L2",
-...                                 eps=0.5, n=500)  # doctest: +SKIP
->>> print(dyn.table())  # doctest: +SKIP
+Example (checkpoints of an ``ebmlens train`` run)::
+
+    import ebmlens
+    dyn = ebmlens.analysis.dynamics("runs/at/epoch_*.pt", "cifar10:PATH", ["pgd"], threat_model="L2",
+                                    eps=0.5, n=500)
+    print(dyn.table())
 """
 
 from __future__ import annotations

@@ -10,10 +10,12 @@ kept, so memory does not grow with ``n`` unless ``keep_adversarial=True``. Rando
 random starts) comes from per-image streams seeded by ``(seed, image index)``, so results do not
 depend on the batch size.
 
->>> import ebmlens  # doctest: +SKIP
->>> rep = ebmlens.analysis.energy_report("ebmlens:cifar10-l2-small", "cifar10:PATH", ["pgd", "pgd-targeted"],
-...                                      threat_model="L2", eps=0.5, n=1000)  # doctest: +SKIP
->>> print(rep.table())  # doctest: +SKIP
+Example (PATH: the CIFAR-10 archive or folder)::
+
+    import ebmlens
+    rep = ebmlens.analysis.energy_report("ebmlens:cifar10-l2-small", "cifar10:PATH", ["pgd", "pgd-targeted"],
+                                         threat_model="L2", eps=0.5, n=1000)
+    print(rep.table())
 """
 
 from __future__ import annotations

@@ -139,10 +139,10 @@ def load_model(spec: str | EnergyModel, *, device: str | torch.device | None = N
         **kwargs: the source's options (``dataset=``, ``threat_model=``, ``model_dir=``,
             ``checkpoint=``, ``arch=``, ``trust_checkpoint=`` ...); see each source module.
 
-    Example:
-        >>> import ebmlens
-        >>> m = ebmlens.load_model("robustbench:Carmon2019Unlabeled", threat_model="Linf",
-        ...                        model_dir="models/")  # doctest: +SKIP
+    Example (needs ``models/cifar10/Linf/Carmon2019Unlabeled.pt``)::
+
+        import ebmlens
+        m = ebmlens.load_model("robustbench:Carmon2019Unlabeled", threat_model="Linf", model_dir="models/")
     """
     if isinstance(spec, EnergyModel):
         if kwargs:

@@ -14,7 +14,7 @@ from a local file or cache, or fail with the path to put the file at.
 The PyPI release 1.1.1 imports ``autoattack`` (published on PyPI as ``pyautoattack``) and
 ``pkg_resources`` (removed in setuptools 81); :func:`import_zoo` makes it importable.
 
->>> "Carmon2019Unlabeled" in list_names("cifar10", "Linf")  # doctest: +SKIP
+>>> "Carmon2019Unlabeled" in list_names("cifar10", "Linf")
 True
 """
 
