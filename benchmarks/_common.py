@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import torch
 
+from ebmlens._perf import _cpu_rss
+
 __all__ = ["Timing", "set_threads", "build_model", "synthetic_stats", "interleaved", "ratio_band",
            "rss_bytes", "machine", "count_passes", "fmt_times", "summary_line", "two_sample"]
 
@@ -142,14 +144,7 @@ def fmt_times(t: Timing) -> str:
 
 def rss_bytes() -> tuple[int, int]:
     """``(current RSS, peak RSS since the last reset)`` of this process in bytes (Linux /proc)."""
-    cur = peak = 0
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                cur = int(line.split()[1]) * 1024
-            elif line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) * 1024
-    return cur, peak
+    return _cpu_rss()
 
 
 def machine() -> str:

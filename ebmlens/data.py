@@ -215,7 +215,7 @@ def _load_cifar(kind: str, path: Path, split: str, spec: str) -> ImageData:
         if py is not None:
             images, labels, names = _cached(py, f"{kind}-{split}", lambda: _read_torchvision(py, kind, split))
         elif (path / split).is_dir():
-            images, labels, names = _cached(path / split, f"folder", lambda: _decode_folder(path / split))
+            images, labels, names = _cached(path / split, "folder", lambda: _decode_folder(path / split))
         elif path.name in ("train", "test") or any(p.is_dir() for p in path.iterdir()):
             images, labels, names = _cached(path, "folder", lambda: _decode_folder(path))
         else:

@@ -34,7 +34,6 @@ def accuracy_cmd(model_spec, model_dir, dataset, model_threat_model, arch, data,
     import numpy as np
 
     from ..data import load_data
-    from ..models import load_model
     from ..train.trainer import evaluate_accuracy
     from ._common import load_model_from_cli
 

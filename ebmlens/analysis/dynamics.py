@@ -15,9 +15,7 @@ Example (checkpoints of an ``ebmlens train`` run)::
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json
 import os
 import re
@@ -30,7 +28,7 @@ import numpy as np
 from ..data import ImageData
 from ..energy import EnergyModel
 from .energies import as_image_data, energy_report
-from .report import EnergyReport, atomic_write_text, require_matplotlib
+from .report import EnergyReport, atomic_write_text, require_matplotlib, rows_to_csv
 
 __all__ = ["dynamics", "DynamicsReport", "resolve_checkpoints"]
 
@@ -132,14 +130,7 @@ class DynamicsReport:
         return "\n".join(lines) + "\n\nΔE(x) = E(x) - E(x*), natural minus adversarial, paired over the same images.\n"
 
     def to_csv(self, path: str | os.PathLike | None = None) -> str:
-        rows = self.rows()
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        if path is not None:
-            atomic_write_text(path, buf.getvalue())
-        return buf.getvalue()
+        return rows_to_csv(self.rows(), path)
 
     def to_dict(self, *, per_sample: bool = False) -> dict[str, Any]:
         return {"format": "ebmlens.dynamics_report/1", "config": dict(self.config),

@@ -28,7 +28,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -48,6 +48,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def rows_to_csv(rows: list[dict[str, Any]], path: str | os.PathLike | None = None) -> str:
+    """Rows of equal keys as CSV text; also written atomically to ``path`` when given."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    if path is not None:
+        atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def require_matplotlib():
@@ -275,14 +286,7 @@ class EnergyReport:
 
     def to_csv(self, path: str | os.PathLike | None = None) -> str:
         """The rows of :meth:`rows` as CSV; written atomically to ``path`` when given. Returns the text."""
-        rows = self.rows()
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        if path is not None:
-            atomic_write_text(path, buf.getvalue())
-        return buf.getvalue()
+        return rows_to_csv(self.rows(), path)
 
     # ------------------------------------------------------------- json
     def to_dict(self, *, per_sample: bool = True) -> dict[str, Any]:
