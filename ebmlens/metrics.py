@@ -18,6 +18,10 @@ own :func:`inception_score`, :func:`frechet_distance` and :func:`kernel_distance
 * Kernel distance (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel
   ``k(a, b) = (a.b / d + 1)^3``, averaged over random subsets.
 
+Under ``torchrun --nproc_per_node=K`` (``WORLD_SIZE > 1``) :func:`evaluate` and :func:`reference_stats`
+extract the features of every K-th batch per rank; rank 0 gathers them in index order, computes the
+numbers (equal to a single process's) and writes ``out``; every rank returns the same result.
+
 >>> import torch
 >>> p = torch.eye(4) * 0.96 + 0.01                 # p(y|x): 0.97 on its class, 0.01 on the others
 >>> logits = torch.log(p).repeat(25, 1)            # 100 confident predictions, balanced classes
@@ -39,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import _dist
 from ._metrics_math import _Moments, feature_stats, frechet_distance, inception_score, kernel_distance
 from ._metrics_features import (INCEPTION_NETWORK, InceptionFeatures, ModuleFeatures, check_inception_weights,
                                 find_inception_weights, slug)
@@ -141,24 +146,41 @@ def _load_model(spec: str, arch: str | None, trust_checkpoint: bool) -> nn.Modul
     return load_model(spec, **kw)
 
 
-def _features(ext, data: ImageData, batch_size: int, progress: bool, desc: str, keep: bool = True):
-    """Run ``ext`` over ``data`` in batches: ``(features (N, d) or None, logits or None, moments)``."""
+def _features(ext, data: ImageData, batch_size: int, progress: bool, desc: str, keep: bool = True,
+              local: bool = False):
+    """Run ``ext`` over ``data`` in batches: ``(features (N, d) or None, logits or None, moments)``.
+
+    Under torchrun each rank extracts every world-th batch; the batches are gathered to rank 0,
+    which folds them into the moments in index order (so the numbers equal a single process's).
+    The other ranks get ``(None, None, None)``. ``local=True``: no sharding, every process does all.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    feats, logits, mom = [], [], _Moments()
     from tqdm.auto import tqdm
 
-    with ext.active(), tqdm(total=len(data), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for s in range(0, len(data), batch_size):
+    d = _dist.DistInfo() if local else _dist.init_if_needed(getattr(ext, "device", None))
+    starts = _dist.shard(list(range(0, len(data), batch_size)), d)
+    parts, mom = [], _Moments()
+    share = sum(min(batch_size, len(data) - s) for s in starts)
+    with ext.active(), tqdm(total=share, desc=desc if not d.active else f"{desc} (rank 0 of {d.world})", unit="img",
+                            disable=not progress or d.rank != 0, leave=False) as bar:
+        for s in starts:
             f, z = ext(data.images[s:s + batch_size])
-            mom.update(f.numpy())
-            if keep:
-                feats.append(f)
-                if z is not None:
-                    logits.append(z)
+            if not d.active:
+                mom.update(f.numpy())  # streamed: without keep, one process never holds all features
+            if keep or d.active:
+                parts.append((s, f, z))
             bar.update(len(f))
-    f_all = torch.cat(feats) if keep else None
-    z_all = torch.cat(logits) if keep and logits else None
+    if d.active:
+        gathered = _dist.gather_to_rank0(parts)
+        if gathered is None:
+            return None, None, None
+        parts = sorted((p for rank_parts in gathered for p in rank_parts), key=lambda p: p[0])
+        for _, f, _ in parts:
+            mom.update(f.numpy())
+    f_all = torch.cat([f for _, f, _ in parts]) if keep else None
+    zs = [z for _, _, z in parts if z is not None]
+    z_all = torch.cat(zs) if keep and zs else None
     return f_all, z_all, mom
 
 
@@ -236,9 +258,14 @@ def reference_stats(source: object, feature_model: object = None, *, inception_w
         Other arguments as in :func:`evaluate`, which must later use the same network, layer and name.
     """
     data = _as_images(source, "reference")
+    _dist.init_if_needed(device)  # under torchrun: join first, so "cuda" means cuda:LOCAL_RANK
     ext = _extractor(feature_model, inception_weights=inception_weights, layer=layer, arch=arch, device=device,
                      trust_checkpoint=trust_checkpoint, feature_name=feature_name)
     f, _, mom = _features(ext, data, batch_size, progress, "reference features", keep=keep_features)
+    return _dist.run_on_rank0(_finish_stats, f, mom, data, ext, out)  # under torchrun: rank 0 computes and writes
+
+
+def _finish_stats(f, mom, data: ImageData, ext, out) -> ReferenceStats:
     mu, sigma = mom.result()
     stats = ReferenceStats(mu, sigma, mom.n, data.fingerprint, data.source, ext.network, ext.layer,
                            ext.fingerprint(), None if f is None else f.numpy().astype(np.float32))
@@ -356,78 +383,90 @@ def evaluate(images: object, ref: object = None, metrics: str | Sequence[str] = 
             stats = load_reference_stats(ref)
         else:
             ref_data = _as_images(ref, "reference")
+    _dist.init_if_needed(device)  # under torchrun: join first, so "cuda" means cuda:LOCAL_RANK
     ext = _extractor(feature_model, inception_weights=inception_weights, layer=layer, arch=arch, device=device,
                      trust_checkpoint=trust_checkpoint, feature_name=feature_name)
     if stats is not None:
         _check_stats(stats, ext, "kid" in metrics)
 
     feats, logits, mom = _features(ext, data, batch_size, progress, "features")
-    std = ext.standard
-    net = "" if std else slug(ext.key_name)
-    values: dict[str, float] = {}
-    impl: dict[str, str] = {}
-    tf = f"torch-fidelity {getattr(ext, 'version', '')}"
-    if "is" in metrics:
-        if logits is None:
-            raise ValueError(f"IS needs class logits, but {ext.network} does not output (N, K) logits; "
-                             "drop 'is' from metrics or use a classifier")
-        if std:
-            from torch_fidelity.metric_isc import isc_features_to_metric
+    ref_extracted = None
+    if needs_ref and stats is None:  # every rank extracts its share (collective under torchrun)
+        ref_extracted = _features(ext, ref_data, batch_size, progress, "reference features", keep="kid" in metrics)
 
-            r = isc_features_to_metric(logits, splits, True, seed)
-            m, s = r["inception_score_mean"], r["inception_score_std"]
-            impl["is"] = f"{tf} isc_features_to_metric on {ext.logits_layer} (1008 classes)"
-        else:
-            m, s = inception_score(logits, splits, seed=seed)
-            impl[f"is_{net}"] = f"ebmlens.metrics.inception_score on {ext.network} logits ({logits.shape[1]} classes)"
-        values.update({"is_mean": m, "is_std": s} if std else {f"is_{net}_mean": m, f"is_{net}_std": s})
-    ref_feats = None
-    ref_desc = ref_n = ref_fp = None
-    if needs_ref:
-        if stats is not None:
-            mu_r, sigma_r, ref_desc, ref_n, ref_fp = stats.mu, stats.sigma, stats.source, stats.count, stats.fingerprint
-            ref_feats = None if stats.features is None else torch.from_numpy(stats.features)
-        else:
-            ref_feats, _, mom_r = _features(ext, ref_data, batch_size, progress, "reference features",
-                                            keep="kid" in metrics)
-            (mu_r, sigma_r), ref_desc, ref_n, ref_fp = mom_r.result(), ref_data.source, len(ref_data), ref_data.fingerprint
-    if "fid" in metrics:
-        mu, sigma = mom.result()
-        if std:
-            from torch_fidelity.metric_fid import fid_statistics_to_metric
+    def finish() -> EvalResult:  # rank 0 (or the single process): the metrics on the gathered features
+        std = ext.standard
+        net = "" if std else slug(ext.key_name)
+        values: dict[str, float] = {}
+        impl: dict[str, str] = {}
+        tf = f"torch-fidelity {getattr(ext, 'version', '')}"
+        if "is" in metrics:
+            if logits is None:
+                raise ValueError(f"IS needs class logits, but {ext.network} does not output (N, K) logits; "
+                                 "drop 'is' from metrics or use a classifier")
+            if std:
+                from torch_fidelity.metric_isc import isc_features_to_metric
 
-            values["fid"] = fid_statistics_to_metric({"mu": mu, "sigma": sigma}, {"mu": mu_r, "sigma": sigma_r},
-                                                     False)["frechet_inception_distance"]
-            impl["fid"] = f"{tf} fid_statistics_to_metric on 2048-d pool features (float64 mean/cov by ebmlens)"
-        else:
-            values[f"fd_{net}"] = frechet_distance(mu, sigma, mu_r, sigma_r)
-            impl[f"fd_{net}"] = f"ebmlens.metrics.frechet_distance (eigh) on {ext.network} {ext.layer}"
-    size = None
-    if "kid" in metrics:
-        size = int(kid_subset_size) if kid_subset_size is not None else min(1000, len(feats), len(ref_feats))
-        if std:
-            from torch_fidelity.metric_kid import kid_features_to_metric
+                r = isc_features_to_metric(logits, splits, True, seed)
+                m, s = r["inception_score_mean"], r["inception_score_std"]
+                impl["is"] = f"{tf} isc_features_to_metric on {ext.logits_layer} (1008 classes)"
+            else:
+                m, s = inception_score(logits, splits, seed=seed)
+                impl[f"is_{net}"] = (f"ebmlens.metrics.inception_score on {ext.network} logits "
+                                     f"({logits.shape[1]} classes)")
+            values.update({"is_mean": m, "is_std": s} if std else {f"is_{net}_mean": m, f"is_{net}_std": s})
+        ref_feats = None
+        ref_desc = ref_n = ref_fp = None
+        if needs_ref:
+            if stats is not None:
+                mu_r, sigma_r = stats.mu, stats.sigma
+                ref_desc, ref_n, ref_fp = stats.source, stats.count, stats.fingerprint
+                ref_feats = None if stats.features is None else torch.from_numpy(stats.features)
+            else:
+                ref_feats, _, mom_r = ref_extracted
+                mu_r, sigma_r = mom_r.result()
+                ref_desc, ref_n, ref_fp = ref_data.source, len(ref_data), ref_data.fingerprint
+        if "fid" in metrics:
+            mu, sigma = mom.result()
+            if std:
+                from torch_fidelity.metric_fid import fid_statistics_to_metric
 
-            if not 2 <= size <= min(len(feats), len(ref_feats)):
-                raise ValueError(f"KID subset size {size} must be in [2, {min(len(feats), len(ref_feats))}]")
-            r = kid_features_to_metric(feats, ref_feats, kid_subsets=kid_subsets, kid_subset_size=size,
-                                       rng_seed=seed, verbose=False)
-            values.update(kid_mean=r["kernel_inception_distance_mean"], kid_std=r["kernel_inception_distance_std"])
-            impl["kid"] = f"{tf} kid_features_to_metric (poly kernel, degree 3) on 2048-d pool features"
-        else:
-            m, s = kernel_distance(feats, ref_feats, kid_subsets, size, seed=seed)
-            values.update({f"kd_{net}_mean": m, f"kd_{net}_std": s})
-            impl[f"kd_{net}"] = f"ebmlens.metrics.kernel_distance (poly kernel, degree 3) on {ext.network} {ext.layer}"
-    w = ext.weights
-    log.info("evaluated %d images in %s (%s): %s", len(data), ext.network, ext.layer, values)
-    return EvalResult(
-        values={k: float(v) for k, v in values.items()}, network=ext.network, layer=ext.layer,
-        standard=bool(std and w is not None and w.official), implementation=impl, num_images=len(data),
-        source=data.source, fingerprint=data.fingerprint, image_size=tuple(int(s) for s in data.images.shape[1:3]),
-        ref=ref_desc, num_ref_images=ref_n, ref_fingerprint=ref_fp, splits=splits if "is" in metrics else None,
-        kid_subsets=kid_subsets if "kid" in metrics else None, kid_subset_size=size,
-        weights=w.path if w else None, weights_sha256=w.sha256 if w else None, weights_official=w.official if w else None,
-        seconds=round(time.perf_counter() - t0, 3), versions=_versions(ext))
+                values["fid"] = fid_statistics_to_metric({"mu": mu, "sigma": sigma}, {"mu": mu_r, "sigma": sigma_r},
+                                                         False)["frechet_inception_distance"]
+                impl["fid"] = f"{tf} fid_statistics_to_metric on 2048-d pool features (float64 mean/cov by ebmlens)"
+            else:
+                values[f"fd_{net}"] = frechet_distance(mu, sigma, mu_r, sigma_r)
+                impl[f"fd_{net}"] = f"ebmlens.metrics.frechet_distance (eigh) on {ext.network} {ext.layer}"
+        size = None
+        if "kid" in metrics:
+            size = int(kid_subset_size) if kid_subset_size is not None else min(1000, len(feats), len(ref_feats))
+            if std:
+                from torch_fidelity.metric_kid import kid_features_to_metric
+
+                if not 2 <= size <= min(len(feats), len(ref_feats)):
+                    raise ValueError(f"KID subset size {size} must be in [2, {min(len(feats), len(ref_feats))}]")
+                r = kid_features_to_metric(feats, ref_feats, kid_subsets=kid_subsets, kid_subset_size=size,
+                                           rng_seed=seed, verbose=False)
+                values.update(kid_mean=r["kernel_inception_distance_mean"], kid_std=r["kernel_inception_distance_std"])
+                impl["kid"] = f"{tf} kid_features_to_metric (poly kernel, degree 3) on 2048-d pool features"
+            else:
+                m, s = kernel_distance(feats, ref_feats, kid_subsets, size, seed=seed)
+                values.update({f"kd_{net}_mean": m, f"kd_{net}_std": s})
+                impl[f"kd_{net}"] = (f"ebmlens.metrics.kernel_distance (poly kernel, degree 3) on {ext.network} "
+                                     f"{ext.layer}")
+        w = ext.weights
+        log.info("evaluated %d images in %s (%s): %s", len(data), ext.network, ext.layer, values)
+        return EvalResult(
+            values={k: float(v) for k, v in values.items()}, network=ext.network, layer=ext.layer,
+            standard=bool(std and w is not None and w.official), implementation=impl, num_images=len(data),
+            source=data.source, fingerprint=data.fingerprint, image_size=tuple(int(s) for s in data.images.shape[1:3]),
+            ref=ref_desc, num_ref_images=ref_n, ref_fingerprint=ref_fp, splits=splits if "is" in metrics else None,
+            kid_subsets=kid_subsets if "kid" in metrics else None, kid_subset_size=size,
+            weights=w.path if w else None, weights_sha256=w.sha256 if w else None,
+            weights_official=w.official if w else None,
+            seconds=round(time.perf_counter() - t0, 3), versions=_versions(ext))
+
+    return _dist.run_on_rank0(finish)
 
 
 def _check_stats(stats: ReferenceStats, ext, need_features: bool) -> None:
@@ -494,7 +533,7 @@ def conditional_accuracy(images: object, labels: object, classifier: object, *, 
     if classifier is None:
         raise ValueError("conditional_accuracy needs a classifier (an nn.Module, EnergyModel or model name)")
     ext = _extractor(classifier, layer="output", arch=arch, device=device, trust_checkpoint=trust_checkpoint)
-    _, logits, _ = _features(ext, data, batch_size, False, "classify")
+    _, logits, _ = _features(ext, data, batch_size, False, "classify", local=True)
     if logits is None:
         raise ValueError(f"{ext.network} does not output (N, K) logits; conditional_accuracy needs a classifier")
     hit = logits.argmax(1).numpy() == y
@@ -513,7 +552,7 @@ def class_diversity(images: object, labels: object, feature_model: object, *, la
     data, y = _labelled(images, labels)
     ext = _extractor(feature_model, inception_weights=inception_weights, layer=layer, arch=arch, device=device,
                      trust_checkpoint=trust_checkpoint)
-    feats, _, _ = _features(ext, data, batch_size, False, "features")
+    feats, _, _ = _features(ext, data, batch_size, False, "features", local=True)
     per = {int(c): float(torch.pdist(feats[torch.from_numpy(y == c)].double()).mean())
            for c in sorted(set(y.tolist())) if (y == c).sum() >= 2}
     if not per:

@@ -45,7 +45,8 @@ def _check_out(out: str) -> Path:
 @click.option("--checkpoints", default=None,
               help="Glob of a training run's checkpoints (quote it: 'runs/x/epoch_*.pt'): energies per epoch.")
 @click.option("--data", default=None, help="Data spec, e.g. cifar10:PATH (test split by default).")
-@click.option("--n", default=1000, show_default=True, type=int, help="Images, spread evenly over the set.")
+@click.option("-n", "--n", default=1000, show_default=True, type=int,
+              help="Images, spread evenly over the set (under torchrun write -n: torchrun takes --n for its own).")
 @click.option("--attack", "attacks", multiple=True, help="Attack name (repeatable); see --list-attacks. Default: pgd, pgd-targeted.")
 @click.option("--eps", default=None, help="Attack radius in [0,1] pixels, e.g. 0.5 or 8/255 (default: 8/255 Linf, 0.5 L2).")
 @click.option("--steps", default=None, type=int, help="Gradient steps of every attack that has steps (default: each attack's).")
@@ -73,6 +74,7 @@ def energy_cmd(model_spec: str, model_dir: str | None, threat_model: str, arch: 
     if not eps_v > 0:
         raise ValueError(f"--eps must be > 0, got {eps}")
     names = list(attacks) or ["pgd", "pgd-targeted"]
+    from .. import _dist
     from ..analysis import dynamics, energy_report
     from ..analysis.energies import build_attacks
     from ..analysis.report import atomic_write_text, require_matplotlib
@@ -83,12 +85,16 @@ def energy_cmd(model_spec: str, model_dir: str | None, threat_model: str, arch: 
         require_matplotlib()
     except ImportError:
         plots = False
-        click.echo("note: matplotlib is not installed, so no plot; pip install 'ebmlens[plots]'", err=True)
+        if _dist.is_rank0():
+            click.echo("note: matplotlib is not installed, so no plot; pip install 'ebmlens[plots]'", err=True)
     folder = _check_out(out)
+    _dist.init_if_needed(device)  # under torchrun: join the group first, so "cuda" means cuda:LOCAL_RANK
     kw = dict(eps=eps_v, threat_model=tm, n=n, steps=steps, target=target, batch_size=batch_size, seed=seed,
               device=device, progress=True)
     if checkpoints is not None:
         dyn = dynamics(checkpoints, data, names, arch=arch, **kw)
+        if not _dist.is_rank0():  # under torchrun only rank 0 writes and prints
+            return
         dyn.to_json(folder / "report.json")
         atomic_write_text(folder / "table.md", dyn.table())
         dyn.to_csv(folder / "table.csv")
@@ -110,6 +116,8 @@ def energy_cmd(model_spec: str, model_dir: str | None, threat_model: str, arch: 
         load_kw["arch"] = arch
     model = load_model(model_spec, device=device, **load_kw)
     rep = energy_report(model, data, names, **kw)
+    if not _dist.is_rank0():  # under torchrun only rank 0 writes and prints
+        return
 
     rep.to_json(folder / "report.json")
     atomic_write_text(folder / "table.md", rep.table())

@@ -40,8 +40,10 @@ def evaluate_cmd(samples, ref, ref_stats, make_ref_stats, keep_features, metrics
     Standard numbers need the official Inception weights file (never downloaded); with
     --feature-model the numbers are named after that network (fd_<net>, kd_<net>, is_<net>).
     """
+    from .. import _dist
     from .. import metrics as M
 
+    _dist.init_if_needed(device)  # under torchrun: join first (each rank extracts a share; rank 0 writes)
     fm = None
     if feature_model:
         from ._common import load_model_from_cli
@@ -57,6 +59,8 @@ def evaluate_cmd(samples, ref, ref_stats, make_ref_stats, keep_features, metrics
         if not out or not out.endswith(".npz"):
             raise ValueError("--make-ref-stats needs --out FILE.npz")
         s = M.reference_stats(make_ref_stats, fm, keep_features=keep_features, out=out, **common)
+        if not _dist.is_rank0():
+            return
         click.echo(f"wrote {out}: {s.count} images of {s.source} in {s.network} at {s.layer}"
                    + (" (with features)" if s.features is not None else ""))
         return
@@ -66,6 +70,8 @@ def evaluate_cmd(samples, ref, ref_stats, make_ref_stats, keep_features, metrics
         raise ValueError("give either --ref or --ref-stats, not both")
     r = M.evaluate(samples, ref_stats or ref, metrics, fm, splits=splits, kid_subsets=kid_subsets,
                    kid_subset_size=kid_subset_size, **common)
+    if not _dist.is_rank0():  # under torchrun only rank 0 writes and prints
+        return
     text = r.to_json()
     if out:
         from pathlib import Path

@@ -10,6 +10,10 @@ kept, so memory does not grow with ``n`` unless ``keep_adversarial=True``. Rando
 random starts) comes from per-image streams seeded by ``(seed, image index)``, so results do not
 depend on the batch size.
 
+Under ``torchrun --nproc_per_node=K`` (``WORLD_SIZE > 1``) each rank attacks every K-th batch; the
+per-image energies are gathered to rank 0 in index order, rank 0 computes the statistics, and every
+rank returns the same report (``config["world_size"] = K``), equal to a single process's.
+
 Example (PATH: the CIFAR-10 archive or folder)::
 
     import ebmlens
@@ -27,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .. import rng
+from .. import _dist, rng
 from ..attacks import Attack, TargetChoice, choose_targets, get_attack
 from ..data import ImageData, load_data
 from ..energy import EnergyModel, validate_images
@@ -189,26 +193,31 @@ def energy_report(
         raise ValueError("targets= is only used with target='given'")
 
     dev = next(model.parameters()).device if device is None else torch.device(device)
+    d = _dist.init_if_needed(dev)  # under torchrun: this rank takes every world-th batch
     kinds = ["natural"] + [a.name for a in atks]
-    acc: dict[str, dict[str, list[np.ndarray]]] = {k: {} for k in kinds}
-    kept: dict[str, list[torch.Tensor]] = {a.name: [] for a in atks} if keep_adversarial else {}
+    starts = _dist.shard(list(range(0, idx.size, batch_size)), d)
+    parts: list[tuple[int, dict[str, dict[str, np.ndarray]], dict[str, torch.Tensor]]] = []
     bar = None
-    if progress is True:
+    if progress is True and d.rank == 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=idx.size, unit="img", desc="energy report", dynamic_ncols=True)
-
-    def put(kind: str, **arrays: torch.Tensor) -> None:
-        for key, v in arrays.items():
-            acc[kind].setdefault(key, []).append(v.detach().cpu().numpy())
+        share = sum(min(batch_size, idx.size - s) for s in starts)
+        bar = tqdm(total=share, unit="img", dynamic_ncols=True,
+                   desc="energy report" if not d.active else f"energy report (rank 0 of {d.world})")
 
     done = 0
     with model.mode("eval"):
-        for start in range(0, idx.size, batch_size):
+        for start in starts:
+            acc: dict[str, dict[str, np.ndarray]] = {}
+            kept: dict[str, torch.Tensor] = {}
+
+            def put(kind: str, **arrays: torch.Tensor) -> None:
+                acc[kind] = {key: v.detach().cpu().numpy() for key, v in arrays.items()}
+
             bidx = idx[start:start + batch_size]
             x = data.tensor(bidx, dev)
             y = data.label_tensor(bidx, dev)
-            if start == 0:
+            if start == starts[0]:
                 validate_images(x, model, name="data images")
             logits, e, ej, pred = _energies(model, x, y)
             put("natural", energy=e, joint_true=ej, joint_adv=model.joint_energy_from_logits(logits, pred), pred=pred)
@@ -227,17 +236,28 @@ def energy_report(
                     arrays["target"] = tgt
                 put(a.name, **arrays)
                 if keep_adversarial:
-                    kept[a.name].append(xa.detach().cpu())
+                    kept[a.name] = xa.detach().cpu()
                 del xa, la
+            parts.append((int(start), acc, kept))
             done += bidx.size
             if bar is not None:
                 bar.update(bidx.size)
-            elif callable(progress):
-                progress(done, int(idx.size))
+            elif callable(progress) and d.rank == 0:
+                progress(done * d.world if d.active else done, int(idx.size))
     if bar is not None:
         bar.close()
+    gathered = _dist.gather_to_rank0(parts)  # rank 0: every rank's batches; None elsewhere
+    return _dist.run_on_rank0(_assemble, gathered, kinds, atks, data, idx, model, keep_adversarial, level, n_boot,
+                              seed, threat_model, eps, target, steps, batch_size, dev, d.world)
 
-    values = {k: {key: np.concatenate(parts) for key, parts in acc[k].items()} for k in kinds}
+
+def _assemble(gathered: list, kinds: list[str], atks: list[Attack], data: ImageData, idx: np.ndarray,
+              model: EnergyModel, keep_adversarial: bool, level: float, n_boot: int, seed: int, threat_model: str,
+              eps: float, target: str, steps: int | None, batch_size: int, dev: torch.device,
+              world: int) -> EnergyReport:
+    """Rank 0 (or the single process): per-batch results in index order -> the report."""
+    parts = sorted((p for rank_parts in gathered for p in rank_parts), key=lambda p: p[0])
+    values = {k: {key: np.concatenate([p[1][k][key] for p in parts]) for key in parts[0][1][k]} for k in kinds}
     labels = data.labels[idx].astype(np.int64)
     summaries = [summarize_kind("natural", None, values["natural"], labels, None, level=level, n_boot=n_boot, seed=seed)]
     for a in atks:
@@ -246,6 +266,8 @@ def energy_report(
     config = {"threat_model": atks[0].threat_model if atks else threat_model, "eps": float(eps),
               "attacks": [a.describe() for a in atks], "target": target, "seed": seed, "steps": steps,
               "batch_size": batch_size, "level": level, "n_boot": n_boot, "device": str(dev)}
+    if world > 1:
+        config["world_size"] = world
     data_info = {"source": data.source, "fingerprint": data.fingerprint, "n": int(idx.size), "size": len(data)}
-    adversarial = {k: torch.cat(v) for k, v in kept.items()} if keep_adversarial else None
+    adversarial = {a.name: torch.cat([p[2][a.name] for p in parts]) for a in atks} if keep_adversarial else None
     return EnergyReport(tuple(summaries), values, labels, idx.copy(), model.describe(), data_info, config, adversarial)

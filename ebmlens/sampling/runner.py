@@ -63,6 +63,7 @@ from typing import Any, Callable, Literal, Sequence, Union
 import numpy as np
 import torch
 
+from .. import _dist
 from ..energy import validate_labels
 from ..rng import SampleStreams
 
@@ -149,62 +150,9 @@ def balanced_labels(n: int, classes: Sequence[int]) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- torchrun
-@dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owns_group: bool = False
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-    def barrier(self, device: torch.device) -> None:
-        if not self.active:
-            return
-        import torch.distributed as dist
-
-        if dist.get_backend() == "nccl" and device.type == "cuda":
-            dist.barrier(device_ids=[device.index or 0])
-        else:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def _dist_from_env(device_hint: str | None) -> _Dist:
-    """Join torchrun's process group when ``WORLD_SIZE > 1`` (initialising it if needed)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), False)
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return _Dist()
-    if "RANK" not in os.environ:
-        raise ValueError(f"WORLD_SIZE={world} is set but RANK is not; launch with torchrun, "
-                         "or unset WORLD_SIZE for a single process")
-    if not dist.is_available():
-        raise ImportError("this torch build has no torch.distributed; run a single process")
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = torch.cuda.is_available() and (device_hint in (None, "auto") or str(device_hint).startswith("cuda"))
-    backend = "nccl" if use_cuda else "gloo"
-    kwargs: dict = {"backend": backend, "timeout": datetime.timedelta(minutes=60)}
-    if use_cuda:
-        torch.cuda.set_device(local)
-        kwargs["device_id"] = torch.device("cuda", local)
-    try:
-        dist.init_process_group(**kwargs)
-    except TypeError:  # torch without device_id
-        kwargs.pop("device_id", None)
-        dist.init_process_group(**kwargs)
-    log.info("joined process group: rank %d of %d (%s)", rank, world, backend)
-    return _Dist(rank, world, local, True)
+# shared with ``ebmlens energy`` / ``evaluate``: see ebmlens/_dist.py
+_Dist = _dist.DistInfo
+_dist_from_env = _dist.init_if_needed  # join torchrun's process group when WORLD_SIZE > 1
 
 
 def _resolve_device(device: str | torch.device | None, d: _Dist) -> torch.device:
@@ -579,10 +527,7 @@ def _run(model, pipeline, n, out, y_all, cls_order, class_names, batch_size, see
     return SampleRun(out_dir=out, n=n, images=images_path, grid=grid_path, run=run)
 
 
-def _is_nccl() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl"
+_is_nccl = _dist.is_nccl
 
 
 def _merge(out: Path, shard_dir: Path, n: int, y_all: np.ndarray, cls_order: list[int], class_names: list[str],

@@ -1,0 +1,231 @@
+"""The torch.distributed pieces shared by ``ebmlens sample``, ``energy`` and ``evaluate`` under torchrun.
+
+``torchrun --nproc_per_node=K -m ebmlens <command> ...`` starts K processes with ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK`` in their environment. Each process calls :func:`init_if_needed`
+(gloo on the CPU, nccl on CUDA; a no-op for a single process or a group that already exists), works
+on its share of the indices, and the results travel to rank 0 with :func:`gather_to_rank0`, which
+keeps rank order, so rank 0 can restore index order. Only rank 0 writes files and prints.
+
+Without torchrun (``WORLD_SIZE`` unset or 1) every function here is a cheap no-op, so library code
+calls them unconditionally.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["DistInfo", "dist_env", "init_if_needed", "barrier", "gather_to_rank0", "broadcast_from_rank0",
+           "is_rank0", "is_nccl", "run_on_rank0", "shard"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: ``rank`` of ``world`` processes, ``local_rank`` on its machine.
+
+    ``owns_group``: this call created the process group (so :meth:`close` may destroy it).
+    """
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def active(self) -> bool:
+        """True under torchrun with more than one process."""
+        return self.world > 1
+
+    def barrier(self, device: torch.device | None = None) -> None:
+        """Wait for every rank (no-op for one process)."""
+        if self.active:
+            barrier(device)
+
+    def close(self) -> None:
+        """Destroy the process group if this call created it."""
+        if self.owns_group:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _group() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def dist_env() -> DistInfo:
+    """Rank, world size and local rank from an existing process group, else from torchrun's environment.
+
+    Does not initialise anything. ``world > 1`` means distributed.
+
+    Raises:
+        ValueError: ``WORLD_SIZE > 1`` without ``RANK`` (not launched by torchrun).
+    """
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if _group():
+        import torch.distributed as dist
+
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local, False)
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError as e:
+        raise ValueError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} is not an integer; launch with torchrun "
+                         "or unset WORLD_SIZE") from e
+    if world <= 1:
+        return DistInfo()
+    if "RANK" not in os.environ:
+        raise ValueError(f"WORLD_SIZE={world} is set but RANK is not; launch with torchrun, "
+                         "or unset WORLD_SIZE for a single process")
+    return DistInfo(int(os.environ["RANK"]), world, local, False)
+
+
+def _destroy_at_exit() -> None:
+    if _group():
+        import torch.distributed as dist
+
+        try:
+            dist.destroy_process_group()
+        except Exception:  # pragma: no cover - best effort at interpreter exit
+            pass
+
+
+def init_if_needed(device: str | torch.device | None = None) -> DistInfo:
+    """Join torchrun's process group when ``WORLD_SIZE > 1``; idempotent.
+
+    Args:
+        device: the device the caller will use; CUDA (or ``None``/``"auto"`` with CUDA present)
+            selects nccl and ``cuda:LOCAL_RANK``, anything else gloo.
+
+    Returns:
+        :class:`DistInfo`; ``owns_group`` is True only for the call that created the group.
+    """
+    d = dist_env()
+    if not d.active or _group():
+        return d
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise ImportError("this torch build has no torch.distributed; run a single process")
+    hint = None if device is None else str(device)
+    use_cuda = torch.cuda.is_available() and (hint in (None, "auto") or hint.startswith("cuda"))
+    backend = "nccl" if use_cuda else "gloo"
+    kwargs: dict = {"backend": backend, "timeout": datetime.timedelta(minutes=60)}
+    if use_cuda:
+        torch.cuda.set_device(d.local_rank)
+        kwargs["device_id"] = torch.device("cuda", d.local_rank)
+    try:
+        dist.init_process_group(**kwargs)
+    except TypeError:  # torch without device_id
+        kwargs.pop("device_id", None)
+        dist.init_process_group(**kwargs)
+    atexit.register(_destroy_at_exit)
+    log.info("joined process group: rank %d of %d (%s)", d.rank, d.world, backend)
+    return DistInfo(d.rank, d.world, d.local_rank, True)
+
+
+def is_nccl() -> bool:
+    """True when the process group exists and uses nccl."""
+    import torch.distributed as dist
+
+    return _group() and dist.get_backend() == "nccl"
+
+
+def barrier(device: torch.device | None = None) -> None:
+    """Wait for every rank; a no-op without a process group."""
+    if not _group():
+        return
+    import torch.distributed as dist
+
+    if is_nccl() and device is not None and torch.device(device).type == "cuda":
+        dist.barrier(device_ids=[torch.device(device).index or 0])
+    else:
+        dist.barrier()
+
+
+def is_rank0() -> bool:
+    """True for rank 0 and for a single process."""
+    return dist_env().rank == 0
+
+
+def shard(items: list, d: DistInfo | None = None) -> list:
+    """This rank's share of ``items``: every ``world``-th item starting at ``rank``."""
+    d = dist_env() if d is None else d
+    return list(items)[d.rank::d.world]
+
+
+def gather_to_rank0(obj: Any) -> list | None:
+    """Everyone's ``obj`` on rank 0, as a list in rank order; ``None`` on the other ranks.
+
+    Tensors travel as tensors (CPU; any first-dimension length per rank, same trailing shape and
+    dtype), anything else is pickled. A single process gets ``[obj]``.
+    """
+    if not _group():
+        return [obj]
+    import torch.distributed as dist
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        shapes: list = [None] * world
+        dist.all_gather_object(shapes, (tuple(t.shape), str(t.dtype)))
+        if len({(s[1:], dt) for s, dt in shapes}) != 1:
+            raise ValueError(f"gather_to_rank0: the ranks hold tensors of different shapes/dtypes {shapes}; "
+                             "only the first dimension may differ")
+        longest = max(s[0] if s else 1 for s, _ in shapes)
+        pad = torch.zeros((longest, *t.shape[1:]) if t.dim() else (1,), dtype=t.dtype)
+        pad[:t.shape[0] if t.dim() else 1] = t if t.dim() else t.reshape(1)
+        dev = torch.device("cuda", torch.cuda.current_device()) if is_nccl() else torch.device("cpu")
+        bufs = [torch.empty_like(pad, device=dev) for _ in range(world)]
+        dist.all_gather(bufs, pad.to(dev))
+        if rank != 0:
+            return None
+        return [b.cpu()[:s[0]] if s else b.cpu()[0].reshape(()) for b, (s, _) in zip(bufs, shapes)]
+    out: list | None = [None] * world if rank == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def broadcast_from_rank0(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (pickled); the object itself for a single process."""
+    if not _group():
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def run_on_rank0(fn, *args, **kwargs) -> Any:
+    """``fn(*args, **kwargs)`` on rank 0, its result (or its exception, re-raised) on every rank.
+
+    The other ranks wait for rank 0 rather than hang when it fails.
+    """
+    if not _group():
+        return fn(*args, **kwargs)
+    box: tuple = (None, None)
+    if is_rank0():
+        try:
+            box = (fn(*args, **kwargs), None)
+        except Exception as e:
+            try:
+                pickle.dumps(e)
+                box = (None, e)
+            except Exception:
+                box = (None, RuntimeError(f"{type(e).__name__}: {e}"))
+    res, err = broadcast_from_rank0(box)
+    if err is not None:
+        raise err  # on every rank, so each exits the same way
+    return res
