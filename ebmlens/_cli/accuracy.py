@@ -16,7 +16,7 @@ from ..cli import friendly_errors, main, parse_number
 @click.option("--model-threat-model", default=None, help="RobustBench threat model of the checkpoint.")
 @click.option("--arch", default=None, help="Architecture for file: checkpoints.")
 @click.option("--data", required=True, help="Data spec; the test split is used unless @train is given.")
-@click.option("--n", default=None, type=int, help="Evaluate a strided subset of N images (default: all).")
+@click.option("-n", "--n", "n", default=None, type=int, help="Evaluate a strided subset of N images (default: all).")
 @click.option("--attack", default="pgd", show_default=True,
               help="pgd (ours, deterministic: no random start) or apgd-ce (torchattacks APGD, needs the attacks extra).")
 @click.option("--threat-model", default="L2", show_default=True, type=click.Choice(["L2", "Linf"]))
