@@ -89,7 +89,10 @@ def bundled_stats(model) -> Any:
                    "rejects --n as an abbreviation of its --nnodes/--nproc-per-node.")
 @click.option("--classes", default="all", show_default=True,
               help="'all' or a comma list of class indices or names; labels cycle through them.")
-@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--batch-size", default="256", show_default=True,
+              help="Images per pass, or 'auto' (CUDA: the largest batch that fits in memory).")
+@click.option("--channels-last", is_flag=True, help="Channels-last weights (faster convolutions on GPUs).")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the classifier (long GPU runs).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sample i uses stream (seed, i).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--resume", is_flag=True, help="Continue a killed run in --out.")
@@ -110,8 +113,8 @@ def bundled_stats(model) -> Any:
               help="Measure in another network (e.g. ebmlens:cifar10-l2-small): non-standard fd_/kd_/is_ scores.")
 @friendly_errors
 def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, data, stats_path, preset, n, classes, batch_size,
-               seed, out, resume, device, dtype, no_png, no_grid, overrides, eval_metrics, ref, inception_weights,
-               feature_model) -> None:
+               channels_last, compile_model, seed, out, resume, device, dtype, no_png, no_grid, overrides,
+               eval_metrics, ref, inception_weights, feature_model) -> None:
     """Draw class-conditional samples with a preset; writes PNGs, samples.npz, grid.png and run.json."""
     from ..sampling import presets
     from ..sampling.runner import resolve_classes, sample
@@ -120,8 +123,13 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, data, stats_p
     # cheap checks first: no model is loaded for a typo
     if n <= 0:
         raise ValueError(f"--n must be a positive number of samples, got {n}")
-    if batch_size <= 0:
-        raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    if batch_size != "auto":
+        try:
+            batch_size = int(batch_size)
+        except ValueError:
+            raise ValueError(f"--batch-size must be a positive integer or 'auto', got {batch_size!r}") from None
+        if batch_size <= 0:
+            raise ValueError(f"--batch-size must be positive, got {batch_size}")
     if preset not in presets.names():
         presets.get(preset)  # raises the error with close matches
     opts = dict(parse_override(s) for s in overrides)
@@ -150,7 +158,8 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, data, stats_p
         stats = bundled_stats(model)
     pipe = presets.get(preset, stats=stats, data=data, **opts)
     run = sample(model, pipe, n, out, batch_size=batch_size, seed=seed, classes=wanted, resume=resume,
-                 progress=True, device=device, dtype=dtype, save_png=not no_png, grid=not no_grid)
+                 progress=True, device=device, dtype=dtype, save_png=not no_png, grid=not no_grid,
+                 channels_last=channels_last, compile=compile_model)
     if int(os.environ.get("RANK", "0") or 0) != 0:
         return
     t = run.run["timings"]
@@ -159,7 +168,7 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, data, stats_p
     click.echo(f"wrote {run.n} samples to {run.out_dir}{grid} ({preset}{ips})")
     if metrics is not None:
         evaluate_run(run, metrics, ref_spec, inception_weights=inception_weights, feature_model=feature_model,
-                     device=device, batch_size=batch_size)
+                     device=device, batch_size=run.run["batch_size"])
 
 
 def default_ref(data: str) -> str:

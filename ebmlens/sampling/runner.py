@@ -343,7 +343,7 @@ def sample(
     n: int,
     out_dir: str | os.PathLike,
     *,
-    batch_size: int = 256,
+    batch_size: int | Literal["auto"] = 256,
     seed: int = 0,
     classes: None | str | Sequence[int | str] = None,
     labels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
@@ -353,6 +353,8 @@ def sample(
     dtype: Dtype = "float32",
     save_png: bool = True,
     grid: bool = True,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> SampleRun:
     """Draw ``n`` samples with ``pipeline`` from ``model`` into ``out_dir``.
 
@@ -365,7 +367,9 @@ def sample(
         out_dir: run folder (created). It must be empty or hold a run of the same settings
             (then pass ``resume=True``).
         batch_size: images per forward/backward pass (> 0). Does not change the images except
-            with BatchNorm in train mode.
+            with BatchNorm in train mode. ``"auto"`` (CUDA only): the largest batch whose
+            input-gradient pass fits in memory (:func:`ebmlens._perf.auto_batch_size`), the minimum
+            over ranks under torchrun; recorded in run.json.
         seed: sample ``i`` draws its noise from ``SampleStreams(seed, [i])``.
         classes: ``None``/``"all"`` (every class) or a list of class indices or names; labels are
             ``classes[i % K]``.
@@ -379,6 +383,11 @@ def sample(
         dtype: ``"float32"``, or ``"bfloat16"`` / ``"float16"`` autocast around the pipeline.
         save_png: write ``<class_name>/<idx>.png`` per image.
         grid: write ``grid.png`` (classes as rows, up to 10 per class).
+        channels_last: run the model with channels-last weights (faster convolutions on GPUs;
+            the model is converted in place). Each forward pass equals the default one up to float
+            rounding, but sign steps and long chains amplify rounding, so images differ from a
+            contiguous-memory run (same distribution, not the same pixels); recorded in run.json.
+        compile: wrap the classifier in :func:`torch.compile` (in place; pays off on long GPU runs).
 
     Returns:
         :class:`SampleRun` (on every rank under torchrun, after rank 0 has merged).
@@ -387,10 +396,14 @@ def sample(
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or int(n) <= 0:
         raise ValueError(f"n must be a positive integer number of samples, got {n!r}; e.g. n=64")
     n = int(n)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or int(batch_size) <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}; e.g. batch_size=256 "
-                         "(lower it if memory runs out)")
-    batch_size = int(batch_size)
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                 or int(batch_size) <= 0):
+        raise ValueError(f"batch_size must be a positive integer or 'auto' (CUDA), got {batch_size!r}; "
+                         "e.g. batch_size=256 (lower it if memory runs out)")
+    batch_size = batch_size if batch_size == "auto" else int(batch_size)
+    for flag_name, flag in (("channels_last", channels_last), ("compile", compile)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{flag_name} must be True or False, got {flag!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or int(seed) < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     seed = int(seed)
@@ -423,14 +436,22 @@ def sample(
     d = _dist_from_env(None if device is None else str(device))
     try:
         dev = _resolve_device(device, d)
+        if batch_size == "auto" and dev.type != "cuda":
+            raise ValueError(f"batch_size='auto' needs a CUDA device, got {str(dev)!r}: on the CPU pass a number "
+                             "(e.g. --batch-size 64)")
+        if channels_last or compile:
+            from .._perf import prepare_model
+
+            model = prepare_model(model, channels_last=channels_last, compile=compile)
         return _run(model, pipeline, n, Path(out_dir), y_all, cls_order, class_names, batch_size, seed, resume,
-                    progress, dev, dtype, save_png, grid, mode, batch_coupled, d, t_start)
+                    progress, dev, dtype, save_png, grid, mode, batch_coupled, d, t_start,
+                    dict(channels_last=channels_last, compile=compile))
     finally:
         d.close()
 
 
 def _run(model, pipeline, n, out, y_all, cls_order, class_names, batch_size, seed, resume, progress, dev, dtype,
-         save_png, grid, mode, batch_coupled, d: _Dist, t_start) -> SampleRun:
+         save_png, grid, mode, batch_coupled, d: _Dist, t_start, fast: dict) -> SampleRun:
     shard_dir = out / "shards"
     meta = {
         "n": n, "seed": seed, "dtype": dtype,
@@ -464,6 +485,13 @@ def _run(model, pipeline, n, out, y_all, cls_order, class_names, batch_size, see
     if err is not None:
         raise err
 
+    model.to(dev)
+    amp = DTYPES[dtype]
+    autocast = (lambda: torch.autocast(device_type=dev.type, dtype=amp)) if amp is not None else contextlib.nullcontext
+    batch_size_asked = batch_size
+    if batch_size == "auto":
+        batch_size = _auto_batch_size(model, dev, autocast, d)
+        log.info("batch_size='auto' chose %d", batch_size)
     done = _covered(_read_shards(shard_dir), n)
     n_resumed = int(done.sum())
     todo = np.flatnonzero(~done)
@@ -472,9 +500,6 @@ def _run(model, pipeline, n, out, y_all, cls_order, class_names, batch_size, see
     if n_resumed:
         log.info("resuming %s: %d of %d samples already done", out, n_resumed, n)
 
-    model.to(dev)
-    amp = DTYPES[dtype]
-    autocast = (lambda: torch.autocast(device_type=dev.type, dtype=amp)) if amp is not None else contextlib.nullcontext
     bar = None
     if progress is True and d.rank == 0:
         from tqdm.auto import tqdm
@@ -518,7 +543,8 @@ def _run(model, pipeline, n, out, y_all, cls_order, class_names, batch_size, see
     images_path, grid_path = out / "samples.npz", (out / "grid.png" if grid else None)
     if d.rank == 0:
         run = _merge(out, shard_dir, n, y_all, cls_order, class_names, save_png, grid_path, meta,
-                     dict(batch_size=batch_size, device=str(dev), mode=mode, batch_coupled=batch_coupled,
+                     dict(batch_size=batch_size, batch_size_asked=batch_size_asked, **fast,
+                          device=str(dev), mode=mode, batch_coupled=batch_coupled,
                           world_size=d.world, n_resumed=n_resumed, n_new=n - n_resumed),
                      t_start, t_sampling, t_sampled)
     d.barrier(dev)
@@ -528,6 +554,27 @@ def _run(model, pipeline, n, out, y_all, cls_order, class_names, batch_size, see
 
 
 _is_nccl = _dist.is_nccl
+
+
+def _auto_batch_size(model, dev: torch.device, autocast, d) -> int:
+    """The largest batch whose input-gradient pass fits (CUDA), the same on every rank (their minimum)."""
+    from .._perf import auto_batch_size
+    from ..energy import energy_grad
+
+    def unit(m, b: int) -> None:  # one forward + input-gradient pass: what every stage step costs
+        x = torch.rand(b, *m.input_shape, device=dev)
+        y = torch.zeros(b, dtype=torch.long, device=dev)
+        with autocast():
+            energy_grad(lambda z: m.joint_energy(z, y), x)
+
+    size = auto_batch_size(model, unit, dev)
+    if d.active:
+        import torch.distributed as dist
+
+        t = torch.tensor([size], device=dev if _is_nccl() else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        size = int(t.item())
+    return size
 
 
 def _merge(out: Path, shard_dir: Path, n: int, y_all: np.ndarray, cls_order: list[int], class_names: list[str],
@@ -587,7 +634,10 @@ def _merge(out: Path, shard_dir: Path, n: int, y_all: np.ndarray, cls_order: lis
         "n": n,
         "seed": meta["seed"],
         "batch_size": info["batch_size"],
+        "batch_size_asked": info.get("batch_size_asked", info["batch_size"]),
         "dtype": meta["dtype"],
+        "channels_last": info.get("channels_last", False),
+        "compile": info.get("compile", False),
         "device": info["device"],
         "world_size": info["world_size"],
         "sampling_mode": info["mode"],

@@ -192,6 +192,17 @@ def test_bfloat16_autocast_runs_and_is_recorded(reference, tmp_path):
     assert np.abs(img.astype(int) - ref6).mean() < 0.5 * np.abs(other.astype(int) - ref6).mean()
 
 
+def test_channels_last_runs_and_is_recorded(tmp_path, stats):
+    model = _tiny_model()  # its own copy: the runner converts the model in place
+    r = _run(model, tmp_path / "cl", n=6, batch_size=6, channels_last=True, save_png=False)
+    assert r.run["channels_last"] is True and r.run["compile"] is False
+    assert model.classifier.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    # each forward equals the contiguous one up to rounding
+    x = torch.rand(4, *SHAPE, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(model.logits(x), _tiny_model().logits(x), atol=1e-4)
+    assert r.load()[0].shape == (6, 16, 16, 3)
+
+
 def test_any_callable_pipeline(reference, tmp_path):
     """A user's own pipeline: any callable returning images (no config(), no trace)."""
     model, _ = reference
@@ -216,6 +227,8 @@ def test_any_callable_pipeline(reference, tmp_path):
     ({"dtype": "fp8"}, "dtype must be one of"),
     ({"labels": [0, 1], "classes": None}, "labels has 2 labels for 23"),
     ({"labels": [0] * 23}, "either classes= or labels="),
+    ({"batch_size": "auto"}, "batch_size='auto' needs a CUDA device"),
+    ({"batch_size": "big"}, "batch_size must be a positive integer or 'auto'"),
 ])
 def test_bad_arguments_teach(reference, tmp_path, kw, match):
     model, _ = reference
