@@ -79,7 +79,7 @@ def test_our_pgd_targeted_reaches_target_and_stays_in_ball():
 
 @pytest.mark.parametrize("name", sorted(n for n, s in ATTACKS.items() if s.backend == "torchattacks"))
 def test_torchattacks_run_isolated(name, capfd):
-    pytest.importorskip("torchattacks")
+    import torchattacks  # noqa: F401 - the test extra installs it; a missing extra must fail, not skip
     m = make_linear_model(scale=0.2)
     x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     y = m(x).argmax(1)
@@ -102,7 +102,7 @@ def test_torchattacks_run_isolated(name, capfd):
 
 
 def test_torchattacks_random_start_follows_our_generator():
-    pytest.importorskip("torchattacks")
+    import torchattacks  # noqa: F401 - the test extra installs it; a missing extra must fail, not skip
     m = make_linear_model(scale=0.2)
     x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     y = m(x).argmax(1)

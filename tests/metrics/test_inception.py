@@ -11,7 +11,7 @@ import torch
 from ebmlens._metrics_features import INCEPTION_FILE_NAMES, find_inception_weights
 from ebmlens.metrics import evaluate
 
-pytest.importorskip("torch_fidelity")  # the `metrics` extra; installed in the test environment
+import torch_fidelity  # noqa: E402,F401 - the `metrics` extra; the test extra installs it (a missing extra fails)
 
 
 def _random_inception_state_dict() -> dict:
