@@ -77,7 +77,7 @@ def energy_cmd(model_spec: str, model_dir: str | None, threat_model: str, arch: 
     from .. import _dist
     from ..analysis import dynamics, energy_report
     from ..analysis.energies import build_attacks
-    from ..analysis.report import atomic_write_text, require_matplotlib
+    from ..analysis.report import require_matplotlib
 
     build_attacks(names, threat_model=tm, eps=eps_v, steps=steps)  # fail on bad names before loading anything
     plots = True
@@ -93,15 +93,7 @@ def energy_cmd(model_spec: str, model_dir: str | None, threat_model: str, arch: 
               device=device, progress=True)
     if checkpoints is not None:
         dyn = dynamics(checkpoints, data, names, arch=arch, **kw)
-        if not _dist.is_rank0():  # under torchrun only rank 0 writes and prints
-            return
-        dyn.to_json(folder / "report.json")
-        atomic_write_text(folder / "table.md", dyn.table())
-        dyn.to_csv(folder / "table.csv")
-        if plots:
-            dyn.plot(folder / "dynamics.png")
-        click.echo(dyn.table())
-        click.echo(f"wrote {folder}/report.json, table.md, table.csv" + (", dynamics.png" if plots else ""))
+        _write(dyn, folder, "dynamics.png" if plots else None)
         return
     from ..models import load_model
 
@@ -116,13 +108,20 @@ def energy_cmd(model_spec: str, model_dir: str | None, threat_model: str, arch: 
         load_kw["arch"] = arch
     model = load_model(model_spec, device=device, **load_kw)
     rep = energy_report(model, data, names, **kw)
-    if not _dist.is_rank0():  # under torchrun only rank 0 writes and prints
-        return
+    _write(rep, folder, "energies.png" if plots else None)
 
-    rep.to_json(folder / "report.json")
-    atomic_write_text(folder / "table.md", rep.table())
-    rep.to_csv(folder / "table.csv")
-    if plots:
-        rep.plot(folder / "energies.png")
-    click.echo(rep.table())
-    click.echo(f"wrote {folder}/report.json, table.md, table.csv" + (", energies.png" if plots else ""))
+
+def _write(report, folder, plot_name: str | None) -> None:
+    """report.json, table.md, table.csv (+ the plot) into ``folder``; only rank 0 writes and prints."""
+    from .. import _dist
+    from ..analysis.report import atomic_write_text
+
+    if not _dist.is_rank0():
+        return
+    report.to_json(folder / "report.json")
+    atomic_write_text(folder / "table.md", report.table())
+    report.to_csv(folder / "table.csv")
+    if plot_name:
+        report.plot(folder / plot_name)
+    click.echo(report.table())
+    click.echo(f"wrote {folder}/report.json, table.md, table.csv" + (f", {plot_name}" if plot_name else ""))

@@ -28,7 +28,7 @@ import numpy as np
 from ..data import ImageData
 from ..energy import EnergyModel
 from .energies import as_image_data, energy_report
-from .report import EnergyReport, atomic_write_text, require_matplotlib, rows_to_csv
+from .report import EnergyReport, atomic_write_text, require_matplotlib, rows_to_csv, save_figure
 
 __all__ = ["dynamics", "DynamicsReport", "resolve_checkpoints"]
 
@@ -169,14 +169,9 @@ class DynamicsReport:
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax2.legend(fontsize=8)
             fig.tight_layout()
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-            fig.savefig(tmp, dpi=110)
-            os.replace(tmp, path)
+            return save_figure(fig, path)
         finally:
             plt.close(fig)
-        return path
 
 
 def dynamics(

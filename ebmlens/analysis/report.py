@@ -50,6 +50,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Save a matplotlib figure atomically (temporary file + rename); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    return path
+
+
 def rows_to_csv(rows: list[dict[str, Any]], path: str | os.PathLike | None = None) -> str:
     """Rows of equal keys as CSV text; also written atomically to ``path`` when given."""
     buf = io.StringIO()
@@ -348,14 +358,9 @@ class EnergyReport:
             fig.suptitle(f"{m.get('source')}:{m.get('name')} - {c.get('threat_model')} eps {c.get('eps'):.4g}, "
                          f"n={self.data.get('n')}", fontsize=10)
             fig.tight_layout()
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-            fig.savefig(tmp, dpi=110)
-            os.replace(tmp, path)
+            return save_figure(fig, path)
         finally:
             plt.close(fig)
-        return path
 
 
 def _jsonable(obj: Any) -> Any:
