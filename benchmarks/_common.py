@@ -89,7 +89,7 @@ def synthetic_stats(shape=(3, 32, 32), num_classes: int = 10, rank: int = 16, se
     low-contrast noise, enough to time the inits exactly as real statistics would (same tensor shapes).
     Pass ``--data cifar10:PATH`` to the benchmarks to fit real statistics instead.
     """
-    from ebmlens.sampling.stats import ClassStats
+    from ebmlens.stats import ClassStats
 
     g = torch.Generator().manual_seed(seed)
     d = int(torch.tensor(shape).prod())

@@ -23,7 +23,7 @@ _LAZY = {
     "LinfBall": ("ebmlens.attacks", "LinfBall"),
     "Unconstrained": ("ebmlens.attacks", "Unconstrained"),
     "pgd": ("ebmlens.attacks", "pgd"),
-    "class_stats": ("ebmlens.sampling.stats", "class_stats"),
+    "class_stats": ("ebmlens.stats", "class_stats"),
     "bundled_stats": ("ebmlens.models.bundled", "bundled_stats"),
     "sample": ("ebmlens.sampling.runner", "sample"),
 }

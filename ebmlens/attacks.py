@@ -31,6 +31,7 @@ from . import rng
 
 __all__ = [
     "Geometry", "L2Ball", "LinfBall", "Unconstrained", "make_geometry", "pgd", "attack_loss", "PGDLoss",
+    "ThreatModel", "parse_threat_model", "default_step_size",
 ]
 
 PGDLoss = Literal["ce", "joint", "marginal"]
@@ -116,16 +117,38 @@ class Unconstrained:
         return x
 
 
+ThreatModel = Literal["L2", "Linf", "none"]
+_THREAT_MODELS = {"l2": "L2", "linf": "Linf", "l_inf": "Linf", "inf": "Linf", "none": "none", "unconstrained": "none"}
+
+
+def parse_threat_model(threat_model: str, *, allow_none: bool = False) -> ThreatModel:
+    """The one threat-model parser: ``"L2"`` / ``"Linf"`` (and ``"none"`` when ``allow_none``), any case;
+    aliases ``l_inf``, ``inf``, ``unconstrained``.
+
+    >>> parse_threat_model("linf"), parse_threat_model("L2")
+    ('Linf', 'L2')
+    """
+    tm = _THREAT_MODELS.get(str(threat_model).strip().lower()) if isinstance(threat_model, str) else None
+    if tm is None or (tm == "none" and not allow_none):
+        choices = "'L2', 'Linf' or 'none'" if allow_none else "'L2' or 'Linf'"
+        raise ValueError(f"unknown threat model {threat_model!r}; choose {choices}")
+    return tm  # type: ignore[return-value]
+
+
+def default_step_size(eps: float, steps: int) -> float:
+    """The one default PGD step: ``2.5 * eps / steps`` (Madry et al. 2018), so ``steps`` steps can
+    cross the ball and come back."""
+    return 2.5 * float(eps) / max(int(steps), 1)
+
+
 def make_geometry(threat_model: str, eps: float | None) -> Geometry:
     """``"L2"``/``"Linf"``/``"none"`` and an eps -> a geometry (case-insensitive)."""
-    tm = str(threat_model).lower()
-    if tm == "l2":
+    tm = parse_threat_model(threat_model, allow_none=True)
+    if tm == "L2":
         return L2Ball(float(eps))  # type: ignore[arg-type]
-    if tm in ("linf", "l_inf", "inf"):
+    if tm == "Linf":
         return LinfBall(float(eps))  # type: ignore[arg-type]
-    if tm in ("none", "unconstrained"):
-        return Unconstrained()
-    raise ValueError(f"unknown threat model {threat_model!r}; choose 'L2', 'Linf' or 'none'")
+    return Unconstrained()
 
 
 def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: PGDLoss, model=None) -> torch.Tensor:
@@ -446,7 +469,7 @@ class Attack:
     def _run_ours(self, model, x, y, target, generator) -> torch.Tensor:
         opts = dict(self.options)
         steps = int(opts.pop("steps"))
-        step_size = opts.pop("step_size", None) or 2.5 * self.eps / max(steps, 1)
+        step_size = opts.pop("step_size", None) or default_step_size(self.eps, steps)
         geom = make_geometry(self.threat_model, self.eps)
         return pgd(model, x, target if self.targeted else y, geom, steps, float(step_size),
                    targeted=self.targeted, generator=generator, **opts)
@@ -465,7 +488,7 @@ class Attack:
         if "norm" in params:
             opts.setdefault("norm", self.threat_model)
         if "alpha" in params and "steps" in params:
-            opts.setdefault("alpha", 2.5 * self.eps / int(opts.get("steps", 10)))
+            opts.setdefault("alpha", default_step_size(self.eps, int(opts.get("steps", 10))))
         if "seed" in params:
             opts.setdefault("seed", seed)
         if "n_classes" in params:
@@ -532,9 +555,7 @@ def get_attack(name: str, *, threat_model: str = "Linf", eps: float, **options: 
             raise ValueError(f"attack {spec.name!r} has no targeted mode here; targeted attacks: "
                              f"{', '.join(s.name for s in ATTACKS.values() if s.targeted)}")
         spec = cand
-    tm = {"l2": "L2", "linf": "Linf", "l_inf": "Linf", "inf": "Linf"}.get(str(threat_model).lower())
-    if tm is None:
-        raise ValueError(f"unknown threat model {threat_model!r}; choose 'L2' or 'Linf'")
+    tm = parse_threat_model(threat_model)
     if tm not in spec.threat_models:
         raise ValueError(f"attack {spec.name!r} supports {', '.join(spec.threat_models)} only, not {tm}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:

@@ -21,7 +21,6 @@ torch.Size([2, 3, 8, 8])
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -33,6 +32,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+
+from ._io import atomic_save_npz, fingerprint
 
 __all__ = ["ImageData", "load_data", "parse_data_spec", "cache_dir", "CIFAR10_CLASSES", "default_cifar10_path",
            "atomic_save_npz"]
@@ -87,10 +88,7 @@ class ImageData:
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"{self.labels.shape[0] if self.labels.ndim else 0} labels for {self.images.shape[0]} images")
         if not self.fingerprint:
-            h = hashlib.sha256()
-            h.update(np.ascontiguousarray(self.images).data)
-            h.update(np.ascontiguousarray(self.labels.astype(np.int64)).data)
-            object.__setattr__(self, "fingerprint", h.hexdigest()[:16])
+            object.__setattr__(self, "fingerprint", fingerprint(self.images, self.labels.astype(np.int64)))
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -172,7 +170,7 @@ def load_data(spec: str | ImageData, split: str | None = None, *, default_split:
 
 def _cache_key(path: Path, extra: str) -> str:
     st = path.stat()
-    h = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}|{extra}".encode()).hexdigest()[:16]
+    h = fingerprint(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}|{extra}")
     return h
 
 
@@ -187,16 +185,6 @@ def _cached(path: Path, extra: str, build) -> tuple[np.ndarray, np.ndarray, list
     images, labels, names = build()
     atomic_save_npz(f, images=images, labels=labels, class_names=np.array(names))
     return images, labels, names
-
-
-def atomic_save_npz(path: Path | str, **arrays) -> None:
-    """Write an .npz atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
 
 
 def _decode(data: bytes) -> np.ndarray:

@@ -47,7 +47,8 @@ from . import _dist
 from ._metrics_math import _Moments, feature_stats, frechet_distance, inception_score, kernel_distance
 from ._metrics_features import (INCEPTION_NETWORK, InceptionFeatures, ModuleFeatures, check_inception_weights,
                                 find_inception_weights, slug)
-from .data import ImageData, atomic_save_npz, load_data
+from ._io import atomic_save_npz, versions
+from .data import ImageData, load_data
 
 __all__ = ["evaluate", "EvalResult", "reference_stats", "ReferenceStats", "load_reference_stats",
            "inception_score", "frechet_distance", "kernel_distance", "feature_stats",
@@ -464,7 +465,7 @@ def evaluate(images: object, ref: object = None, metrics: str | Sequence[str] = 
             kid_subsets=kid_subsets if "kid" in metrics else None, kid_subset_size=size,
             weights=w.path if w else None, weights_sha256=w.sha256 if w else None,
             weights_official=w.official if w else None,
-            seconds=round(time.perf_counter() - t0, 3), versions=_versions(ext))
+            seconds=round(time.perf_counter() - t0, 3), versions=versions(**({"torch-fidelity": ext.version} if getattr(ext, "version", None) else {})))
 
     return _dist.run_on_rank0(finish)
 
@@ -480,15 +481,6 @@ def _check_stats(stats: ReferenceStats, ext, need_features: bool) -> None:
     if need_features and stats.features is None:
         raise ValueError("KID needs the reference features, and this statistics file holds only mu/sigma; rebuild "
                          "it with keep_features=True (CLI --keep-features) or drop 'kid' from metrics")
-
-
-def _versions(ext) -> dict[str, str]:
-    from . import __version__
-
-    v = {"ebmlens": __version__, "torch": torch.__version__}
-    if getattr(ext, "version", None):
-        v["torch-fidelity"] = ext.version
-    return v
 
 
 # ---------------------------------------------------------------------------- conditional samples

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import click
 
@@ -55,14 +54,9 @@ def accuracy_cmd(model_spec, model_dir, dataset, model_threat_model, arch, data,
             f"robust_acc={res['robust_acc']:.4f} ({res['attack']}, eps={eps_f:.4g}, steps={res['steps']})")
     click.echo(line)
     if out:
-        from pathlib import Path
-        import os
+        from .._io import atomic_write_json
 
-        p = Path(out)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(json.dumps(res, indent=2, default=str))
-        os.replace(tmp, p)
+        atomic_write_json(out, res)
 
 
 def _apgd_accuracy(model, ds, idx, threat_model, eps, steps, batch_size, device, seed) -> dict:

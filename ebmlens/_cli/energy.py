@@ -69,7 +69,9 @@ def energy_cmd(model_spec: str, model_dir: str | None, threat_model: str, arch: 
         raise ValueError("--data is required, e.g. --data cifar10:../shared/data/cifar10-jpeg.tar.xz")
     if out is None:
         raise ValueError("--out is required: a folder for report.json, table.md, table.csv and energies.png")
-    tm = "L2" if threat_model.lower() == "l2" else "Linf"
+    from ..attacks import parse_threat_model
+
+    tm = parse_threat_model(threat_model)
     eps_v = parse_number(eps) if eps is not None else (0.5 if tm == "L2" else 8 / 255)
     if not eps_v > 0:
         raise ValueError(f"--eps must be > 0, got {eps}")
@@ -114,7 +116,7 @@ def energy_cmd(model_spec: str, model_dir: str | None, threat_model: str, arch: 
 def _write(report, folder, plot_name: str | None) -> None:
     """report.json, table.md, table.csv (+ the plot) into ``folder``; only rank 0 writes and prints."""
     from .. import _dist
-    from ..analysis.report import atomic_write_text
+    from .._io import atomic_write_text
 
     if not _dist.is_rank0():
         return

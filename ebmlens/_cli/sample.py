@@ -151,7 +151,7 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, data, stats_p
     resolve_classes(wanted, model.num_classes, model.class_names)  # out-of-range classes fail before any fitting
     stats: Any = None
     if stats_path is not None:
-        from ..sampling.stats import ClassStats
+        from ..stats import ClassStats
 
         stats = ClassStats.load(stats_path)
     elif data is None:
@@ -180,19 +180,12 @@ def default_ref(data: str) -> str:
 def evaluate_run(run, metrics, ref, *, inception_weights=None, feature_model=None, device=None, batch_size=256) -> None:
     """Measure a finished run with :func:`ebmlens.metrics.evaluate`; write ``metrics.json`` and add it
     to ``run.json`` (both atomically); print the values on one line."""
-    import json
-
     from ..metrics import evaluate
-    from ..sampling.runner import _atomic_json
+    from ..sampling.runner import record_evaluation
 
     res = evaluate(run.out_dir, ref=ref, metrics=metrics, feature_model=feature_model,
                    inception_weights=inception_weights, device=None if device == "auto" else device,
                    batch_size=batch_size, progress=True)
-    record = res.to_dict()
-    _atomic_json(run.out_dir / "metrics.json", record)
-    path = run.out_dir / "run.json"
-    full = json.loads(path.read_text())
-    full["evaluation"] = record
-    _atomic_json(path, full)
+    record_evaluation(run.out_dir, res.to_dict())
     shown = ", ".join(f"{k}={v:.4g}" for k, v in res.values.items())
     click.echo(f"evaluated {res.num_images} samples in {res.network}: {shown}")

@@ -28,7 +28,8 @@ import numpy as np
 from ..data import ImageData
 from ..energy import EnergyModel
 from .energies import as_image_data, energy_report
-from .report import EnergyReport, atomic_write_text, require_matplotlib, rows_to_csv, save_figure
+from .._io import atomic_write_text, save_figure
+from .report import EnergyReport, require_matplotlib, rows_to_csv
 
 __all__ = ["dynamics", "DynamicsReport", "resolve_checkpoints"]
 

@@ -32,6 +32,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .._io import atomic_write_text, jsonable, save_figure
+
 __all__ = ["Stats", "Interval", "KindSummary", "EnergyReport", "bootstrap_mean_ci", "summarize_kind",
            "atomic_write_text", "require_matplotlib"]
 
@@ -40,26 +42,6 @@ VALUE_FIELDS = ("energy", "joint_true", "joint_adv")
 
 
 # --------------------------------------------------------------------------- small pieces
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
-def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Save a matplotlib figure atomically (temporary file + rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    return path
-
-
 def rows_to_csv(rows: list[dict[str, Any]], path: str | os.PathLike | None = None) -> str:
     """Rows of equal keys as CSV text; also written atomically to ``path`` when given."""
     buf = io.StringIO()
@@ -302,7 +284,8 @@ class EnergyReport:
     def to_dict(self, *, per_sample: bool = True) -> dict[str, Any]:
         """JSON-ready dict; ``per_sample`` adds the per-image arrays (enough to redraw the plots)."""
         d: dict[str, Any] = {"format": "ebmlens.energy_report/1", "model": dict(self.model), "data": dict(self.data),
-                             "config": _jsonable(dict(self.config)), "kinds": [_jsonable(asdict(k)) for k in self.kinds]}
+                             "config": jsonable(dict(self.config), finite_floats=False),
+                             "kinds": [jsonable(asdict(k), finite_floats=False) for k in self.kinds]}
         if per_sample:
             d["labels"] = self.labels.tolist()
             d["indices"] = self.indices.tolist()
@@ -361,18 +344,3 @@ class EnergyReport:
             return save_figure(fig, path)
         finally:
             plt.close(fig)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    return str(obj)
-

@@ -100,7 +100,7 @@ def load(name: str, *, temperature: float = 1.0, sampling_mode: str = "eval") ->
 
 def bundled_stats(name: str):
     """The compact class statistics shipped with bundled model ``name`` (``NAME.stats.safetensors``,
-    a :class:`~ebmlens.sampling.stats.ClassStats`), or ``None`` when the model ships none.
+    a :class:`~ebmlens.stats.ClassStats`), or ``None`` when the model ships none.
 
     >>> from ebmlens.models.bundled import bundled_stats
     >>> bundled_stats("cifar10-l2-small").mean.shape
@@ -111,6 +111,6 @@ def bundled_stats(name: str):
     path = bundled_dir() / f"{name}.stats.safetensors"
     if not path.is_file():
         return None
-    from ..sampling.stats import ClassStats
+    from ..stats import ClassStats
 
     return ClassStats.load(path)

@@ -20,7 +20,7 @@ from .init import DataInit, GaussianInit, NoiseInit, PCAInit
 from .pgd import TargetedPGD
 from .pipeline import Initializer, Pipeline, Samples, Stage, draw_labels, stage_config
 from .sgld import SGLD, MomentumSGLD
-from .stats import ClassStats, class_stats
+from ..stats import ClassStats, class_stats
 from .transforms import Clamp, Contrast
 
 __all__ = [

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import rng
-from .stats import ClassStats, coerce_stats
+from ..stats import ClassStats, coerce_stats
 
 __all__ = ["GaussianInit", "PCAInit", "NoiseInit", "DataInit"]
 

@@ -23,16 +23,15 @@ only with ``trace_steps=True``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
-import numpy as np
 import torch
 
 from .. import rng
+from .._io import fingerprint, jsonable
 from ..energy import validate_labels
 
 __all__ = ["Stage", "Initializer", "Pipeline", "Samples", "draw_labels", "stage_config"]
@@ -99,26 +98,20 @@ def draw_labels(n: int, prior: torch.Tensor | Sequence[float], generator: rng.Ge
     return y.to(device) if device is not None else y
 
 
-def _jsonable(v: Any) -> Any:
+def _config_value(v: Any) -> Any:
+    """Statistics, image sets and tensors as fingerprints; nested stages as their configs."""
     from ..data import ImageData
-    from .stats import ClassStats
+    from ..stats import ClassStats
 
     if isinstance(v, ClassStats):
         return v.fingerprint
     if isinstance(v, ImageData):
         return {"source": v.source, "count": len(v), "sha256": v.fingerprint}
     if isinstance(v, torch.Tensor):
-        h = hashlib.sha256(np.ascontiguousarray(v.detach().cpu().float().numpy()).data).hexdigest()[:16]
-        return {"tensor": list(v.shape), "sha256": h}
+        return {"tensor": list(v.shape), "sha256": fingerprint(v.float())}
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         return stage_config(v)
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(u) for u in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(u) for k, u in v.items()}
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    return repr(v)
+    return NotImplemented
 
 
 def stage_config(stage: Any) -> dict[str, Any]:
@@ -127,7 +120,7 @@ def stage_config(stage: Any) -> dict[str, Any]:
         return {"name": getattr(stage, "__name__", type(stage).__name__), "repr": repr(stage)}
     out: dict[str, Any] = {"name": type(stage).__name__}
     for f in dataclasses.fields(stage):
-        out[f.name] = _jsonable(getattr(stage, f.name))
+        out[f.name] = jsonable(getattr(stage, f.name), convert=_config_value)
     return out
 
 

@@ -33,12 +33,12 @@ import difflib
 import inspect
 from typing import Any, Callable
 
-from ..attacks import L2Ball, LinfBall, Unconstrained
+from ..attacks import L2Ball, LinfBall, Unconstrained, default_step_size
 from .init import DataInit, GaussianInit, PCAInit
 from .pgd import TargetedPGD
 from .pipeline import Pipeline
 from .sgld import SGLD, MomentumSGLD
-from .stats import ClassStats, class_stats, coerce_stats, missing_stats_error
+from ..stats import ClassStats, class_stats, coerce_stats, missing_stats_error
 from .transforms import Clamp, Contrast
 
 __all__ = ["get", "names", "PRESETS", "santurkar2019", "jempp", "robust_jem_energy", "robust_jem", "mirza2024",
@@ -135,7 +135,7 @@ def robust_jem(stats=None, data=None, *, eps: float = 0.25, attack_steps: int = 
     outputs are valid images. BatchNorm as in :func:`robust_jem_energy`.
     """
     s = _stats(stats, data, "robust-jem")
-    alpha = attack_step_size if attack_step_size is not None else 2.5 * eps / max(attack_steps, 1)
+    alpha = attack_step_size if attack_step_size is not None else default_step_size(eps, attack_steps)
     m = steps if steps is not None else (50 if conditional else 300)
     return Pipeline(GaussianInit(s),
                     [TargetedPGD(LinfBall(eps), steps=attack_steps, step_size=alpha, loss="ce"),

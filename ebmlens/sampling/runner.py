@@ -51,9 +51,7 @@ import datetime
 import hashlib
 import json
 import logging
-import math
 import os
-import platform
 import re
 import time
 from dataclasses import dataclass
@@ -64,6 +62,7 @@ import numpy as np
 import torch
 
 from .. import _dist
+from .._io import atomic_save_npz, atomic_write_bytes, atomic_write_json, jsonable, versions
 from ..energy import validate_labels
 from ..rng import SampleStreams
 
@@ -170,52 +169,9 @@ def _resolve_device(device: str | torch.device | None, d: _Dist) -> torch.device
 
 
 # ----------------------------------------------------------------------------- helpers
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types (tuples -> lists, tensors -> lists, paths -> str, dataclasses -> dicts)."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {"type": type(obj).__name__, **{f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        obj = obj.detach().cpu().numpy()
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist()) if obj.size <= 64 else f"<array shape={list(obj.shape)}>"
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, (Path, torch.device, torch.dtype)):
-        return str(obj)
-    return repr(obj)
-
-
 def _pipeline_config(pipeline: Any) -> Any:
     cfg = pipeline.config() if callable(getattr(pipeline, "config", None)) else {"repr": repr(pipeline)}
-    return _jsonable(cfg)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
+    return jsonable(cfg)
 
 
 def _to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
@@ -293,13 +249,6 @@ def _png_bytes(img: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _versions() -> dict:
-    from .. import __version__
-
-    return {"ebmlens": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
 
 
 # ----------------------------------------------------------------------------- shards
@@ -457,7 +406,7 @@ def _run(model, pipeline, n, out, y_all, cls_order, class_names, batch_size, see
         "n": n, "seed": seed, "dtype": dtype,
         "labels_sha256": hashlib.sha256(y_all.tobytes()).hexdigest(),
         "pipeline": _pipeline_config(pipeline),
-        "model": _jsonable(model.describe()) if callable(getattr(model, "describe", None)) else type(model).__name__,
+        "model": jsonable(model.describe()) if callable(getattr(model, "describe", None)) else type(model).__name__,
     }
     meta_path = shard_dir / "meta.json"
     # ---- rank 0 prepares the folder; everyone waits
@@ -472,7 +421,7 @@ def _run(model, pipeline, n, out, y_all, cls_order, class_names, batch_size, see
                                  "it, or choose a new output folder")
             _check_meta(meta_path, meta)
             shard_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_json(meta_path, meta)
+            atomic_write_json(meta_path, meta)
         except Exception as e:  # report on rank 0, but do not leave the others at the barrier
             err = e
     if d.active:
@@ -526,7 +475,7 @@ def _run(model, pipeline, n, out, y_all, cls_order, class_names, batch_size, see
             arr = _to_uint8_nhwc(images)
             vecs, secs = _trace_arrays(getattr(out_s, "trace", None), idx.size)
             extra = {**{f"trace/{k}": v for k, v in vecs.items()}, **{f"tsec/{k}": np.float64(v) for k, v in secs.items()}}
-            _atomic_npz(shard_dir / f"shard_{int(idx[0]):09d}.npz", indices=idx.astype(np.int64),
+            atomic_save_npz(shard_dir / f"shard_{int(idx[0]):09d}.npz", indices=idx.astype(np.int64),
                         labels=y_all[idx], images=arr, seconds=np.float64(time.perf_counter() - t0),
                         rank=np.int64(d.rank), **extra)
             n_done += idx.size
@@ -613,7 +562,7 @@ def _merge(out: Path, shard_dir: Path, n: int, y_all: np.ndarray, cls_order: lis
     if images is None or not seen.all():
         raise RuntimeError(f"{int((~seen).sum())} of {n} samples are missing from {shard_dir} after sampling; "
                            "run again with resume=True")
-    _atomic_npz(out / "samples.npz", images=images, labels=y_all)
+    atomic_save_npz(out / "samples.npz", images=images, labels=y_all)
     if save_png:
         width = max(6, len(str(n - 1)))
         dirs: dict[int, Path] = {}
@@ -622,9 +571,9 @@ def _merge(out: Path, shard_dir: Path, n: int, y_all: np.ndarray, cls_order: lis
             if k not in dirs:
                 dirs[k] = out / _safe_name(class_names[k])
                 dirs[k].mkdir(exist_ok=True)
-            _atomic_write_bytes(dirs[k] / f"{i:0{width}d}.png", _png_bytes(images[i]))
+            atomic_write_bytes(dirs[k] / f"{i:0{width}d}.png", _png_bytes(images[i]))
     if grid_path is not None:
-        _atomic_write_bytes(grid_path, _png_bytes(make_grid(images, y_all, cls_order)))
+        atomic_write_bytes(grid_path, _png_bytes(make_grid(images, y_all, cls_order)))
     t_end = time.perf_counter()
     sampling_s = t_sampled - t_sampling
     counts = np.bincount(y_all, minlength=len(class_names))
@@ -650,7 +599,7 @@ def _merge(out: Path, shard_dir: Path, n: int, y_all: np.ndarray, cls_order: lis
                    "sha256": meta["labels_sha256"]},
         "pipeline": meta["pipeline"],
         "model": meta["model"],
-        "versions": _versions(),
+        "versions": versions(),
         "files": {"samples": "samples.npz", "grid": grid_path.name if grid_path else None,
                   "png": "<class_name>/<index>.png" if save_png else None, "shards": "shards/"},
         "timings": {
@@ -664,7 +613,20 @@ def _merge(out: Path, shard_dir: Path, n: int, y_all: np.ndarray, cls_order: lis
         },
         "energy": _energy_summary(trace_keys, traces, stage_seconds),
     }
-    run = _jsonable(run)
-    _atomic_json(out / "run.json", run)
+    run = jsonable(run)
+    atomic_write_json(out / "run.json", run)
     log.info("wrote %d samples to %s (%.1f images/s)", n, out, run["timings"]["images_per_s"] or 0.0)
     return run
+
+
+def record_evaluation(out_dir: str | Path, record: dict) -> None:
+    """Record an evaluation of a finished run: ``metrics.json`` and the ``evaluation`` key of
+    ``run.json`` (both written atomically). The runner owns ``run.json``; callers hand it the record."""
+    out = Path(out_dir)
+    path = out / "run.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: evaluate a finished sampling run (its folder holds run.json)")
+    atomic_write_json(out / "metrics.json", record)
+    run = json.loads(path.read_text())
+    run["evaluation"] = record
+    atomic_write_json(path, run)

@@ -11,7 +11,7 @@ from typing import Any, Literal, Union
 import torch
 
 from .. import rng
-from .stats import ClassStats, missing_stats_error
+from ..stats import ClassStats, missing_stats_error
 
 __all__ = ["Contrast", "Clamp"]
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .. import rng
 from ..analysis.trades import trades_terms_from_logits
 from ..analysis.weat import weat_terms_from_logits
-from ..attacks import attack_loss, make_geometry, pgd
+from ..attacks import attack_loss, default_step_size, make_geometry, pgd
 
 __all__ = ["AttackConfig", "pgd_at", "trades", "trades_examples", "weat_adv", "weat_nat", "robust_jem",
            "init_replay_buffer", "jempp_sgld", "standard",
@@ -56,7 +56,7 @@ class AttackConfig:
 
     @property
     def alpha(self) -> float:
-        return float(self.step_size) if self.step_size is not None else 2.5 * self.eps / self.steps
+        return float(self.step_size) if self.step_size is not None else default_step_size(self.eps, self.steps)
 
 
 def adversarial_examples(model, x, y, attack: AttackConfig, *, loss="ce", generator=None, x_ref=None) -> torch.Tensor:

@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -28,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..attacks import make_geometry, pgd
+from .._io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
+from ..attacks import default_step_size, make_geometry, pgd
 from ..data import ImageData, load_data
 from ..energy import EnergyModel
 from ..models.archs import get_arch
@@ -168,18 +168,6 @@ def _augment(xb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return out.gather(3, idx_c)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def _autocast(device: torch.device, amp: str):
     if amp == "none":
         return contextlib.nullcontext()
@@ -201,7 +189,7 @@ def evaluate_accuracy(model: EnergyModel, data: ImageData, *, indices=None, thre
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     idx = np.arange(len(data)) if indices is None else np.asarray(indices)
-    alpha = step_size if step_size is not None else 2.5 * eps / steps
+    alpha = step_size if step_size is not None else default_step_size(eps, steps)
     geom = make_geometry(threat_model, eps)
     clean = robust = 0
     with model.mode("eval"), _autocast(device, amp):
@@ -222,7 +210,7 @@ def _save_weights_ckpt(model: EnergyModel, cfg: TrainConfig, path: Path, epoch: 
             "mean": list(cfg.mean), "std": list(cfg.std), "input_shape": list(model.input_shape),
             "epoch": epoch, "objective": cfg.objective, "threat_model": cfg.threat_model, "eps": cfg.eps,
             "metrics": metrics or {}}
-    _atomic_torch_save({"state_dict": model.classifier.state_dict(), "ebmlens_meta": meta}, path)
+    atomic_torch_save({"state_dict": model.classifier.state_dict(), "ebmlens_meta": meta}, path)
 
 
 
@@ -245,7 +233,7 @@ def _objective_kwargs(cfg: TrainConfig, data: ImageData, n_train: int) -> dict:
     from ..sampling.init import GaussianInit, NoiseInit
 
     if cfg.jem_init == "gaussian":  # JEM++'s informative init: class Gaussians of the training images
-        from ..sampling.stats import class_stats
+        from ..stats import class_stats
 
         init = GaussianInit(class_stats(data, n=n_train if n_train < len(data) else None))
     else:
@@ -339,7 +327,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
         log.info("resumed from %s at epoch %d step %d", last, epoch, step)
     elif resume:
         log.info("--resume given but %s does not exist; starting fresh", last)
-    _atomic_json(asdict(cfg), out / "config.json")
+    atomic_write_json(out / "config.json", asdict(cfg))
 
     def save_last(e: int, s: int, loss_so_far: float = 0.0) -> None:
         ck = {"state_dict": model.classifier.state_dict(), "optimizer": opt.state_dict(),
@@ -347,7 +335,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
               "history_json": json.dumps(history), "epoch_loss_sum": loss_so_far, "objective_state": state}
         if scaler is not None:
             ck["scaler"] = scaler.state_dict()
-        _atomic_torch_save(ck, last)
+        atomic_torch_save(ck, last)
 
     report = progress if callable(progress) else None
     bar = None
@@ -406,7 +394,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
         _save_weights_ckpt(model, cfg, out / f"epoch_{epoch + 1:03d}.pt", epoch + 1, metrics)
         epoch, step = epoch + 1, 0
         save_last(epoch, step)
-        _atomic_json(history, out / "metrics.json")
+        atomic_write_json(out / "metrics.json", history)
     if bar is not None:
         bar.close()
     _export(model, cfg, out, history)
@@ -414,17 +402,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
 
 
 def _export(model: EnergyModel, cfg: TrainConfig, out: Path, history: list) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.classifier.state_dict().items()}
-    tmp = out / ".model.safetensors.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, out / "model.safetensors")
+    atomic_save_safetensors(model.classifier.state_dict(), out / "model.safetensors")
     meta = {"arch": cfg.arch, "num_classes": model.num_classes, "class_names": model.class_names,
             "mean": list(cfg.mean), "std": list(cfg.std), "input_shape": list(model.input_shape),
             "threat_model": cfg.threat_model, "eps": cfg.eps, "config": asdict(cfg),
             "final_metrics": history[-1] if history else {}}
-    _atomic_json(meta, out / "model.json")
+    atomic_write_json(out / "model.json", meta)
 
 
 def config_fields() -> list[str]:

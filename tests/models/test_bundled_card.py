@@ -51,7 +51,7 @@ def test_bundled_model_reaches_its_card_on_the_strided_subset(cifar_test):
 
 def test_bundled_stats_ship_and_feed_the_default_preset():
     from ebmlens.sampling import presets
-    from ebmlens.sampling.stats import ClassStats
+    from ebmlens.stats import ClassStats
 
     path = bundled.bundled_dir() / f"{NAME}.stats.safetensors"
     stats = ClassStats.load(path)
