@@ -1,0 +1,201 @@
+"""``ClassStats``: per-class means, covariances and PCA bases as data (files, compact form, provenance).
+
+Fitting lives in :mod:`ebmlens.stats.fit`; the math is described in :mod:`ebmlens.stats`.
+"""
+
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .._io import atomic_save_safetensors, fingerprint
+
+__all__ = ["ClassStats"]
+
+_FORMAT = "ebmlens.class_stats/1"
+_ALGO_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class ClassStats:
+    """Per-class mean, covariance (Cholesky factor) and PCA basis of an image set.
+
+    Build with :func:`class_stats`; load with :meth:`load`. Tensors live on the CPU in float32; the
+    inits move what they need to the sampling device once (cached per device).
+
+    Attributes:
+        mean: ``(K, D)`` class means, pixels in [0, 1].
+        diag: ``(K, D)`` pixel variances.
+        eigvecs: ``(K, D, r)`` leading principal directions (unit columns), per class.
+        eigvals: ``(K, r)`` their variances ``lambda_i`` (descending; 0 where a class has fewer).
+        total_var: ``(K,)`` ``trace(Sigma_k)``, the denominator of "retained variance".
+        counts: ``(K,)`` images per class.
+        shape: ``(C, H, W)`` of the images the statistics describe (after ``downsample``).
+        chol: ``(K, D, D)`` ``cholesky(Sigma_k + reg I)``, or ``None`` for compact statistics.
+        reg: the ridge ``reg`` added to the covariance (and to the compact diagonal).
+        source, split: provenance.
+        class_names: names of the ``K`` classes.
+        downsample: the factor the images were average-pooled by before fitting.
+    """
+
+    mean: torch.Tensor
+    diag: torch.Tensor
+    eigvecs: torch.Tensor
+    eigvals: torch.Tensor
+    total_var: torch.Tensor
+    counts: torch.Tensor
+    shape: tuple[int, int, int]
+    chol: torch.Tensor | None = field(default=None, repr=False)
+    reg: float = 1e-4
+    source: str = "tensors"
+    split: str | None = None
+    class_names: tuple[str, ...] = ()
+    downsample: int = 1
+
+    def __post_init__(self) -> None:
+        k, d = self.mean.shape
+        if int(np.prod(self.shape)) != d:
+            raise ValueError(f"ClassStats shape {self.shape} does not match {d} pixels per image")
+        for name, t, want in (("diag", self.diag, (k, d)), ("total_var", self.total_var, (k,)),
+                              ("counts", self.counts, (k,))):
+            if tuple(t.shape) != want:
+                raise ValueError(f"ClassStats.{name} must have shape {want}, got {tuple(t.shape)}")
+        if self.eigvecs.shape[:2] != (k, d) or tuple(self.eigvals.shape) != (k, self.eigvecs.shape[2]):
+            raise ValueError(f"ClassStats eigvecs {tuple(self.eigvecs.shape)} / eigvals {tuple(self.eigvals.shape)} "
+                             f"do not match K={k}, D={d}")
+        if self.chol is not None and tuple(self.chol.shape) != (k, d, d):
+            raise ValueError(f"ClassStats.chol must be (K, D, D) = {(k, d, d)}, got {tuple(self.chol.shape)}")
+        if not self.class_names:
+            object.__setattr__(self, "class_names", tuple(str(i) for i in range(k)))
+        object.__setattr__(self, "_device_cache", {})
+
+    # ------------------------------------------------------------------ views
+    @property
+    def num_classes(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[1])
+
+    @property
+    def rank(self) -> int:
+        """Number of principal components held."""
+        return int(self.eigvecs.shape[2])
+
+    @property
+    def kind(self) -> Literal["full", "compact"]:
+        return "full" if self.chol is not None else "compact"
+
+    @property
+    def prior(self) -> torch.Tensor:
+        """Class frequencies ``counts / counts.sum()`` ``(K,)``: the class prior for unconditional sampling."""
+        c = self.counts.double()
+        return (c / c.sum()).float()
+
+    def lowrank_diag(self, rank: int | None = None) -> torch.Tensor:
+        """``(K, D)`` the diagonal ``d`` of the low-rank + diagonal covariance with the top ``rank``
+        components (default all held): ``diag(Sigma) - diag(U diag(lambda) U^T)``, ``>= 0``, ``+ reg``."""
+        r = self.rank if rank is None else rank
+        explained = (self.eigvecs[:, :, :r].float() ** 2 * self.eigvals[:, :r].float().unsqueeze(1)).sum(2)
+        return (self.diag - explained).clamp_min(0.0) + self.reg
+
+    def on(self, device: torch.device | str, name: str) -> torch.Tensor:
+        """``getattr(self, name)`` as float32 on ``device``, cached (moved once per device)."""
+        key = (str(torch.device(device)), name)
+        cache: dict = self.__dict__["_device_cache"]
+        if key not in cache:
+            if name.startswith("lowrank_diag"):  # "lowrank_diag:<rank>"
+                t = self.lowrank_diag(int(name.partition(":")[2] or self.rank))
+            else:
+                t = getattr(self, name)
+            if t is None:
+                raise ValueError(f"these {self.kind} class statistics have no {name!r}; "
+                                 "compute full statistics with ebmlens.class_stats(...)")
+            cache[key] = t.to(device=device, dtype=torch.float32)
+        return cache[key]
+
+    # ------------------------------------------------------------------ provenance
+    @functools.cached_property
+    def fingerprint(self) -> dict[str, Any]:
+        """What ``run.json`` records instead of the tensors: source, split, kind, shape, rank and a
+        sha256 (first 16 hex digits) of the arrays."""
+        arrays = (self.mean, self.diag, self.eigvals, self.total_var, self.counts, self.eigvecs, self.chol)
+        sha = fingerprint(*(t for t in arrays if t is not None))
+        return {"source": self.source, "split": self.split, "kind": self.kind, "shape": list(self.shape),
+                "num_classes": self.num_classes, "rank": self.rank, "reg": self.reg,
+                "downsample": self.downsample, "count": int(self.counts.sum()), "sha256": sha}
+
+    def retained_components(self, k: int, variance: float) -> int:
+        """Smallest number of leading components of class ``k`` whose variance reaches ``variance``
+        of ``total_var[k]`` (capped at :attr:`rank`)."""
+        frac = torch.cumsum(self.eigvals[k].double(), 0) / max(float(self.total_var[k]), 1e-30)
+        m = int(torch.searchsorted(frac, torch.tensor([variance], dtype=frac.dtype)).item()) + 1
+        return min(m, self.rank)
+
+    # ------------------------------------------------------------------ compact
+    def compact(self, rank: int = 48) -> "ClassStats":
+        """Low-rank + diagonal version: top ``rank`` eigenpairs, pixel variances, no Cholesky factor.
+
+        ~``K * D * rank * 2`` bytes on disk (float16 eigenvectors): 10 classes x 3,072 pixels at rank 48
+        is ~3.2 MB with means and diagonals. GaussianInit samples ``mu + U (sqrt(lambda) z1) + sqrt(d) z2``
+        from it; PCAInit uses its ``rank`` components (fewer than 95% of the variance may be held:
+        see :meth:`retained_components`).
+        """
+        if not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"compact rank must be a positive int, got {rank!r}")
+        if rank > self.rank:
+            raise ValueError(f"compact(rank={rank}) asks for more components than the {self.rank} held; "
+                             f"use rank <= {self.rank} or recompute with a higher pca_variance")
+        vecs = self.eigvecs[:, :, :rank].to(torch.float16).float()  # what a saved compact file holds
+        return replace(self, eigvecs=vecs, eigvals=self.eigvals[:, :rank].clone(), chol=None)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path) -> Path:
+        """Write a ``.safetensors`` file (arrays) with the metadata as JSON in its header.
+
+        Compact statistics store eigenvectors as float16. Written atomically.
+        """
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
+        arrays = {"mean": self.mean, "diag": self.diag, "eigvals": self.eigvals, "total_var": self.total_var,
+                  "counts": self.counts.to(torch.int64),
+                  "eigvecs": self.eigvecs.to(torch.float16) if self.chol is None else self.eigvecs}
+        if self.chol is not None:
+            arrays["chol"] = self.chol
+        meta = {"format": _FORMAT, "shape": list(self.shape), "reg": self.reg, "source": self.source,
+                "split": self.split, "class_names": list(self.class_names), "downsample": self.downsample}
+        return atomic_save_safetensors(arrays, path, metadata={"ebmlens": json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ClassStats":
+        """Read a file written by :meth:`save` (safetensors: no code is executed)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"class statistics file {str(path)!r} not found; create one with "
+                                    "ebmlens.class_stats('cifar10:PATH').save(path)")
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = json.loads((fh.metadata() or {}).get("ebmlens", "{}"))
+                arrays = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as e:  # noqa: BLE001 - corrupt/foreign file
+            raise ValueError(f"{path} is not a readable safetensors file of class statistics ({e})") from e
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not an ebmlens class statistics file (format {meta.get('format')!r})")
+        return cls(mean=arrays["mean"].float(), diag=arrays["diag"].float(), eigvecs=arrays["eigvecs"].float(),
+                   eigvals=arrays["eigvals"].float(), total_var=arrays["total_var"].float(),
+                   counts=arrays["counts"].long(), shape=tuple(meta["shape"]), chol=arrays.get("chol"),
+                   reg=float(meta["reg"]), source=meta.get("source", str(path)), split=meta.get("split"),
+                   class_names=tuple(meta.get("class_names") or ()), downsample=int(meta.get("downsample", 1)))
+
+
