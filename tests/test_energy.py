@@ -149,8 +149,8 @@ def test_validate_images_errors(tiny_model):
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         validate_images(bad, tiny_model)
-    with pytest.warns(UserWarning, match="far outside"):
-        validate_images((ok - 0.5) / 0.25 * 3, tiny_model)
+    with pytest.raises(ValueError, match="normalized or \\[-1, 1\\] input"):
+        validate_images((ok - 0.5) / 0.25 * 0.3, tiny_model)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         validate_images(ok * 1.2 - 0.1, tiny_model)  # mild excursions are fine
