@@ -187,11 +187,16 @@ def _cached(path: Path, extra: str, build) -> tuple[np.ndarray, np.ndarray, list
     return images, labels, names
 
 
-def _decode(data: bytes) -> np.ndarray:
-    from PIL import Image
+def _decode(data: bytes, where: str) -> np.ndarray:
+    """Decode one image file's bytes to uint8 RGB; an unreadable file is named (``where``)."""
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        why = "not a readable image file" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
+        raise ValueError(f"cannot decode image {where} ({why}); remove or replace that file") from None
 
 
 def _load_cifar(kind: str, path: Path, split: str, spec: str) -> ImageData:
@@ -228,7 +233,7 @@ def _decode_tar(path: Path, split: str, class_order: list[str] | None):
                 continue
             fh = tar.extractfile(m)
             assert fh is not None
-            per_class.setdefault(parts[i + 1], []).append((parts[-1], _decode(fh.read())))
+            per_class.setdefault(parts[i + 1], []).append((parts[-1], _decode(fh.read(), f"{path}:{m.name}")))
     if not per_class:
         raise ValueError(f"{path} has no images under a '{split}/<class>/' folder")
     names = [c for c in (class_order or []) if c in per_class] + sorted(c for c in per_class if c not in (class_order or []))
@@ -258,7 +263,7 @@ def _decode_folder(path: Path):
     images, labels = [], []
     for k, c in enumerate(names):
         for f in files_by_class[c]:
-            images.append(_decode(f.read_bytes()))
+            images.append(_decode(f.read_bytes(), str(f)))
             labels.append(k)
     shapes = {a.shape for a in images}
     if len(shapes) > 1:
