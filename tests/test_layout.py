@@ -25,6 +25,7 @@ LEAF = {"_io"}
 LAYERS: dict[str, set[str]] = {
     "__init__": set(),                                   # lazy: names in strings, no imports of ebmlens
     "_io": set(),                                        # imports nothing of ebmlens
+    "_lock": set(),                                      # run locks; imports nothing of ebmlens
     "rng": LEAF,
     "_dist": LEAF,
     "energy": LEAF,
