@@ -21,13 +21,14 @@ PKG = Path(__file__).resolve().parents[1] / "ebmlens"
 # Written from ARCHITECTURE.md: the leaves (_io, rng, energy, attacks, data, _dist) know nothing of the
 # layers above; models know no sampling; sampling knows no analysis, metrics or CLI; metrics know no
 # sampling; train may use sampling, analysis, attacks and metrics; only the CLI and __main__ import the CLI.
-LEAF = {"_io"}
+LEAF = {"_io", "_validate", "_lock"}  # leaf helpers every layer may use; they import nothing of ebmlens
 LAYERS: dict[str, set[str]] = {
     "__init__": set(),                                   # lazy: names in strings, no imports of ebmlens
     "_io": set(),                                        # imports nothing of ebmlens
     "_lock": set(),                                      # run locks; imports nothing of ebmlens
     "rng": LEAF,
     "_dist": LEAF,
+    "_validate": set(),                                  # input checks; imports nothing of ebmlens
     "energy": LEAF,
     "_perf": LEAF | {"energy"},
     "data": LEAF | {"energy"},
