@@ -10,6 +10,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+DEFAULT_MODEL = "ebmlens:cifar10-l2-small"
+"""The model every command uses when none is named (a bundled one: no download, no dataset)."""
+
 _LAZY = {
     "EnergyModel": ("ebmlens.energy", "EnergyModel"),
     "energy_grad": ("ebmlens.energy", "energy_grad"),
@@ -29,7 +32,7 @@ _LAZY = {
 }
 _SUBMODULES = {"energy", "attacks", "rng", "data", "models", "sampling", "analysis", "metrics", "train", "cli"}
 
-__all__ = ["__version__", *sorted(_LAZY), *sorted(_SUBMODULES)]
+__all__ = ["__version__", "DEFAULT_MODEL", *sorted(_LAZY), *sorted(_SUBMODULES)]
 
 
 def __getattr__(name: str) -> Any:

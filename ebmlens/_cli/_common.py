@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..models.bundled import DEFAULT_MODEL
+from .. import DEFAULT_MODEL
 
 
 def load_model_from_cli(spec, *, model_dir=None, dataset=None, threat_model=None, arch=None, trust_checkpoint=False):

@@ -14,7 +14,7 @@ import click
 
 from ..cli import friendly_errors, main, parse_number
 
-DEFAULT_MODEL = "ebmlens:cifar10-l2-small"
+from .. import DEFAULT_MODEL
 
 
 def _print_attacks() -> None:

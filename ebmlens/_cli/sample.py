@@ -20,7 +20,7 @@ import click
 
 from ..cli import friendly_errors, main
 
-from ..models.bundled import DEFAULT_MODEL
+from .. import DEFAULT_MODEL
 
 
 def parse_override(text: str) -> tuple[str, Any]:

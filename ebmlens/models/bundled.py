@@ -19,13 +19,12 @@ import json
 import os
 from pathlib import Path
 
+from .. import DEFAULT_MODEL  # defined in the light top-level package so the CLI starts without torch
 from ..energy import EnergyModel
 from .archs import get_arch
 from .file import load_into, read_checkpoint
 
 __all__ = ["DEFAULT_MODEL", "BUNDLED_DIR", "bundled_dir", "list_names", "load", "model_card", "model_meta", "bundled_stats"]
-
-DEFAULT_MODEL = "ebmlens:cifar10-l2-small"
 
 #: Override for the folder of bundled models (``None``: ``$EBMLENS_BUNDLED_DIR`` or the package's).
 BUNDLED_DIR: Path | None = None
