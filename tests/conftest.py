@@ -16,6 +16,22 @@ from ebmlens.models.archs import ConvNetSmall
 torch.set_num_threads(int(os.environ.get("EBMLENS_TEST_THREADS", "2")))
 
 
+@pytest.fixture(autouse=True)
+def _torch_globals_restored():
+    """Each test starts from the global RNG state and thread count the previous one found, so that no
+    test depends on the order they run in. Tests draw randomness from local generators; a test that
+    must touch the global generator (to show that it does not matter) is rolled back here. A test that
+    changes the thread count fails: restore it where it is changed (try/finally)."""
+    state, threads = torch.random.get_rng_state(), torch.get_num_threads()
+    yield
+    torch.random.set_rng_state(state)
+    now = torch.get_num_threads()
+    if now != threads:
+        torch.set_num_threads(threads)
+        pytest.fail(f"the test changed torch's thread count from {threads} to {now} and left it so; "
+                    "restore it (threads = torch.get_num_threads(); ...; finally: torch.set_num_threads(threads))")
+
+
 @pytest.fixture(scope="session")
 def cifar_path() -> Path:
     p = default_cifar10_path()

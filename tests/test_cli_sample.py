@@ -158,3 +158,32 @@ def test_refuses_to_overwrite_without_resume(bundled, tmp_path):
     assert _invoke(args).exit_code == 0
     r = _invoke(args)
     assert r.exit_code == 2 and "--resume" in r.output and r.output.count("\n") == 1
+
+
+def test_evaluate_fid_against_ref_after_sampling(bundled, tmp_path):
+    """--evaluate fid,kid --ref: the distances to the given reference, in a feature network (offline)."""
+    from ebmlens.metrics import evaluate
+
+    ckpt = tmp_path / "feat.pt"
+    torch.save({"state_dict": _net(3).state_dict(), "ebmlens_meta": _meta()}, ckpt)
+    g = torch.Generator().manual_seed(4)
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, images=torch.randint(0, 256, (40, 16, 16, 3), generator=g, dtype=torch.uint8).numpy(),
+             labels=np.arange(40) % 10)
+    out = tmp_path / "fid"
+    feat = ["--feature-model", f"file:{ckpt}"]
+    r = _invoke(["-n", "10", "--out", str(out), "--no-png", "--no-grid", *QUICK, "--evaluate", "fid,kid",
+                 "--ref", f"npz:{ref}", *feat])
+    assert r.exit_code == 0, r.output
+    assert "evaluated 10 samples" in r.output
+    rec = json.loads((out / "metrics.json").read_text())
+    run = json.loads((out / "run.json").read_text())
+    assert run["evaluation"] == rec and rec["num_images"] == 10
+    (fd,) = [k for k in rec["values"] if k.startswith("fd_")]
+    assert any(k.startswith("kd_") for k in rec["values"])
+    assert all(np.isfinite(v) for v in rec["values"].values())
+    # the value is the distance to --ref: the same as evaluate() against it, far from the samples' own
+    direct = evaluate(out, ref=f"npz:{ref}", metrics="fid", feature_model=f"file:{ckpt}").values[fd]
+    to_self = evaluate(out, ref=out, metrics="fid", feature_model=f"file:{ckpt}").values[fd]
+    assert rec["values"][fd] == pytest.approx(direct, rel=1e-4)
+    assert abs(to_self) < 1e-3 * rec["values"][fd] and rec["values"][fd] > 0

@@ -38,7 +38,7 @@ def test_prepare_model_compile_wraps_the_classifier(tiny_model, monkeypatch):
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     orig = tiny_model.classifier
-    x = torch.rand(2, 3, 32, 32)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     before = tiny_model.logits(x).detach()
     out = _perf.prepare_model(tiny_model, compile=True)
     assert out is tiny_model and seen == [orig] and tiny_model.classifier[0] is orig
@@ -129,10 +129,46 @@ def test_peak_memory_per_image_cpu_grows_with_work(tiny_model):
         _perf.peak_memory_per_image(tiny_model, 3, "cpu", 2)
 
 
-def test_peak_memory_per_image_runs_a_pipeline(tiny_model):
+_PIPELINE_PEAKS = """
+import json, torch
+from torch import nn
+from ebmlens import _perf
+from ebmlens.energy import EnergyModel
+from ebmlens.sampling import NoiseInit, Pipeline, SGLD
+torch.set_num_threads(1)
+out = {}
+for s in (64, 256):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # inside the fork (and a fresh process): the caller's state is untouched
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(8, 10))
+    m = EnergyModel(net, input_shape=(3, s, s), num_classes=10)
     pipe = Pipeline(NoiseInit(), [SGLD(step_size=0.01, noise=0.0, steps=1)])
-    per = _perf.peak_memory_per_image(tiny_model, pipe, "cpu", 4)
-    assert per >= 0
+    _perf.peak_memory_per_image(m, pipe, "cpu", 8)  # warm-up
+    out[s] = _perf.peak_memory_per_image(m, pipe, "cpu", 8)
+print(json.dumps(out))
+"""
+
+
+def test_peak_memory_per_image_runs_a_pipeline_and_scales_with_the_image():
+    # One SGLD step of a conv net keeps (for its input gradient) the 8-channel conv output and the
+    # ReLU output, 2 x 8 x S x S floats per image, besides the image, its gradient and the noise; the
+    # whole step stays well under 32 images' worth of floats. A fresh process with a fixed mmap
+    # threshold returns freed buffers to the OS, so that the peak is that of this run.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536")
+    r = subprocess.run([sys.executable, "-c", _PIPELINE_PEAKS], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    per = {int(k): v for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
+    for s in (64, 256):
+        image = 3 * s * s * 4
+        assert 2 * 8 * s * s * 4 <= per[s] <= 32 * image, (s, per[s] / image, per)
+    assert 8 <= per[256] / per[64] <= 32, per  # 16x the pixels: about 16x the memory
 
 
 def test_input_grad_flops_counts_convs_and_linears():

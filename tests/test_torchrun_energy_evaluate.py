@@ -32,8 +32,12 @@ def _torchrun(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _single(*args) -> None:
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the torchrun workers (OMP_NUM_THREADS=1): identical batch arithmetic
-    res = CliRunner().invoke(main, [str(a) for a in args])
+    try:
+        res = CliRunner().invoke(main, [str(a) for a in args])
+    finally:
+        torch.set_num_threads(threads)
     assert res.exit_code == 0, res.output
 
 

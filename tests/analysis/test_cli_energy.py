@@ -14,8 +14,9 @@ from ebmlens.models.archs import ConvNetSmall
 
 @pytest.fixture
 def ckpt(tmp_path):
-    torch.manual_seed(0)
-    net = ConvNetSmall(num_classes=10)
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the global generator is untouched
+        torch.manual_seed(0)
+        net = ConvNetSmall(num_classes=10)
     meta = {"arch": "convnet-small", "num_classes": 10, "mean": [0.5] * 3, "std": [0.25] * 3,
             "input_shape": [3, 32, 32], "epoch": 3}
     p = tmp_path / "epoch_003.pt"

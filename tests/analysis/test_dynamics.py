@@ -16,8 +16,9 @@ def _save_run(folder, epochs=(1, 2, 10)):
     """Checkpoints in the ``ebmlens train`` format: {"state_dict", "ebmlens_meta"}."""
     folder.mkdir()
     for ep in epochs:
-        torch.manual_seed(ep)
-        net = ConvNetSmall(num_classes=10)
+        with torch.random.fork_rng(devices=[]):  # one seeded net per epoch; the global generator is untouched
+            torch.manual_seed(ep)
+            net = ConvNetSmall(num_classes=10)
         meta = {"arch": "convnet-small", "num_classes": 10, "class_names": [f"c{i}" for i in range(10)],
                 "mean": [0.5] * 3, "std": [0.25] * 3, "input_shape": [3, 16, 16], "epoch": ep}
         torch.save({"state_dict": net.state_dict(), "ebmlens_meta": meta}, folder / f"epoch_{ep:03d}.pt")

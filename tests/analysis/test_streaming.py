@@ -16,9 +16,10 @@ _SCRIPT = textwrap.dedent("""
     from ebmlens.data import ImageData
     from ebmlens.energy import EnergyModel
 
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    torch.set_num_threads(1)  # a fresh process of its own: nothing of the test session changes
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
     model = EnergyModel(net, mean=(0.5,), std=(0.25,), input_shape=(3, 32, 32), num_classes=10)
     rs = np.random.default_rng(0)
     data = ImageData(rs.integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8), np.arange(4096) % 10,

@@ -34,13 +34,15 @@ def zoo():
 def _zoo_net(zoo, name, tm):
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
-    torch.manual_seed(1)
-    net = zoo[BenchmarkDataset("cifar10")][ThreatModel(tm)][name]["model"]().eval()
+    with torch.random.fork_rng(devices=[]):  # the zoo's constructors draw from the global generator
+        torch.manual_seed(1)
+        net = zoo[BenchmarkDataset("cifar10")][ThreatModel(tm)][name]["model"]().eval()
+    g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # non-default BN statistics, so that a missed buffer would show
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
+                m.running_mean.uniform_(-0.2, 0.2, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
     return net
 
 
@@ -72,8 +74,15 @@ def test_zoo_architecture_roundtrip(zoo, tmp_path, name, tm, layout):
 
 
 def test_lists_offline_and_import_fix(zoo):
+    import robustbench.model_zoo
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    assert zoo is robustbench.model_zoo.model_dicts  # the installed robustbench's own table
     l2 = ebmlens.list_models("robustbench", dataset="cifar10", threat_model="l2")
-    assert "Engstrom2019Robustness" in l2 and "Carmon2019Unlabeled" not in l2 and len(l2) == 21
+    assert l2 == list(zoo[BenchmarkDataset.cifar_10][ThreatModel.L2])  # every entry, in zoo order
+    assert "Engstrom2019Robustness" in l2 and "Carmon2019Unlabeled" not in l2
+    everything = ebmlens.list_models("robustbench")
+    assert len(everything) == len({n for ds in zoo.values() for models in ds.values() for n in models})
     assert "Carmon2019Unlabeled" in ebmlens.list_models("robustbench", dataset="cifar10", threat_model="Linf")
     assert "Salman2020Do_R50" in ebmlens.list_models("robustbench", dataset="imagenet")
     if "pyautoattack" in sys.modules:  # the PyPI AutoAttack stands in for the module robustbench imports

@@ -21,13 +21,15 @@ X = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
 def _net(seed: int = 0, k: int = 10) -> ConvNetSmall:
-    torch.manual_seed(seed)
-    net = ConvNetSmall(num_classes=k, widths=(16, 32, 64, 64)).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's global generator is untouched
+        torch.manual_seed(seed)
+        net = ConvNetSmall(num_classes=k, widths=(16, 32, 64, 64)).eval()
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # non-trivial BN buffers, so that missing buffers would show
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
+                m.running_mean.uniform_(-0.1, 0.1, generator=g)
+                m.running_var.uniform_(0.5, 1.5, generator=g)
     return net
 
 
@@ -260,7 +262,7 @@ def test_normalization_check_warns_on_missing_normalization():
 
 
 def test_normalization_check_bad_input(tiny_model):
-    x = torch.rand(4, 3, 32, 32)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     with pytest.raises(ValueError, match="class index 12"):
         normalization_check(tiny_model, x, torch.tensor([0, 1, 2, 12]))
     with pytest.raises(TypeError, match="float tensor"):

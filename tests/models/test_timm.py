@@ -18,8 +18,9 @@ NAME = "resnet10t"  # the smallest timm ResNet (5M parameters)
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    torch.manual_seed(0)
-    net = timm.create_model(NAME, pretrained=False).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the global generator is left as it was
+        torch.manual_seed(0)
+        net = timm.create_model(NAME, pretrained=False).eval()
     d = tmp_path_factory.mktemp("timm")
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(d / "w.safetensors"))
     torch.save({"state_dict_ema": {f"module.{k}": v for k, v in net.state_dict().items()}}, d / "w.pth")
@@ -48,13 +49,14 @@ def test_local_weights_match_timm(reference, fname):
 
 
 def test_fine_tuned_head_and_names(reference, tmp_path):
-    torch.manual_seed(2)
-    net = timm.create_model(NAME, pretrained=False, num_classes=10).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        net = timm.create_model(NAME, pretrained=False, num_classes=10).eval()
     p = tmp_path / "ft.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(p))
     names = [f"c{i}" for i in range(10)]
     m = ebmlens.load_model(f"timm:{NAME}", checkpoint=p, num_classes=10, class_names=names, dataset="mine")
-    x = torch.rand(1, 3, 32, 32)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     assert torch.allclose(m.logits(x), _by_hand(net, x), atol=1e-5) and m.class_names == names
     with pytest.raises(ValueError, match="do not fit the architecture"):
         ebmlens.load_model(f"timm:{NAME}", checkpoint=p)  # 1000-class model, 10-class file

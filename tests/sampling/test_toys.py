@@ -175,19 +175,48 @@ def test_pca_init_scales_components_by_sigma_times_singular_values(small_stats):
     assert m < small_stats.rank
 
 
+def _file_arrays(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return {k: fh.get_tensor(k) for k in fh.keys()}
+
+
 def test_compact_stats_are_small_and_round_trip(tmp_path, small_stats):
-    c = small_stats.compact(rank=6)
-    assert c.kind == "compact" and c.rank == 6 and c.chol is None
+    k, d, r = small_stats.num_classes, small_stats.dim, 6
+    c = small_stats.compact(rank=r)
+    assert c.kind == "compact" and c.rank == r and c.chol is None
     p = c.save(tmp_path / "s.safetensors")
+    # the file holds the low-rank pieces only, eigenvectors as float16, and no Cholesky factor
+    arrays = _file_arrays(p)
+    assert set(arrays) == {"mean", "diag", "eigvals", "total_var", "counts", "eigvecs"}
+    assert arrays["eigvecs"].dtype == torch.float16 and tuple(arrays["eigvecs"].shape) == (k, d, r)
+    payload = sum(t.numel() * t.element_size() for t in arrays.values())
+    assert payload == k * d * r * 2 + 2 * k * d * 4 + k * r * 4 + k * 4 + k * 8
+    size = p.stat().st_size
+    assert payload <= size <= payload + 4096, (size, payload)   # arrays plus a small JSON header
+    full_path = small_stats.save(tmp_path / "full")
+    assert full_path.stat().st_size >= k * d * d * 4 > 20 * size  # the full factor alone is K x D x D floats
+    # load equals save: exact for float32 arrays, float16 rounding for the eigenvectors
     back = S.ClassStats.load(p)
-    assert back.kind == "compact" and back.shape == c.shape and back.class_names == c.class_names
-    assert torch.equal(back.eigvecs, c.eigvecs) and torch.equal(back.mean, c.mean)
+    assert back.kind == "compact" and back.chol is None and back.shape == c.shape
+    assert back.class_names == small_stats.class_names and back.reg == small_stats.reg
+    for name in ("mean", "diag", "total_var"):
+        assert torch.equal(getattr(back, name), getattr(small_stats, name)), name
+    assert torch.equal(back.eigvals, small_stats.eigvals[:, :r]) and torch.equal(back.counts, small_stats.counts)
+    assert torch.equal(back.eigvecs, c.eigvecs)                   # compact() already rounded to float16
+    want = small_stats.eigvecs[:, :, :r]
+    assert torch.allclose(back.eigvecs, want, rtol=2 ** -10, atol=1e-7) and not torch.equal(back.eigvecs, want)
     assert back.fingerprint["sha256"] == c.fingerprint["sha256"]
-    full = S.ClassStats.load(small_stats.save(tmp_path / "full"))
-    assert torch.equal(full.chol, small_stats.chol)
-    # bundled-size budget: 10 classes of 3x32x32 at the default rank
-    k, d, r = 10, 3 * 32 * 32, 48
-    assert k * d * r * 2 + 2 * k * d * 4 < 3.5e6
+    full = S.ClassStats.load(full_path)
+    assert torch.equal(full.chol, small_stats.chol) and torch.equal(full.eigvecs, small_stats.eigvecs)
+    # bundled-size budget, measured on a real file: 10 classes of 3x32x32 at the default rank 48
+    g = torch.Generator().manual_seed(0)
+    kb, db, rb = 10, 3 * 32 * 32, 48
+    big = S.ClassStats(mean=torch.rand(kb, db, generator=g), diag=torch.rand(kb, db, generator=g),
+                       eigvecs=torch.randn(kb, db, rb, generator=g), eigvals=torch.rand(kb, rb, generator=g),
+                       total_var=torch.ones(kb), counts=torch.full((kb,), 5000), shape=(3, 32, 32))
+    assert big.save(tmp_path / "bundled").stat().st_size < 3.5e6
     with pytest.raises(ValueError, match="components"):
         small_stats.compact(rank=small_stats.rank + 1)
     with pytest.raises(ValueError, match="not an ebmlens"):
