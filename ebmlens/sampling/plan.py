@@ -43,7 +43,8 @@ def check_options(n: Any, batch_size: Any, seed: Any, dtype: Any, *, channels_la
     name = {"n": "n", "batch_size": "batch_size", "seed": "seed", "dtype": "dtype", **(flags or {})}
     cli = name["n"].startswith("-")
     if not _is_int(n) or int(n) <= 0:
-        raise ValueError(f"{name['n']} must be a positive integer number of samples, got {n!r}; e.g. {'--n 64' if cli else 'n=64'}")
+        raise ValueError(f"{name['n']} must be a positive integer number of samples, got {n!r}; "
+                         f"e.g. {'--n 64' if cli else 'n=64'}")
     if batch_size != "auto" and (not _is_int(batch_size) or int(batch_size) <= 0):
         raise ValueError(f"{name['batch_size']} must be a positive integer or 'auto' (CUDA), got {batch_size!r}; "
                          f"e.g. {'--batch-size 256' if cli else 'batch_size=256'} (lower it if memory runs out)")
@@ -126,7 +127,8 @@ class RunPlan:
 
     def identity(self) -> dict[str, Any]:
         """What a resumed run must share with the shards on disk (``shards/meta.json``)."""
-        cfg = self.pipeline.config() if callable(getattr(self.pipeline, "config", None)) else {"repr": repr(self.pipeline)}
+        config = getattr(self.pipeline, "config", None)
+        cfg = config() if callable(config) else {"repr": repr(self.pipeline)}
         describe = getattr(self.model, "describe", None)
         return {"n": self.n, "seed": self.seed, "dtype": self.dtype,
                 "labels_sha256": hashlib.sha256(self.labels.tobytes()).hexdigest(),

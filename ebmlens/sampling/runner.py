@@ -28,13 +28,10 @@ stable across batch sizes) and labels are identical. The exception is BatchNorm 
 images of a batch are coupled through the batch statistics and the result depends on the batch
 size. The runner records ``"batch_coupled": true`` in run.json and logs a warning.
 
-Resume. Every finished batch is written atomically as ``shards/shard_<first index>.npz``
-(indices, labels, uint8 images, seconds, rank, and per sample ``trace/<j>:<stage>/energy`` and
-``/joint_energy``, per stage ``tsec/<j>:<stage>``). With ``resume=True`` the runner reads the
-shards present, checks that they belong to the same run (n, seed, labels, pipeline config, model,
-dtype; every shard's indices in range, its labels the run's, no index in two shards), and samples
-only the missing indices: a killed run loses at most the batches in flight. The batch size may
-change between the attempts.
+Resume. Every finished batch is written atomically as a shard (:mod:`.shards`). With
+``resume=True`` the runner checks that the shards present belong to the same run (its identity in
+``shards/meta.json``; each shard's indices and labels) and samples only the missing indices: a
+killed run loses at most the batches in flight. The batch size may change between the attempts.
 
 torchrun. Under ``torchrun --nproc_per_node=K`` (``WORLD_SIZE > 1`` in the environment) each
 process initialises ``torch.distributed`` (gloo on CPU, nccl on CUDA, unless already

@@ -124,8 +124,9 @@ def merge(shard_dir: Path, run_labels: np.ndarray) -> tuple[np.ndarray, list[Sta
     if images is None or not (owner >= 0).all():
         raise RuntimeError(f"{int((owner < 0).sum())} of {n} samples are missing from {shard_dir} after sampling; "
                            "run again with resume=True")
-    trace = [StageRecord(stage, j, energy=torch.from_numpy(g["energy"]), joint_energy=torch.from_numpy(g["joint_energy"]),
-                         seconds=g["seconds"]) for (j, stage), g in sorted(points.items())]
+    trace = [StageRecord(stage, j, energy=torch.from_numpy(g["energy"]),
+                         joint_energy=torch.from_numpy(g["joint_energy"]), seconds=g["seconds"])
+             for (j, stage), g in sorted(points.items())]
     return images, trace, batch_seconds
 
 

@@ -88,7 +88,8 @@ def test_step_callback_hands_back_the_first_pass(small_model, stage):
     with torch.no_grad():
         ref = small_model.logits(x0)
     assert torch.allclose(logits, ref, atol=1e-6)
-    record = small_model.joint_energy_from_logits(ref, y) if stage.energy == "joint" else small_model.energy_from_logits(ref)
+    m = small_model
+    record = m.joint_energy_from_logits(ref, y) if stage.energy == "joint" else m.energy_from_logits(ref)
     assert torch.allclose(value, record, atol=1e-6)
     # later steps see later iterates
     assert not torch.allclose(seen[-1][2], ref)
