@@ -22,6 +22,9 @@ from ..cli import friendly_errors, main
 
 from .. import DEFAULT_MODEL
 
+#: option name -> flag, so that the run plan's errors name the flags
+FLAGS = {"n": "--n", "batch_size": "--batch-size", "seed": "--seed", "dtype": "--dtype"}
+
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``"steps=20"`` -> ``("steps", 20)``; values become int, float (``8/255`` too), bool, None or str.
@@ -117,19 +120,14 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, data, stats_p
                eval_metrics, ref, inception_weights, feature_model) -> None:
     """Draw class-conditional samples with a preset; writes PNGs, samples.npz, grid.png and run.json."""
     from ..sampling import presets
-    from ..sampling.runner import resolve_classes, sample
+    from ..sampling.labels import resolve_classes
+    from ..sampling.plan import RunPlan, check_options
+    from ..sampling.runner import run as run_plan
     from ._common import load_model_from_cli
 
-    # cheap checks first: no model is loaded for a typo
-    if n <= 0:
-        raise ValueError(f"--n must be a positive number of samples, got {n}")
-    if batch_size != "auto":
-        try:
-            batch_size = int(batch_size)
-        except ValueError:
-            raise ValueError(f"--batch-size must be a positive integer or 'auto', got {batch_size!r}") from None
-        if batch_size <= 0:
-            raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    # cheap checks first (the plan's own checks, in the flags' names): no model is loaded for a typo
+    batch_size = int(batch_size) if batch_size.strip().lstrip("-").isdigit() else batch_size
+    check_options(n, batch_size, seed, dtype, flags=FLAGS)
     if preset not in presets.names():
         presets.get(preset)  # raises the error with close matches
     opts = dict(parse_override(s) for s in overrides)
@@ -157,9 +155,10 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, data, stats_p
     elif data is None:
         stats = bundled_stats(model)
     pipe = presets.get(preset, stats=stats, data=data, **opts)
-    run = sample(model, pipe, n, out, batch_size=batch_size, seed=seed, classes=wanted, resume=resume,
-                 progress=True, device=device, dtype=dtype, save_png=not no_png, grid=not no_grid,
-                 channels_last=channels_last, compile=compile_model)
+    plan = RunPlan.build(model, pipe, n, out, batch_size=batch_size, seed=seed, classes=wanted, resume=resume,
+                         device=device, dtype=dtype, save_png=not no_png, grid=not no_grid,
+                         channels_last=channels_last, compile=compile_model, flags=FLAGS)
+    run = run_plan(plan, progress=True)
     if int(os.environ.get("RANK", "0") or 0) != 0:
         return
     t = run.run["timings"]

@@ -6,7 +6,8 @@ chains them, and presets that reproduce published samplers.
 ['Clamp', 'Contrast', 'DataInit']
 
 Contracts (see ARCHITECTURE.md): an :class:`Initializer` is ``init(model, y, *, generator) -> x``;
-a :class:`Stage` is ``stage(model, x, y, *, generator) -> x``; both are small frozen dataclasses of
+a :class:`Stage` is ``stage(model, x, y, *, generator, callback=None) -> x`` (``callback``: the
+optional per-step :class:`StepCallback`); both are small frozen dataclasses of
 hyper-parameters (never a model), statistics and seed images held by reference and recorded by
 fingerprint. A user's own stage is any callable with that signature; :func:`register_stage` adds a
 class to :data:`STAGES` (the contract tests run over it).
@@ -18,13 +19,16 @@ from ..attacks import Geometry, L2Ball, LinfBall, Unconstrained
 from . import presets
 from .init import DataInit, GaussianInit, NoiseInit, PCAInit
 from .pgd import TargetedPGD
-from .pipeline import Initializer, Pipeline, Samples, Stage, draw_labels, stage_config
+from .pipeline import Initializer, Pipeline, Stage, StepCallback, draw_labels, stage_config
+from .plan import RunPlan
+from .records import Samples, StageRecord
 from .sgld import SGLD, MomentumSGLD
 from ..stats import ClassStats, class_stats
 from .transforms import Clamp, Contrast
 
 __all__ = [
-    "Initializer", "Stage", "Pipeline", "Samples", "draw_labels", "stage_config",
+    "Initializer", "Stage", "StepCallback", "Pipeline", "Samples", "StageRecord", "RunPlan", "draw_labels",
+    "stage_config",
     "GaussianInit", "PCAInit", "NoiseInit", "DataInit", "TargetedPGD", "SGLD", "MomentumSGLD", "Contrast", "Clamp",
     "ClassStats", "class_stats", "presets", "STAGES", "INITIALIZERS", "register_stage",
     "Geometry", "L2Ball", "LinfBall", "Unconstrained",

@@ -6,9 +6,10 @@
 
 That is the whole loop (:meth:`Pipeline.__call__`). Around it the pipeline puts the model in its
 sampling mode (BatchNorm eval or train, recorded), and after the init and after every stage runs
-one no-grad forward pass to record ``E(x)`` and ``E(x, y)`` per sample in ``Samples.trace``.
-Per-step traces (the energy or loss a stage sees at each of its steps; no extra passes) are kept
-only with ``trace_steps=True``.
+one no-grad forward pass to record ``E(x)`` and ``E(x, y)`` per sample: one :class:`StageRecord`
+per point in ``Samples.trace``. With ``trace_steps=True`` every stage also gets a per-step
+``callback`` (the :class:`StepCallback` of the Stage protocol; no extra passes) and its values
+are kept in the record's ``steps``. Progress is reported only to a ``progress`` callback.
 
 >>> import torch
 >>> from ebmlens.energy import EnergyModel
@@ -16,14 +17,13 @@ only with ``trace_steps=True``.
 >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
 >>> m = EnergyModel(net, input_shape=(3, 2, 2), num_classes=3)
 >>> out = Pipeline(NoiseInit(), [Clamp()])(m, torch.arange(3), generator=torch.Generator().manual_seed(0))
->>> out.images.shape, [t["stage"] for t in out.trace]
-(torch.Size([3, 3, 2, 2]), ['NoiseInit', 'Clamp'])
+>>> out.images.shape, [r.stage for r in out.trace], out.trace[1].energy.shape
+(torch.Size([3, 3, 2, 2]), ['NoiseInit', 'Clamp'], torch.Size([3]))
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
@@ -33,8 +33,10 @@ import torch
 from .. import rng
 from .._io import fingerprint, jsonable
 from ..energy import validate_labels
+from .records import Samples, StageRecord
 
-__all__ = ["Stage", "Initializer", "Pipeline", "Samples", "draw_labels", "stage_config"]
+__all__ = ["Stage", "StepCallback", "Initializer", "Pipeline", "Samples", "StageRecord", "draw_labels",
+           "stage_config"]
 
 
 @runtime_checkable
@@ -44,45 +46,29 @@ class Initializer(Protocol):
     def __call__(self, model: Any, y: torch.Tensor, *, generator: rng.GeneratorLike = None) -> torch.Tensor: ...
 
 
-@runtime_checkable
-class Stage(Protocol):
-    """``stage(model, x, y, *, generator) -> x``: same shape, dtype and device; ``x`` not mutated."""
+class StepCallback(Protocol):
+    """``callback(step, value, *, logits=None)``: what a stage reports after each gradient pass.
 
-    def __call__(self, model: Any, x: torch.Tensor, y: torch.Tensor, *,
-                 generator: rng.GeneratorLike = None) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True, eq=False)
-class Samples:
-    """What a pipeline returns.
-
-    Attributes:
-        images: ``(N, C, H, W)`` float in [0, 1] (on the sampling device).
-        labels: ``(N,)`` the target classes (on the sampling device).
-        trace: one dict per point of the pipeline (after the init, after each stage): ``"stage"`` (name),
-            ``"index"`` (0 = init), ``"energy"`` ``E(x)`` and ``"joint_energy"`` ``E(x, y)`` (CPU float32
-            ``(N,)``), ``"seconds"`` (wall time of that stage), and with ``trace_steps`` ``"steps"``
-            (CPU ``(T, N)``: the per-step value the stage reported, its energy or loss).
-        mode: the BatchNorm mode used (``"eval"``/``"train"``).
+    Called once per gradient pass, before the update it drives, with ``step`` counting from 0,
+    ``value`` the ``(N,)`` quantity the stage descends at the current iterate ``x_step`` (its energy
+    or loss; detached) and, when the stage has them, ``logits`` ``(N, K)`` of that same pass
+    (detached). At ``step == 0`` the iterate is the stage's input unless the stage starts elsewhere
+    (e.g. a random start), so ``model.energy_from_logits(logits)`` and
+    ``model.joint_energy_from_logits(logits, y)`` are then the energies of the previous point of the
+    pipeline: the record pass after the previous stage can be taken from the first gradient pass.
     """
 
-    images: torch.Tensor
-    labels: torch.Tensor
-    trace: list[dict[str, Any]]
-    mode: str = "eval"
+    def __call__(self, step: int, value: torch.Tensor, *, logits: torch.Tensor | None = None) -> None: ...
 
-    def summary(self) -> list[dict[str, Any]]:
-        """Per-stage means and stds of ``E(x)`` and ``E(x, y)`` (JSON-able)."""
-        out = []
-        for t in self.trace:
-            e, j = t["energy"].double(), t["joint_energy"].double()
-            out.append({"stage": t["stage"], "index": t["index"], "n": int(e.numel()),
-                        "energy_mean": float(e.mean()) if e.numel() else float("nan"),
-                        "energy_std": float(e.std()) if e.numel() > 1 else 0.0,
-                        "joint_energy_mean": float(j.mean()) if j.numel() else float("nan"),
-                        "joint_energy_std": float(j.std()) if j.numel() > 1 else 0.0,
-                        "seconds": t["seconds"]})
-        return out
+
+@runtime_checkable
+class Stage(Protocol):
+    """``stage(model, x, y, *, generator, callback=None) -> x``: same shape, dtype and device; ``x`` not
+    mutated. ``callback`` is an optional :class:`StepCallback` (a stage without gradient passes accepts
+    and ignores it); the pipeline passes one only with ``trace_steps=True``."""
+
+    def __call__(self, model: Any, x: torch.Tensor, y: torch.Tensor, *, generator: rng.GeneratorLike = None,
+                 callback: StepCallback | None = None) -> torch.Tensor: ...
 
 
 def draw_labels(n: int, prior: torch.Tensor | Sequence[float], generator: rng.GeneratorLike = None,
@@ -128,13 +114,6 @@ def _stage_name(stage: Any) -> str:
     return getattr(stage, "__name__", None) or type(stage).__name__
 
 
-def _takes_callback(stage: Any) -> bool:
-    try:
-        return "callback" in inspect.signature(stage).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 @dataclass(frozen=True)
 class Pipeline:
     """``Pipeline(init, stages, mode=None, trace_steps=False)``.
@@ -145,11 +124,13 @@ class Pipeline:
         mode: BatchNorm mode while sampling, ``"eval"`` or ``"train"`` (JEM++ samples in train mode:
             the batch is then coupled and saved BN buffers are restored); ``None`` = the model's
             ``sampling_mode``.
-        trace_steps: also keep each stage's per-step values.
+        trace_steps: pass every stage a :class:`StepCallback` and keep its per-step values
+            (``StageRecord.steps``).
 
     Call: ``pipe(model, y, *, generator=None, progress=None) -> Samples`` with ``y`` a ``(N,)`` label
     tensor, or an int ``N`` for unconditional sampling with labels drawn from the class prior (the
-    init's ``stats.prior`` when it has statistics, else uniform).
+    init's ``stats.prior`` when it has statistics, else uniform). ``progress(done, total, stage_name)``
+    is called after the init and after every stage (bars are the runner's).
     """
 
     init: Initializer
@@ -181,11 +162,15 @@ class Pipeline:
         return torch.full((num_classes,), 1.0 / num_classes)
 
     def __call__(self, model, y: torch.Tensor | int, *, generator: rng.GeneratorLike = None,
-                 progress: bool | Callable[[int, int, str], None] | None = None) -> Samples:
+                 progress: Callable[[int, int, str], None] | None = None) -> Samples:
         for attr in ("logits", "joint_energy", "energy_from_logits", "input_shape", "num_classes", "mode"):
             if not hasattr(model, attr):
                 raise TypeError(f"Pipeline expects an ebmlens.EnergyModel (missing .{attr}); wrap your classifier "
                                 "with ebmlens.EnergyModel(...)")
+        progress = None if progress is False else progress
+        if progress is not None and (isinstance(progress, bool) or not callable(progress)):
+            raise TypeError(f"Pipeline progress must be a callback progress(done, total, stage_name) or None, got "
+                            f"{progress!r}; for a progress bar use ebmlens.sample(..., progress=True)")
         device = next(iter(model.parameters()), torch.empty(0)).device
         if isinstance(y, int) and not isinstance(y, bool):
             if y <= 0:
@@ -193,36 +178,59 @@ class Pipeline:
             y = draw_labels(y, self.prior(model.num_classes), generator, device=device)
         y = validate_labels(y, model.num_classes).to(device)   # samples live on the model's device
         mode = self.mode or model.sampling_mode
-        points: list[Any] = [self.init, *self.stages]
-        report = _progress(progress, len(points))
-        trace: list[dict[str, Any]] = []
+        total = 1 + len(self.stages)
+        trace: list[StageRecord] = []
         with model.mode(mode):
             t0 = time.perf_counter()
             x = self.init(model, y, generator=generator)
             _check_init(x, y, model, self.init)
-            trace.append(self._record(model, x, y, 0, self.init, t0, None))
-            report(1, _stage_name(self.init))
+            trace.append(_record(model, x, y, 0, self.init, t0, None))
+            if progress is not None:
+                progress(1, total, trace[-1].stage)
             for i, stage in enumerate(self.stages, start=1):
-                steps: list[torch.Tensor] = []
-                kw = {"callback": lambda t, v: steps.append(v.detach().float().cpu())} \
-                    if self.trace_steps and _takes_callback(stage) else {}
+                steps = _Steps() if self.trace_steps else None
                 t0 = time.perf_counter()
-                x = stage(model, x, y, generator=generator, **kw)
-                trace.append(self._record(model, x, y, i, stage, t0, steps if self.trace_steps else None))
-                report(i + 1, _stage_name(stage))
-        return Samples(images=x.detach(), labels=y, trace=trace, mode=mode)
+                x = _run_stage(stage, model, x, y, generator, steps)
+                trace.append(_record(model, x, y, i, stage, t0, steps))
+                if progress is not None:
+                    progress(i + 1, total, trace[-1].stage)
+        return Samples(images=x.detach(), labels=y, trace=tuple(trace), mode=mode)
 
-    @staticmethod
-    @torch.no_grad()
-    def _record(model, x, y, index, stage, t0, steps) -> dict[str, Any]:
-        logits = model.logits(x)
-        rec = {"stage": _stage_name(stage), "index": index,
-               "energy": model.energy_from_logits(logits).cpu(),
-               "joint_energy": model.joint_energy_from_logits(logits, y).cpu(),
-               "seconds": time.perf_counter() - t0}
-        if steps is not None:
-            rec["steps"] = torch.stack(steps) if steps else torch.empty(0, x.shape[0])
-        return rec
+
+class _Steps:
+    """The pipeline's :class:`StepCallback` under ``trace_steps``: keeps each step's value on the CPU."""
+
+    def __init__(self) -> None:
+        self.values: list[torch.Tensor] = []
+
+    def __call__(self, step: int, value: torch.Tensor, *, logits: torch.Tensor | None = None) -> None:
+        self.values.append(value.detach().float().cpu())
+
+    def stacked(self, n: int) -> torch.Tensor:
+        return torch.stack(self.values) if self.values else torch.empty(0, n)
+
+
+def _run_stage(stage, model, x, y, generator, steps: _Steps | None) -> torch.Tensor:
+    if steps is None:
+        return stage(model, x, y, generator=generator)
+    try:
+        return stage(model, x, y, generator=generator, callback=steps)
+    except TypeError as e:
+        if "unexpected keyword argument 'callback'" not in str(e):
+            raise
+        raise TypeError(f"stage {_stage_name(stage)} does not accept callback=, which trace_steps=True passes; "
+                        "the Stage protocol is stage(model, x, y, *, generator=None, callback=None) (a stage "
+                        "without steps may ignore it)") from e
+
+
+@torch.no_grad()
+def _record(model, x, y, index: int, stage, t0: float, steps: _Steps | None) -> StageRecord:
+    """The record pass: one no-grad forward at the point ``x``."""
+    logits = model.logits(x)
+    return StageRecord(stage=_stage_name(stage), index=index, energy=model.energy_from_logits(logits).cpu(),
+                       joint_energy=model.joint_energy_from_logits(logits, y).cpu(),
+                       seconds=time.perf_counter() - t0,
+                       steps=steps.stacked(x.shape[0]) if steps is not None else None)
 
 
 def _check_init(x: Any, y: torch.Tensor, model, init: Any) -> None:
@@ -232,20 +240,3 @@ def _check_init(x: Any, y: torch.Tensor, model, init: Any) -> None:
     if x.shape[0] != y.shape[0] or x.shape[1] != model.input_shape[0]:
         raise ValueError(f"initializer {_stage_name(init)} returned shape {tuple(x.shape)} for {y.shape[0]} labels "
                          f"and a model with input_shape {model.input_shape}")
-
-
-def _progress(progress, total: int) -> Callable[[int, str], None]:
-    if progress is None or progress is False:
-        return lambda i, name: None
-    if callable(progress):
-        return lambda i, name: progress(i, total, name)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc="stages", unit="stage", leave=False)
-
-    def report(i: int, name: str) -> None:
-        bar.set_postfix_str(name)
-        bar.update(1)
-        if i >= total:
-            bar.close()
-    return report

@@ -24,20 +24,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import torch
 
 from .. import rng
 from ..energy import energy_grad
 
+if TYPE_CHECKING:
+    from .pipeline import StepCallback
+
 __all__ = ["SGLD", "MomentumSGLD"]
 
 
-def _energy_fn(model, y: torch.Tensor, energy: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    if energy == "joint":
-        return lambda x: model.joint_energy(x, y)
-    return model.energy
+def _energy_fn(model, y: torch.Tensor, energy: str, keep: list | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> E(x, y)`` or ``E(x)``. With ``keep`` (a list), each call also leaves its logits in ``keep[0]``
+    (detached; for the step callback): the same pass, ``joint_energy(x, y)`` computed from its logits."""
+    if keep is None:
+        return (lambda x: model.joint_energy(x, y)) if energy == "joint" else model.energy
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        logits = model.logits(x)
+        keep[:] = [logits.detach()]
+        return model.joint_energy_from_logits(logits, y) if energy == "joint" else model.energy_from_logits(logits)
+    return fn
 
 
 def _check_clamp(name: str, clamp) -> None:
@@ -86,13 +96,14 @@ class SGLD:
         _check_clamp("SGLD", self.clamp)
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, *, generator: rng.GeneratorLike = None,
-                 callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-        fn = _energy_fn(model, y, self.energy)
+                 callback: StepCallback | None = None) -> torch.Tensor:
+        keep: list = []
+        fn = _energy_fn(model, y, self.energy, keep if callback is not None else None)
         x = x.detach().clone()
         for t in range(self.steps):
             e, g = energy_grad(fn, x)                                           # (N,), (N, C, H, W)
             if callback is not None:
-                callback(t, e)
+                callback(t, e, logits=keep[0])
             if self.grad_clip is not None:
                 g = g.clamp(-self.grad_clip, self.grad_clip)
             for _ in range(self.inner_steps):
@@ -149,15 +160,16 @@ class MomentumSGLD:
         _check_clamp("MomentumSGLD", self.clamp)
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, *, generator: rng.GeneratorLike = None,
-                 callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-        fn = _energy_fn(model, y, self.energy)
+                 callback: StepCallback | None = None) -> torch.Tensor:
+        keep: list = []
+        fn = _energy_fn(model, y, self.energy, keep if callback is not None else None)
         x = x.detach().clone()
         v = torch.zeros_like(x)
         sigma = math.sqrt(2 * self.eta) * self.noise
         for t in range(self.steps):
             e, g = energy_grad(fn, x)
             if callback is not None:
-                callback(t, e)
+                callback(t, e, logits=keep[0])
             v = self.momentum * v - 0.5 * self.eta * g
             upd = v
             if sigma > 0:

@@ -1,6 +1,7 @@
 """Pixel maps between stages: :class:`Contrast` (Robust JEM's lowered contrast) and :class:`Clamp`.
 
-Both are deterministic (they ignore ``generator``) and keep shape, dtype and device.
+Both are deterministic (they ignore ``generator``), take no gradient passes (they accept and ignore
+the Stage protocol's ``callback``) and keep shape, dtype and device.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class Contrast:
     def fingerprint(self) -> dict[str, Any] | None:
         return self.stats.fingerprint if self.stats is not None else None
 
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, *, generator: rng.GeneratorLike = None) -> torch.Tensor:
+    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, *, generator: rng.GeneratorLike = None,
+                 callback: Any = None) -> torch.Tensor:
         if self.center == "image":
             m = x.mean(dim=(2, 3), keepdim=True)
         elif self.center == "data":
@@ -78,5 +80,6 @@ class Clamp:
         if not self.lo < self.hi:
             raise ValueError(f"Clamp needs lo < hi, got lo={self.lo!r}, hi={self.hi!r}")
 
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, *, generator: rng.GeneratorLike = None) -> torch.Tensor:
+    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, *, generator: rng.GeneratorLike = None,
+                 callback: Any = None) -> torch.Tensor:
         return x.clamp(self.lo, self.hi)

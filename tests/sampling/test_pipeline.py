@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -18,17 +19,42 @@ def test_trace_records_energies_after_init_and_every_stage(small_model, small_st
     y = torch.arange(8) % SMALL_K
     out = pipe(small_model, y, generator=torch.Generator().manual_seed(0))
     assert isinstance(out, S.Samples) and out.images.shape == (8, *SMALL_SHAPE) and torch.equal(out.labels, y)
-    assert [t["stage"] for t in out.trace] == ["GaussianInit", "TargetedPGD", "Contrast", "Clamp"]
+    assert isinstance(out.trace, tuple) and all(isinstance(r, S.StageRecord) for r in out.trace)
+    assert [r.stage for r in out.trace] == ["GaussianInit", "TargetedPGD", "Contrast", "Clamp"]
+    assert [r.index for r in out.trace] == [0, 1, 2, 3] and {r.source for r in out.trace} == {"record"}
     with torch.no_grad():
         logits = small_model.logits(out.images)
     last = out.trace[-1]
-    assert torch.allclose(last["joint_energy"], -logits.gather(1, y[:, None]).squeeze(1), atol=1e-5)
-    assert torch.allclose(last["energy"], -torch.logsumexp(logits, 1), atol=1e-5)
-    assert float(out.trace[1]["joint_energy"].mean()) < float(out.trace[0]["joint_energy"].mean())
-    assert "steps" not in out.trace[1]
+    assert torch.allclose(last.joint_energy, -logits.gather(1, y[:, None]).squeeze(1), atol=1e-5)
+    assert torch.allclose(last.energy, -torch.logsumexp(logits, 1), atol=1e-5)
+    assert float(out.trace[1].joint_energy.mean()) < float(out.trace[0].joint_energy.mean())
+    assert out.trace[1].steps is None and "steps" not in out.trace[1]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        out.trace[1].seconds = 0.0
+    # records read as the dicts they used to be
+    assert out.trace[1]["joint_energy"] is out.trace[1].joint_energy and "energy" in out.trace[1]
+    with pytest.raises(KeyError):
+        out.trace[1]["steps"]
+    # the one summary: run.json's "energy" section (population std over finite values)
     summ = out.summary()
     json.dumps(summ)
-    assert summ[1]["joint_energy_mean"] == pytest.approx(float(out.trace[1]["joint_energy"].mean()), rel=1e-6)
+    assert [(r["index"], r["stage"]) for r in summ] == [(r.index, r.stage) for r in out.trace]
+    j = out.trace[1].joint_energy.double()
+    assert summ[1]["joint_energy"]["mean"] == pytest.approx(float(j.mean()), rel=1e-9)
+    assert summ[1]["joint_energy"]["std"] == pytest.approx(float(j.std(unbiased=False)), rel=1e-9)
+    assert summ[1]["energy"]["mean"] == pytest.approx(float(out.trace[1].energy.double().mean()), rel=1e-9)
+    assert summ[1]["n"] == 8 and summ[1]["seconds"] == round(out.trace[1].seconds, 4)
+
+
+def test_summary_skips_non_finite_values():
+    r = S.StageRecord("X", 0, energy=torch.tensor([1.0, float("nan"), 3.0]),
+                      joint_energy=torch.tensor([float("inf"), float("nan"), 5.0]), seconds=1.23456)
+    (s,) = S.Samples(torch.zeros(3, 1, 1, 1), torch.zeros(3), trace=[r]).summary()
+    assert s == {"index": 0, "stage": "X", "energy": {"mean": 2.0, "std": 1.0}, "n": 1,
+                 "joint_energy": {"mean": 5.0, "std": 0.0}, "seconds": 1.2346}
+    empty = S.StageRecord("Y", 1, energy=torch.full((2,), float("nan")), joint_energy=torch.zeros(0), seconds=0.0)
+    assert S.Samples(torch.zeros(2, 1, 1, 1), torch.zeros(2), trace=[empty]).summary()[0]["joint_energy"] == \
+        {"mean": None, "std": None}
 
 
 def test_trace_steps_counts_model_passes_once(small_model, small_stats):
@@ -38,8 +64,72 @@ def test_trace_steps_counts_model_passes_once(small_model, small_stats):
     out = pipe(small_model, torch.arange(3), generator=torch.Generator().manual_seed(0))
     hook.remove()
     assert calls["n"] == 5 + 3           # 5 gradient passes + one no-grad forward per trace point
-    assert out.trace[1]["steps"].shape == (5, 3)
-    assert "steps" in out.trace[2] and out.trace[2]["steps"].numel() == 0   # Clamp reports no steps
+    assert out.trace[1].steps.shape == (5, 3)
+    assert "steps" in out.trace[2] and out.trace[2].steps.numel() == 0   # Clamp reports no steps
+    assert out.trace[0].steps is None    # the initializer takes no callback
+
+
+@pytest.mark.parametrize("stage", [S.SGLD(step_size=0.05, noise=0.01, steps=3),
+                                   S.SGLD(step_size=0.05, noise=0.0, steps=2, energy="marginal"),
+                                   S.MomentumSGLD(eta=0.05, steps=3)])
+def test_step_callback_hands_back_the_first_pass(small_model, stage):
+    """The Stage protocol's callback: per gradient pass (step, value, logits=); at step 0 the logits are
+    the stage input's, so they give the energies of the previous point's record pass."""
+    seen = []
+    y = torch.arange(6) % SMALL_K
+    x0 = torch.rand(6, *SMALL_SHAPE, generator=torch.Generator().manual_seed(1))
+    plain = stage(small_model, x0, y, generator=torch.Generator().manual_seed(2))
+    traced = stage(small_model, x0, y, generator=torch.Generator().manual_seed(2),
+                   callback=lambda t, v, *, logits=None: seen.append((t, v, logits)))
+    assert torch.equal(plain, traced)    # the callback changes nothing
+    assert [t for t, _, _ in seen] == list(range(stage.steps))
+    t, value, logits = seen[0]
+    assert logits.shape == (6, SMALL_K) and not logits.requires_grad
+    with torch.no_grad():
+        ref = small_model.logits(x0)
+    assert torch.allclose(logits, ref, atol=1e-6)
+    m = small_model
+    record = m.joint_energy_from_logits(ref, y) if stage.energy == "joint" else m.energy_from_logits(ref)
+    assert torch.allclose(value, record, atol=1e-6)
+    # later steps see later iterates
+    assert not torch.allclose(seen[-1][2], ref)
+
+
+def test_trace_steps_with_a_stage_without_callback_teaches(small_model):
+    def shift(model, x, y, *, generator=None):
+        return (x + 0.1).clamp(0, 1)
+
+    out = S.Pipeline(S.NoiseInit(), [shift])(small_model, torch.arange(2))  # no callback asked: fine
+    assert [r.stage for r in out.trace] == ["NoiseInit", "shift"]
+    with pytest.raises(TypeError, match="does not accept callback="):
+        S.Pipeline(S.NoiseInit(), [shift], trace_steps=True)(small_model, torch.arange(2))
+
+
+def test_contrast_is_the_affine_map_around_its_centre(small_stats):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 8, 8, generator=g)
+    y = torch.zeros(3, dtype=torch.long)
+    m_img = x.mean(dim=(2, 3), keepdim=True)
+    out = S.Contrast(0.5)(None, x, y)
+    assert torch.allclose(out, m_img + 0.5 * (x - m_img), atol=1e-6)
+    assert torch.allclose(out.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=1e-6)   # keeps each image's colour
+    assert torch.allclose(out.std(dim=(2, 3)), 0.5 * x.std(dim=(2, 3)), atol=1e-6)
+    assert torch.allclose(S.Contrast(2.0, center=0.5)(None, x, y), 0.5 + 2.0 * (x - 0.5), atol=1e-6)
+    # "data": the data set's mean pixel per channel, prior-weighted over classes
+    s = small_stats
+    pix = (s.mean * s.prior.unsqueeze(1)).sum(0).view(*s.shape).mean(dim=(1, 2)).view(1, -1, 1, 1)
+    assert torch.allclose(S.Contrast(0.8, center="data", stats=s)(None, x, y), pix + 0.8 * (x - pix), atol=1e-6)
+    assert torch.allclose(S.Contrast(1.0)(None, x, y), x, atol=1e-7)
+    assert torch.equal(x, torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0)))  # not mutated
+
+
+def test_clamp_clamps_outside_and_keeps_inside():
+    x = torch.tensor([-0.5, 0.0, 0.3, 1.0, 1.7]).view(1, 1, 1, 5)
+    y = torch.zeros(1, dtype=torch.long)
+    assert S.Clamp()(None, x, y).flatten().tolist() == pytest.approx([0.0, 0.0, 0.3, 1.0, 1.0])
+    assert S.Clamp(0.2, 0.8)(None, x, y).flatten().tolist() == pytest.approx([0.2, 0.2, 0.3, 0.8, 0.8])
+    inside = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.05
+    assert torch.equal(S.Clamp()(None, inside, y), inside)
 
 
 def test_config_is_json_and_names_everything(small_stats):
@@ -84,6 +174,8 @@ def test_progress_callback_and_bad_input(small_model):
     pipe = S.Pipeline(S.NoiseInit(), [S.Clamp(), S.Contrast(1.0)])
     pipe(small_model, torch.arange(2), progress=lambda i, n, name: seen.append((i, n, name)))
     assert seen == [(1, 3, "NoiseInit"), (2, 3, "Clamp"), (3, 3, "Contrast")]
+    with pytest.raises(TypeError, match="progress must be a callback"):   # bars are the runner's
+        pipe(small_model, torch.arange(2), progress=True)
     with pytest.raises(ValueError, match="outside"):
         pipe(small_model, torch.tensor([0, SMALL_K]))
     with pytest.raises(TypeError, match="integer"):

@@ -235,3 +235,102 @@ def test_bad_arguments_teach(reference, tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         _run(model, tmp_path / "bad", **kw)
     assert not (tmp_path / "bad").exists()
+
+
+def _noise(model, y, *, generator=None):
+    return rng.rand(generator, len(y), model.input_shape)
+
+
+def test_dtype_reaches_the_model_passes(reference, tmp_path):
+    """bf16 autocast wraps the pipeline: its passes run in bf16 (fails if the runner ignores dtype)."""
+    model, _ = reference
+    seen = []
+
+    def probe(model, y, *, generator=None):
+        x = _noise(model, y, generator=generator)
+        seen.append(model.logits(x).dtype)
+        return x
+
+    sample(model, probe, 2, tmp_path / "bf", batch_size=2, dtype="bfloat16", save_png=False, grid=False)
+    sample(model, probe, 2, tmp_path / "f32", batch_size=2, save_png=False, grid=False)
+    assert seen == [torch.bfloat16, torch.float32]
+    assert torch.get_autocast_dtype("cpu") == torch.bfloat16 or not torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError, match="float16 autocast is for CUDA"):
+        sample(model, probe, 2, tmp_path / "f16", device="cpu", dtype="float16")
+    assert not (tmp_path / "f16").exists()
+
+
+@pytest.fixture
+def noise_run(reference, tmp_path):
+    """A finished 6-sample run in two shards (indices 0-2 and 3-5)."""
+    model, _ = reference
+    out = tmp_path / "run"
+    sample(model, _noise, 6, out, batch_size=3, classes=[0, 1], save_png=False, grid=False)
+    shards = sorted((out / "shards").glob("shard_*.npz"))
+    assert [p.name for p in shards] == ["shard_000000000.npz", "shard_000000003.npz"]
+    return model, out, shards
+
+
+def _rewrite(src, dst, **changes):
+    with np.load(src) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(changes)
+    np.savez(dst, **arrays)
+
+
+def _resume(model, out):
+    return sample(model, _noise, 6, out, batch_size=3, classes=[0, 1], save_png=False, grid=False, resume=True)
+
+
+def test_resume_of_a_complete_run_merges_again(noise_run):
+    model, out, _ = noise_run
+    again = _resume(model, out)
+    assert again.run["timings"]["images_sampled"] == 0 and again.run["timings"]["images_resumed"] == 6
+
+
+def test_repeated_shard_is_refused_by_name(noise_run):
+    model, out, shards = noise_run
+    copy = out / "shards" / "shard_000000001.npz"
+    _rewrite(shards[0], copy)                       # a second shard holding indices 0-2
+    with pytest.raises(ValueError, match=r"shard_000000001\.npz repeats samples already in shard .*shard_000000000"):
+        _resume(model, out)
+    _rewrite(shards[0], copy, indices=np.array([1, 1, 2]), labels=np.array([1, 1, 0]))  # repeats within itself
+    copy.unlink()
+    _rewrite(shards[1], shards[1], indices=np.array([3, 3, 5]), labels=np.array([1, 1, 1]))
+    with pytest.raises(ValueError, match=r"shard_000000003\.npz repeats samples already in itself"):
+        _resume(model, out)
+
+
+def test_shard_with_foreign_labels_is_refused_by_name(noise_run):
+    model, out, shards = noise_run
+    with np.load(shards[1]) as z:
+        labels = z["labels"].copy()
+    _rewrite(shards[1], shards[1], labels=(labels + 1) % 10)
+    with pytest.raises(ValueError, match=r"shard .*shard_000000003\.npz has other labels than this run"):
+        _resume(model, out)
+
+
+def test_shard_with_out_of_range_indices_is_refused_by_name(noise_run):
+    model, out, shards = noise_run
+    _rewrite(shards[1], out / "shards" / "shard_000000006.npz", indices=np.array([6, 7, 8]))
+    with pytest.raises(ValueError, match=r"shard .*shard_000000006\.npz holds sample indices 6\.\.8 but n=6"):
+        _resume(model, out)
+
+
+def test_run_plan_is_built_once_and_frozen(reference, tmp_path):
+    from dataclasses import FrozenInstanceError
+
+    from ebmlens.sampling import RunPlan
+    from ebmlens.sampling.plan import check_options
+    from ebmlens.sampling.runner import run
+
+    model, _ = reference
+    plan = RunPlan.build(model, _noise, 5, tmp_path / "p", batch_size=2, classes=["cat", 0], save_png=False)
+    assert plan.labels.tolist() == [3, 0, 3, 0, 3] and plan.classes == (3, 0) and plan.class_names[3] == "cat"
+    assert plan.mode == "eval" and not plan.batch_coupled and plan.device is None
+    with pytest.raises(FrozenInstanceError):
+        plan.n = 3
+    r = run(plan)
+    assert r.load()[1].tolist() == [3, 0, 3, 0, 3] and r.run["labels"]["classes"] == [3, 0]
+    with pytest.raises(ValueError, match="--batch-size must be a positive integer or 'auto'"):
+        check_options(4, 0, 0, "float32", flags={"batch_size": "--batch-size"})

@@ -1,0 +1,136 @@
+"""The run plan: what a sampling run is, built and validated once (:meth:`RunPlan.build`).
+
+:func:`ebmlens.sample` and ``ebmlens sample`` both build a plan and hand it to
+:func:`ebmlens.sampling.runner.run`; the runner adds only what a run measures (device, batches,
+timings). :func:`check_options` is the plan's check of the options that need no model, for callers
+that want to fail before loading one (the CLI), in their own vocabulary (``flags``).
+
+>>> check_options(64, "auto", 0, "bfloat16")
+(64, 'auto', 0)
+>>> check_options(0, 8, 0, "float32", flags={"n": "--n"})
+Traceback (most recent call last):
+...
+ValueError: --n must be a positive integer number of samples, got 0; e.g. --n 64
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .._io import jsonable
+from .._perf import AUTOCAST_DTYPES
+from .labels import run_labels
+
+__all__ = ["RunPlan", "check_options", "Dtype"]
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+def _is_int(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, np.integer))
+
+
+def check_options(n: Any, batch_size: Any, seed: Any, dtype: Any, *, channels_last: Any = False,
+                  compile: Any = False, flags: Mapping[str, str] | None = None) -> tuple[int, int | str, int]:
+    """Validate the options that need no model; returns ``(n, batch_size, seed)`` as Python ints
+    (``batch_size`` may be ``"auto"``). ``flags`` maps option names to the caller's names in errors."""
+    name = {"n": "n", "batch_size": "batch_size", "seed": "seed", "dtype": "dtype", **(flags or {})}
+    cli = name["n"].startswith("-")
+    if not _is_int(n) or int(n) <= 0:
+        raise ValueError(f"{name['n']} must be a positive integer number of samples, got {n!r}; "
+                         f"e.g. {'--n 64' if cli else 'n=64'}")
+    if batch_size != "auto" and (not _is_int(batch_size) or int(batch_size) <= 0):
+        raise ValueError(f"{name['batch_size']} must be a positive integer or 'auto' (CUDA), got {batch_size!r}; "
+                         f"e.g. {'--batch-size 256' if cli else 'batch_size=256'} (lower it if memory runs out)")
+    for flag_name, flag in (("channels_last", channels_last), ("compile", compile)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{flag_name} must be True or False, got {flag!r}")
+    if not _is_int(seed) or int(seed) < 0:
+        raise ValueError(f"{name['seed']} must be an integer >= 0, got {seed!r}")
+    if dtype not in AUTOCAST_DTYPES:
+        raise ValueError(f"{name['dtype']} must be one of {', '.join(AUTOCAST_DTYPES)}, got {dtype!r}")
+    return int(n), (batch_size if batch_size == "auto" else int(batch_size)), int(seed)
+
+
+@dataclass(frozen=True, eq=False)
+class RunPlan:
+    """A validated sampling run (build it with :meth:`build`).
+
+    Attributes:
+        model: the :class:`~ebmlens.energy.EnergyModel`.
+        pipeline: a :class:`~ebmlens.sampling.Pipeline` or any ``pipeline(model, y, *, generator) -> Samples``.
+        n: number of samples.
+        out_dir: the run folder.
+        labels: int64 ``(n,)``: sample ``i`` gets class ``labels[i]``.
+        classes: the class order (grid rows, run.json).
+        class_names: the names of all the model's classes.
+        batch_size: images per pass, or ``"auto"`` (CUDA).
+        seed: sample ``i`` draws from ``SampleStreams(seed, [i])``.
+        resume, dtype, device, save_png, grid, channels_last, compile: as :func:`ebmlens.sample`.
+        mode: the BatchNorm mode of sampling (the pipeline's, else the model's ``sampling_mode``).
+    """
+
+    model: torch.nn.Module
+    pipeline: Callable
+    n: int
+    out_dir: Path
+    labels: np.ndarray
+    classes: tuple[int, ...]
+    class_names: tuple[str, ...]
+    batch_size: int | Literal["auto"] = 256
+    seed: int = 0
+    resume: bool = False
+    dtype: Dtype = "float32"
+    device: str | None = None
+    save_png: bool = True
+    grid: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    mode: str = "eval"
+
+    @classmethod
+    def build(cls, model: torch.nn.Module, pipeline: Callable, n: int, out_dir: Any, *,
+              batch_size: int | Literal["auto"] = 256, seed: int = 0,
+              classes: None | str | Sequence[int | str] = None,
+              labels: Sequence[int] | np.ndarray | torch.Tensor | None = None, resume: bool = False,
+              device: str | torch.device | None = None, dtype: Dtype = "float32", save_png: bool = True,
+              grid: bool = True, channels_last: bool = False, compile: bool = False,
+              flags: Mapping[str, str] | None = None) -> "RunPlan":
+        """Check every option (before any file or process group is touched) and resolve the labels."""
+        n, batch_size, seed = check_options(n, batch_size, seed, dtype, channels_last=channels_last,
+                                            compile=compile, flags=flags)
+        if not callable(pipeline):
+            raise TypeError(f"pipeline must be callable as pipeline(model, y, generator=...), got "
+                            f"{type(pipeline).__name__}; build one with ebmlens.sampling.presets.get(name)")
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "num_classes"):
+            raise TypeError(f"model must be an ebmlens EnergyModel, got {type(model).__name__}; "
+                            "load one with ebmlens.load_model('source:name')")
+        num_classes = int(model.num_classes)
+        names = tuple(getattr(model, "class_names", None) or [str(i) for i in range(num_classes)])
+        y, order = run_labels(n, num_classes, names, classes, labels)
+        mode = getattr(pipeline, "mode", None) or getattr(model, "sampling_mode", "eval")
+        return cls(model=model, pipeline=pipeline, n=n, out_dir=Path(out_dir), labels=y, classes=tuple(order),
+                   class_names=names, batch_size=batch_size, seed=seed, resume=bool(resume), dtype=dtype,
+                   device=None if device is None else str(device), save_png=bool(save_png), grid=bool(grid),
+                   channels_last=channels_last, compile=compile, mode=mode)
+
+    @property
+    def batch_coupled(self) -> bool:
+        """BatchNorm in train mode couples the images of a batch (no batch-size invariance)."""
+        return self.mode == "train"
+
+    def identity(self) -> dict[str, Any]:
+        """What a resumed run must share with the shards on disk (``shards/meta.json``)."""
+        config = getattr(self.pipeline, "config", None)
+        cfg = config() if callable(config) else {"repr": repr(self.pipeline)}
+        describe = getattr(self.model, "describe", None)
+        return {"n": self.n, "seed": self.seed, "dtype": self.dtype,
+                "labels_sha256": hashlib.sha256(self.labels.tobytes()).hexdigest(),
+                "pipeline": jsonable(cfg),
+                "model": jsonable(describe()) if callable(describe) else type(self.model).__name__}

@@ -1,0 +1,143 @@
+"""Shard files of a sampling run: one ``shards/shard_<first index>.npz`` per finished batch.
+
+A shard holds ``indices`` int64 ``(B,)``, ``labels`` int64 ``(B,)``, ``images`` uint8 ``(B, H, W, C)``,
+``seconds`` (the batch's wall time), ``rank``, and from the pipeline's trace, per point ``j`` of the
+pipeline, ``trace/<j>:<stage>/energy`` and ``trace/<j>:<stage>/joint_energy`` float32 ``(B,)`` and
+``tsec/<j>:<stage>`` (the stage's seconds). ``shards/meta.json`` holds the run's identity
+(:meth:`~ebmlens.sampling.RunPlan.identity`). Every reader checks that a shard belongs to the run:
+indices in range, no index in two shards, the run's labels; a bad shard is a ``ValueError`` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .._io import atomic_save_npz
+from .records import StageRecord
+
+__all__ = ["paths", "write", "covered", "merge", "check_meta"]
+
+_SHARD_RE = re.compile(r"^shard_(\d+)\.npz$")
+
+
+def paths(shard_dir: Path) -> list[Path]:
+    """The shard files in ``shard_dir``, in name (= first index) order."""
+    if not shard_dir.is_dir():
+        return []
+    return sorted(p for p in shard_dir.iterdir() if _SHARD_RE.match(p.name))
+
+
+def _trace_arrays(trace: Sequence[StageRecord], size: int) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for j, r in enumerate(trace or ()):
+        if not isinstance(r, StageRecord):
+            raise TypeError(f"the pipeline's trace must hold ebmlens.sampling.StageRecord entries, got "
+                            f"{type(r).__name__}")
+        for q in ("energy", "joint_energy"):
+            v = getattr(r, q)
+            if tuple(v.shape) != (size,):
+                raise ValueError(f"trace record {j} ({r.stage}) has {q} of shape {tuple(v.shape)} for a batch of "
+                                 f"{size}; a record holds one value per sample")
+            arrays[f"trace/{j}:{r.stage}/{q}"] = v.detach().float().cpu().numpy()
+        arrays[f"tsec/{j}:{r.stage}"] = np.float64(r.seconds)
+    return arrays
+
+
+def write(shard_dir: Path, idx: np.ndarray, labels: np.ndarray, images: np.ndarray, seconds: float, rank: int,
+          trace: Sequence[StageRecord] = ()) -> Path:
+    """Write one batch's shard atomically; returns its path."""
+    path = shard_dir / f"shard_{int(idx[0]):09d}.npz"
+    atomic_save_npz(path, indices=idx.astype(np.int64), labels=labels, images=images, seconds=np.float64(seconds),
+                    rank=np.int64(rank), **_trace_arrays(trace, idx.size))
+    return path
+
+
+def _check(p: Path, idx: np.ndarray, labels: np.ndarray, run_labels: np.ndarray, owner: np.ndarray,
+           files: list[Path]) -> None:
+    n = run_labels.size
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"shard {p} holds sample indices {int(idx.min())}..{int(idx.max())} but n={n}; "
+                         "this folder belongs to another run: pick a new --out")
+    if np.unique(idx).size != idx.size or (owner[idx] >= 0).any():
+        other = [files[k] for k in owner[idx] if k >= 0]
+        where = f"shard {other[0]}" if other else "itself"
+        raise ValueError(f"shard {p} repeats samples already in {where}; delete {p} and resume to re-sample them")
+    if labels.shape != idx.shape or not np.array_equal(labels, run_labels[idx]):
+        raise ValueError(f"shard {p} has other labels than this run; it belongs to another run: delete it "
+                         "(resume re-samples its images) or choose a new output folder")
+
+
+def covered(shard_dir: Path, run_labels: np.ndarray) -> np.ndarray:
+    """bool ``(n,)``: which sample indices the shards on disk hold (every shard checked)."""
+    files = paths(shard_dir)
+    owner = np.full(run_labels.size, -1, np.int64)
+    for k, p in enumerate(files):
+        try:
+            with np.load(p) as z:
+                idx, labels = z["indices"], z["labels"]
+        except Exception as e:  # a shard is written atomically; an unreadable one is foreign
+            raise ValueError(f"cannot read shard {p}: {e}; delete it to re-sample its images") from None
+        _check(p, idx, labels, run_labels, owner, files)
+        owner[idx] = k
+    return owner >= 0
+
+
+def merge(shard_dir: Path, run_labels: np.ndarray) -> tuple[np.ndarray, list[StageRecord], float]:
+    """All shards in index order: ``(images uint8 (n, H, W, C), trace over all samples, sum of batch seconds)``.
+
+    The trace has one :class:`StageRecord` per point with every sample's energies (NaN where a shard
+    had none) and the stage's seconds summed over batches."""
+    n = run_labels.size
+    files = paths(shard_dir)
+    owner = np.full(n, -1, np.int64)
+    images: np.ndarray | None = None
+    points: dict[tuple[int, str], dict[str, Any]] = {}
+    batch_seconds = 0.0
+    for k, p in enumerate(files):
+        with np.load(p) as z:
+            idx = z["indices"]
+            _check(p, idx, z["labels"], run_labels, owner, files)
+            owner[idx] = k
+            if images is None:
+                images = np.zeros((n, *z["images"].shape[1:]), np.uint8)
+            images[idx] = z["images"]
+            batch_seconds += float(z["seconds"])
+            for key in z.files:
+                kind, _, rest = key.partition("/")
+                if kind not in ("trace", "tsec"):
+                    continue
+                group, qty = rest.rpartition("/")[::2] if kind == "trace" else (rest, "seconds")
+                j, _, stage = group.partition(":")
+                g = points.setdefault((int(j), stage), {"energy": np.full(n, np.nan, np.float32),
+                                                        "joint_energy": np.full(n, np.nan, np.float32),
+                                                        "seconds": 0.0})
+                if qty == "seconds":
+                    g["seconds"] += float(z[key])
+                elif qty in ("energy", "joint_energy"):
+                    g[qty][idx] = z[key]
+    if images is None or not (owner >= 0).all():
+        raise RuntimeError(f"{int((owner < 0).sum())} of {n} samples are missing from {shard_dir} after sampling; "
+                           "run again with resume=True")
+    trace = [StageRecord(stage, j, energy=torch.from_numpy(g["energy"]),
+                         joint_energy=torch.from_numpy(g["joint_energy"]), seconds=g["seconds"])
+             for (j, stage), g in sorted(points.items())]
+    return images, trace, batch_seconds
+
+
+def check_meta(meta_path: Path, meta: dict) -> None:
+    """A resumed run must have the identity recorded in ``meta.json`` (if there is one)."""
+    if not meta_path.exists():
+        return
+    old = json.loads(meta_path.read_text())
+    for key in ("n", "seed", "labels_sha256", "dtype", "pipeline", "model"):
+        if old.get(key) != meta.get(key):
+            raise ValueError(
+                f"{meta_path.parent.parent} holds a run with a different {key} "
+                f"({json.dumps(old.get(key))[:120]} vs {json.dumps(meta.get(key))[:120]}); "
+                "resume with the same settings or choose a new output folder")
