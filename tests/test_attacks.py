@@ -3,6 +3,8 @@ on a toy with a known answer and on a real model, and bad inputs."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -10,6 +12,7 @@ from torch import nn
 from ebmlens import rng
 from ebmlens.attacks import L2Ball, LinfBall, Unconstrained, attack_loss, make_geometry, pgd
 from ebmlens.energy import EnergyModel
+from ebmlens.sampling import TargetedPGD
 
 GEOMS = [L2Ball(0.5), LinfBall(8 / 255), Unconstrained()]
 
@@ -152,3 +155,66 @@ def test_pgd_bad_arguments(tiny_model):
     with pytest.raises(ValueError, match="SampleStreams has 3 streams for a batch of 2"):
         pgd(tiny_model, x, y, L2Ball(0.5), steps=1, step_size=0.1, random_start=True,
             generator=rng.SampleStreams(0, [0, 1, 2]))
+
+
+def _overshooting_quadratic():
+    """Two samples on a quadratic energy ``E(x, k) = ||x - c_k||^2`` with normalized steps of 0.5:
+    sample 0 starts 0.7 from its centre (distances 0.7 -> 0.2 -> 0.3: the middle iterate is best,
+    the last overshoots), sample 1 starts 1.0 away (1.0 -> 0.5 -> 0.0: the last is best)."""
+    c = torch.stack([torch.full((12,), 0.2), torch.full((12,), 0.8)])
+    y = torch.tensor([0, 1])
+    u = torch.ones(2, 12) / 12 ** 0.5 * torch.tensor([[1.0], [-1.0]])  # unit directions from the centres
+    x = (c[y] + torch.tensor([[0.7], [1.0]]) * u).view(2, 3, 2, 2)
+    step = -0.5 * u  # each normalized step of 0.5 toward the centre
+    return c, y, x, [(x.flatten(1) + k * step).view(2, 3, 2, 2) for k in range(3)]
+
+
+def test_keep_best_returns_each_samples_best_iterate_not_the_last():
+    c, y, x, iterates = _overshooting_quadratic()
+    model = EnergyModel(Quadratic(c), input_shape=(3, 2, 2), num_classes=2)
+    best = torch.stack([iterates[1][0], iterates[2][1]])  # sample 0: the middle iterate; sample 1: the last
+    kw = dict(steps=2, step_size=0.5, loss="joint", clamp=None)
+    out = pgd(model, x, y, Unconstrained(), targeted=True, keep_best=True, **kw)
+    assert torch.allclose(out, best, atol=1e-6)
+    assert torch.allclose(pgd(model, x, y, Unconstrained(), targeted=True, **kw), iterates[2], atol=1e-6)
+    stage = TargetedPGD(Unconstrained(), steps=2, step_size=0.5, loss="joint", keep_best=True, clamp=None)
+    assert torch.allclose(stage(model, x, y), best, atol=1e-6)
+    assert torch.allclose(replace(stage, keep_best=False)(model, x, y), iterates[2], atol=1e-6)
+    # untargeted: the attacker's best is the highest loss; logits +||x - c||^2 make ascent approach c
+    neg = EnergyModel(_Negated(Quadratic(c)), input_shape=(3, 2, 2), num_classes=2)
+    assert torch.allclose(pgd(neg, x, y, Unconstrained(), keep_best=True, **kw), best, atol=1e-6)
+    assert torch.allclose(pgd(neg, x, y, Unconstrained(), **kw), iterates[2], atol=1e-6)
+
+
+class _Negated(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return -self.net(x)
+
+
+def _small_conv_model() -> EnergyModel:
+    g = torch.Generator().manual_seed(5)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return EnergyModel(net, input_shape=(3, 8, 8), num_classes=5)
+
+
+@pytest.mark.parametrize("geom", GEOMS, ids=["L2", "Linf", "none"])
+def test_targeted_pgd_stage_is_the_core_loop(geom):
+    """The stage writes the core's loop out: same numbers, bit for bit (random start and keep_best on)."""
+    model = _small_conv_model()
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    t = torch.tensor([1, 2, 3, 4, 0, 1])
+    for loss in ("ce", "joint", "marginal"):
+        stage = TargetedPGD(geom, steps=4, step_size=0.3 if not isinstance(geom, LinfBall) else 2 / 255, loss=loss,
+                            random_start=True, keep_best=True)
+        seen = []
+        out = stage(model, x, t, generator=torch.Generator().manual_seed(7), callback=lambda i, lv: seen.append(lv))
+        ref = pgd(model, x, t, geom, 4, stage.step_size, loss=loss, targeted=True, random_start=True, keep_best=True,
+                  generator=torch.Generator().manual_seed(7))
+        assert torch.equal(out, ref) and len(seen) == 4

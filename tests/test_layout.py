@@ -34,7 +34,7 @@ LAYERS: dict[str, set[str]] = {
     "data": LEAF | {"energy"},
     "attacks": LEAF | {"rng", "energy", "data"},
     "stats": LEAF | {"data", "energy"},
-    "models": LEAF | {"energy", "data", "stats"},
+    "models": LEAF | {"energy", "data", "stats", "attacks"},  # attacks: the one threat-model parser
     "sampling": LEAF | {"rng", "energy", "attacks", "data", "stats", "_dist", "_perf"},
     "metrics": LEAF | {"rng", "energy", "attacks", "data", "models", "_dist", "_metrics_features", "_metrics_math"},
     "_metrics_features": LEAF | {"energy", "data", "models"},

@@ -31,6 +31,7 @@ from typing import Any
 
 from torch import nn
 
+from ..attacks import parse_threat_model
 from ..energy import EnergyModel
 from ._offline import NetworkBlocked, no_network
 from .file import check_weights_file, read_checkpoint
@@ -132,12 +133,15 @@ def _norm_dataset(zoo, dataset: str) -> str:
 
 
 def _norm_threat(threat_model: str) -> str:
+    """A user's threat model -> RobustBench's folder name: ``L2`` / ``Linf`` through the one parser
+    (:func:`ebmlens.attacks.parse_threat_model`), plus RobustBench's own ``corruptions(_3d)``."""
     t = str(threat_model).strip()
-    table = {"linf": "Linf", "l_inf": "Linf", "inf": "Linf", "l2": "L2", "corruptions": "corruptions",
-             "corruptions_3d": "corruptions_3d"}
-    if t.lower() not in table:
-        raise ValueError(f"unknown threat model {threat_model!r}; choose Linf, L2, corruptions or corruptions_3d")
-    return table[t.lower()]
+    if t.lower() in ("corruptions", "corruptions_3d"):
+        return t.lower()
+    try:
+        return parse_threat_model(t)
+    except ValueError:
+        raise ValueError(f"unknown threat model {threat_model!r}; choose Linf, L2, corruptions or corruptions_3d") from None
 
 
 def resolve(name: str, dataset: str | None = None, threat_model: str | None = None) -> tuple[str, str, dict]:

@@ -7,13 +7,20 @@ Each step descends the loss of the *target* class inside a ball around the stage
 with the geometry's step (L2: ``-step_size * g / ||g||_2``; Linf: ``-step_size * sign(g)``;
 Unconstrained: the L2 step with no ball). Losses: ``"ce"`` cross-entropy to the target
 ``E(x, y) - E(x)`` (Santurkar et al.), ``"joint"`` ``E(x, y) = -f(x)[y]`` (DAT ascends the target
-logit), ``"marginal"`` ``E(x)`` (unconditional). Built on :func:`ebmlens.attacks.pgd`.
+logit), ``"marginal"`` ``E(x)`` (unconditional). With ``keep_best`` each sample returns its iterate of
+lowest loss (Santurkar et al.'s ``use_best``). The loop below is :func:`ebmlens.attacks.pgd` with
+``targeted=True`` written out (same pieces, same numbers): analysis and training call that core.
 
 >>> import torch
 >>> from ebmlens.attacks import L2Ball
 >>> stage = TargetedPGD(L2Ball(0.5), steps=3, step_size=0.2)
 >>> stage.geometry
 L2Ball(eps=0.5)
+>>> model = lambda x: 10 * x.flatten(1)[:, :3]  # logits: the first three pixels
+>>> x = torch.full((2, 3, 2, 2), 0.5)
+>>> out = stage(model, x, torch.tensor([0, 2]))
+>>> out.flatten(1)[:, :3].argmax(1).tolist(), bool(((out - x).flatten(1).norm(dim=1) <= 0.5 + 1e-6).all())
+([0, 2], True)
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from typing import Callable, Literal
 import torch
 
 from .. import rng
-from ..attacks import Geometry, pgd
+from ..attacks import Geometry, attack_loss
+from ..attacks.pgd import keep_better, loss_and_grad
 
 __all__ = ["TargetedPGD"]
 
@@ -68,6 +76,20 @@ class TargetedPGD:
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, *, generator: rng.GeneratorLike = None,
                  callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-        return pgd(model, x, y, self.geometry, self.steps, self.step_size, loss=self.loss, targeted=True,
-                   random_start=self.random_start, keep_best=self.keep_best, clamp=self.clamp,
-                   generator=generator, callback=callback)
+        geom, x0 = self.geometry, x.detach()
+        xt = self._clamp(geom.random_start(x0, generator) if self.random_start else x0.clone())
+        best = None  # (x, -loss) of each sample's best iterate so far
+        for i in range(self.steps):
+            loss, grad = loss_and_grad(model, xt, y, self.loss)  # (N,), (N, C, H, W)
+            if callback is not None:
+                callback(i, loss)
+            if self.keep_best:
+                best = keep_better(best, xt, -loss)
+            xt = self._clamp(geom.project(geom.step(xt, -grad, self.step_size), x0))  # descend toward y
+        if best is not None:  # the last iterate has not been scored yet: one more forward pass
+            with torch.no_grad():
+                xt, _ = keep_better(best, xt, -attack_loss(model(xt), y, self.loss, model))
+        return xt.detach()
+
+    def _clamp(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.clamp is None else x.clamp(*self.clamp)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ebmlens.attacks import ATTACKS, choose_targets, get_attack, list_attacks, resolve_attack_name
+from ebmlens.attacks import ATTACKS, attack_loss, choose_targets, get_attack, list_attacks, resolve_attack_name
 
 from .conftest import make_linear_model
 
@@ -87,10 +87,11 @@ def test_torchattacks_run_isolated(name, capfd):
     opts = {"n_queries": 20} if name.startswith("square") else {"steps": 3}
     a = get_attack(name, threat_model=tm, eps=eps, **opts)
     t = choose_targets(m(x), y, "random", torch.Generator().manual_seed(0)) if a.needs_target else None
-    torch.manual_seed(1234)
-    state = torch.random.get_rng_state()
-    xa = a(m, x, y, target=t, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(torch.random.get_rng_state(), state), "a torchattacks attack changed the global RNG"
+    with torch.random.fork_rng(devices=[]):  # this test's own global seed, restored on exit
+        torch.manual_seed(1234)
+        state = torch.random.get_rng_state()
+        xa = a(m, x, y, target=t, generator=torch.Generator().manual_seed(5))
+        assert torch.equal(torch.random.get_rng_state(), state), "a torchattacks attack changed the global RNG"
     out = capfd.readouterr()
     assert out.out == "", f"{name} printed {out.out!r}"
     assert xa.shape == x.shape and xa.dtype == x.dtype and not xa.requires_grad
@@ -109,7 +110,50 @@ def test_torchattacks_random_start_follows_our_generator():
     a = get_attack("ta-pgd", threat_model="Linf", eps=8 / 255, steps=1)
     runs = []
     for global_seed, our_seed in ((1, 7), (2, 7), (1, 8)):
-        torch.manual_seed(global_seed)
-        runs.append(a(m, x, y, generator=torch.Generator().manual_seed(our_seed)))
+        with torch.random.fork_rng(devices=[]):  # vary the caller's global state without leaking it
+            torch.manual_seed(global_seed)
+            runs.append(a(m, x, y, generator=torch.Generator().manual_seed(our_seed)))
     assert torch.equal(runs[0], runs[1])        # the caller's global state does not matter
     assert not torch.equal(runs[0], runs[2])    # our generator does
+
+
+# Budgets at which each torchattacks entry must visibly attack a linear model on 8x8 images.
+_STRONG_OPTIONS = {"square": {"n_queries": 200}, "square-targeted": {"n_queries": 200},
+                   "cw": {"steps": 30, "c": 10.0, "lr": 0.1}, "cw-targeted": {"steps": 30, "c": 10.0, "lr": 0.1}}
+
+
+def _kl(logits_p, logits_q):
+    return (logits_p.softmax(1) * (logits_p.log_softmax(1) - logits_q.log_softmax(1))).sum(1)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in ATTACKS.items() if s.backend == "torchattacks"))
+def test_torchattacks_entries_attack(name):
+    """Each entry does what its name says on a model where that is guaranteed (an identity attack, or
+    one that ignores its target, fails): untargeted ones change every prediction, targeted ones
+    lower the target's loss and reach it, TPGD moves the prediction away from the natural one."""
+    import torchattacks  # noqa: F401 - the test extra installs it; a missing extra must fail, not skip
+    m = make_linear_model(scale=0.2)
+    with torch.no_grad():  # logits > 0: CW's f takes max over (1 - onehot) * logits; a shift changes no p(y|x)
+        m.classifier[1].bias.fill_(50.0)
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    y = m(x).argmax(1)
+    tm, eps = ("Linf", 0.3) if name == "tpgd" else ("L2", 3.0)
+    a = get_attack(name, threat_model=tm, eps=eps, **_STRONG_OPTIONS.get(name, {"steps": 10}))
+    t = choose_targets(m(x), y, "random", torch.Generator().manual_seed(0)) if a.needs_target else None
+    xa = a(m, x, y, target=t, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        nat, adv = m(x), m(xa)
+    pred = adv.argmax(1)
+    if name == "tpgd":  # maximizes KL(p(.|x) || p(.|x')) (TRADES' attack): it need not flip labels
+        assert bool((_kl(nat, adv) > 0.1).all()), _kl(nat, adv)
+    elif not a.needs_target:  # untargeted, or picks its own targets (APGD-T, FAB-T)
+        assert bool((pred != y).all()), f"{name} left predictions {pred.tolist()} == {y.tolist()}"
+        assert bool((attack_loss(adv, y, "ce") > attack_loss(nat, y, "ce")).all())
+    else:
+        assert bool((attack_loss(adv, t, "ce") < attack_loss(nat, t, "ce")).all()), f"{name}: target loss did not fall"
+        hit = float((pred == t).float().mean())
+        if name == "fab-targeted":  # FAB stops at its first misclassification, often a third class
+            margin = lambda lg: (lg.gather(1, t[:, None]) - lg.gather(1, y[:, None])).squeeze(1)  # noqa: E731
+            assert bool((margin(adv) > margin(nat)).all()) and bool((pred != y).all()) and hit > 0
+        else:
+            assert hit >= 0.75, f"{name} reached the target on {hit:.0%} of the images"
