@@ -5,7 +5,7 @@ One small module each:
 
 * :mod:`~ebmlens.attacks.geometry` - ``L2Ball``, ``LinfBall``, ``Unconstrained`` (``random_start``,
   ``step``, ``project``) and the one threat-model parser, :func:`parse_threat_model`;
-* ``ebmlens/attacks/pgd.py`` - the PGD loop :func:`pgd`, its per-sample :func:`attack_loss` and the
+* ``ebmlens/attacks/core.py`` - the PGD loop :func:`pgd`, its per-sample :func:`attack_loss` and the
   one default step rule, :func:`default_step_size`;
 * :mod:`~ebmlens.attacks.registry` - attack names -> configured :class:`Attack` objects
   (:func:`get_attack`, :func:`list_attacks`, :func:`choose_targets`);
@@ -26,7 +26,7 @@ True
 from __future__ import annotations
 
 from .geometry import Geometry, L2Ball, LinfBall, ThreatModel, Unconstrained, make_geometry, parse_threat_model
-from .pgd import PGDLoss, attack_loss, default_step_size, pgd
+from .core import PGDLoss, attack_loss, default_step_size, pgd
 from .registry import (ATTACKS, Attack, AttackSpec, TargetChoice, choose_targets, get_attack, list_attacks,
                        resolve_attack_name)
 

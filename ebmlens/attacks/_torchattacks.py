@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 
 from .. import rng
-from .pgd import default_step_size
+from .core import default_step_size
 
 __all__ = ["require", "check_class", "build", "run"]
 

@@ -25,7 +25,7 @@ import torch
 from .. import rng
 from . import _torchattacks
 from .geometry import make_geometry, parse_threat_model
-from .pgd import default_step_size, pgd
+from .core import default_step_size, pgd
 
 __all__ = ["AttackSpec", "Attack", "ATTACKS", "TargetChoice", "get_attack", "list_attacks",
            "resolve_attack_name", "choose_targets"]

@@ -32,7 +32,7 @@ import torch
 
 from .. import rng
 from ..attacks import Geometry, attack_loss
-from ..attacks.pgd import keep_better, loss_and_grad
+from ..attacks.core import keep_better, loss_and_grad
 
 __all__ = ["TargetedPGD"]
 
