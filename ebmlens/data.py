@@ -35,8 +35,8 @@ import torch
 
 from ._io import atomic_save_npz, fingerprint
 
-__all__ = ["ImageData", "load_data", "parse_data_spec", "cache_dir", "CIFAR10_CLASSES", "default_cifar10_path",
-           "atomic_save_npz"]
+__all__ = ["ImageData", "load_data", "as_image_data", "to_uint8_images", "parse_data_spec", "cache_dir",
+           "CIFAR10_CLASSES", "default_cifar10_path", "atomic_save_npz"]
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def _load_npz(path: Path, spec: str) -> ImageData:
         images = z["images"]
         labels = z["labels"] if "labels" in z else np.zeros(len(images), np.int64)
         names = [str(c) for c in z["class_names"]] if "class_names" in z else None
-    images = _to_uint8_nhwc(images, str(path))
+    images = to_uint8_images(images, str(path), strict=False)
     labels = np.asarray(labels, dtype=np.int64)
     if names is None:
         names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 1)]
@@ -319,16 +319,64 @@ def _load_folder(path: Path, spec: str) -> ImageData:
     return ImageData(images, labels, names, spec)
 
 
-def _to_uint8_nhwc(images: np.ndarray, where: str) -> np.ndarray:
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4:
-        raise ValueError(f"{where}: images must be 4-D (N, H, W, C), got shape {images.shape}")
-    if images.shape[-1] not in (1, 3) and images.shape[1] in (1, 3):
-        images = images.transpose(0, 2, 3, 1)
-    if images.dtype != np.uint8:
-        if np.issubdtype(images.dtype, np.floating) and images.size and images.max() <= 1.0 + 1e-6:
-            images = np.clip(np.rint(images * 255), 0, 255).astype(np.uint8)
+# --------------------------------------------------------------------------- images from anything
+def as_image_data(x: object, what: str = "images", *, default_split: str = "test") -> ImageData:
+    """An :class:`ImageData` from what a user hands in: an ImageData; a batch (see
+    :func:`to_uint8_images`; labels 0); a folder (an ebmlens samples folder or image files); an
+    ``.npz``; or a data spec (without ``@split``: ``default_split``). ``what`` names it in errors."""
+    if isinstance(x, ImageData):
+        data = x
+    elif isinstance(x, (torch.Tensor, np.ndarray)):
+        data = ImageData(to_uint8_images(x, what), np.zeros(len(x), np.int64), ["0"], f"{what} array {tuple(x.shape)}")
+    elif isinstance(x, (str, os.PathLike)):
+        p = Path(x).expanduser()
+        if p.is_dir():
+            data = load_data(f"folder:{p}")
+        elif p.suffix == ".npz" and p.is_file():
+            data = load_data(f"npz:{p}")
+        elif ":" not in str(x):
+            raise FileNotFoundError(f"{what} {str(x)!r} does not exist; give a samples or image folder, an .npz, "
+                                    "or a data spec like cifar10:PATH@train")
         else:
-            images = np.clip(images, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(images)
+            data = load_data(str(x), default_split=default_split)
+    else:
+        raise TypeError(f"{what} must be images (a tensor or array), an ImageData, a folder, an .npz or a data spec "
+                        f"like 'cifar10:PATH@train', got {type(x).__name__}")
+    if len(data) == 0:
+        raise ValueError(f"{what} ({data.source}) holds no images")
+    return data
+
+
+def to_uint8_images(x: torch.Tensor | np.ndarray, what: str = "images", *, strict: bool = True) -> np.ndarray:
+    """A ``uint8 (N, H, W, C)`` batch from float ``(N, C, H, W)`` in [0, 1] (``rint(255 x)``, as saved
+    to PNG) or ``uint8`` ``(N, H, W, C)`` (``(N, C, H, W)`` when unambiguous).
+
+    ``strict`` (arrays from a user): 4-D only; floats must be channels-first, finite and in [0, 1];
+    other dtypes are refused. ``strict=False`` (arrays read from files of other tools): ``(N, H, W)``
+    is grayscale, any layout that is unambiguous, floats above 1 and other dtypes clipped to [0, 255].
+    """
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if a.ndim == 3 and not strict:
+        a = a[..., None]
+    if a.ndim != 4:
+        raise ValueError(f"{what} must be a 4-D batch (float N,C,H,W in [0,1] or uint8 N,H,W,C), got shape {a.shape}")
+    channels_first = a.shape[-1] not in (1, 3) and a.shape[1] in (1, 3)
+    floating = np.issubdtype(a.dtype, np.floating)
+    if a.dtype == np.uint8 or not strict:
+        a = a.transpose(0, 2, 3, 1) if channels_first else a
+        if a.dtype != np.uint8:
+            scale = 255.0 if floating and a.size and a.max() <= 1.0 + 1e-6 else 1.0
+            a = np.clip(np.rint(a * scale) if scale != 1.0 else a, 0, 255).astype(np.uint8)
+    elif floating:
+        if a.shape[1] not in (1, 3) and a.shape[-1] in (1, 3):
+            raise ValueError(f"{what}: float images must be (N, C, H, W), got shape {a.shape} (channels last?); "
+                             "use x.permute(0, 3, 1, 2)")
+        if a.size and not np.isfinite(a).all():
+            raise ValueError(f"{what} contains NaN or infinite values")
+        if a.size and (a.min() < -1e-6 or a.max() > 1 + 1e-6):
+            raise ValueError(f"{what} has values in [{a.min():.3g}, {a.max():.3g}]; float images must be in [0, 1] "
+                             "(for [-1, 1] images pass (x + 1) / 2)")
+        a = np.clip(np.rint(a.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
+    else:
+        raise TypeError(f"{what} must be float in [0, 1] or uint8, got dtype {a.dtype}")
+    return np.ascontiguousarray(a)

@@ -174,3 +174,32 @@ def test_image_data_helpers_and_errors(tmp_path):
     (tmp_path / "x.txt").write_text("no")
     with pytest.raises(ValueError, match="expected the .tar.xz archive or a folder"):
         load_data(f"cifar10:{tmp_path / 'x.txt'}")
+
+
+def test_one_image_coercion_for_arrays_folders_and_specs(tmp_path):
+    from ebmlens.data import as_image_data, to_uint8_images
+
+    x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    u8 = to_uint8_images(x)
+    assert u8.shape == (5, 8, 8, 3) and u8.dtype == np.uint8
+    assert np.array_equal(u8, np.rint(x.numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8))   # as saved to PNG
+    assert np.array_equal(to_uint8_images(u8.transpose(0, 3, 1, 2)), u8)                          # uint8 NCHW
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        to_uint8_images(x * 2)
+    with pytest.raises(ValueError, match="channels last"):
+        to_uint8_images(x.permute(0, 2, 3, 1))
+    # files of other tools: grayscale (N, H, W), floats beyond 1 clipped
+    assert to_uint8_images(np.full((2, 4, 4), 300.0), strict=False).tolist() == np.full((2, 4, 4, 1), 255).tolist()
+    d = as_image_data(x, "samples")
+    assert np.array_equal(d.images, u8) and d.labels.tolist() == [0] * 5 and d.source == "samples array (5, 3, 8, 8)"
+    folder = tmp_path / "run"
+    folder.mkdir()
+    atomic_save_npz(folder / "samples.npz", images=u8, labels=np.arange(5))
+    assert as_image_data(folder).labels.tolist() == [0, 1, 2, 3, 4]
+    assert np.array_equal(as_image_data(str(folder / "samples.npz")).images, u8)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        as_image_data(tmp_path / "nope")
+    with pytest.raises(ValueError, match="holds no images"):
+        as_image_data(np.zeros((0, 8, 8, 3), np.uint8))
+    with pytest.raises(TypeError, match="data spec"):
+        as_image_data(3.0)

@@ -36,9 +36,7 @@ LAYERS: dict[str, set[str]] = {
     "stats": LEAF | {"data", "energy"},
     "models": LEAF | {"energy", "data", "stats", "attacks"},  # attacks: the one threat-model parser
     "sampling": LEAF | {"rng", "energy", "attacks", "data", "stats", "_dist", "_perf"},
-    "metrics": LEAF | {"rng", "energy", "attacks", "data", "models", "_dist", "_metrics_features", "_metrics_math"},
-    "_metrics_features": LEAF | {"energy", "data", "models"},
-    "_metrics_math": LEAF,
+    "metrics": LEAF | {"rng", "energy", "attacks", "data", "models", "_dist"},
     "analysis": LEAF | {"rng", "energy", "attacks", "data", "stats", "models", "_dist"},
     "train": LEAF | {"rng", "energy", "attacks", "data", "stats", "models", "sampling", "analysis", "metrics"},
     "cli": {"*"},

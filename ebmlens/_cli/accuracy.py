@@ -32,22 +32,21 @@ def accuracy_cmd(model_spec, model_dir, dataset, model_threat_model, arch, data,
     """Clean accuracy and robust accuracy under an attack, on a dataset's test split."""
     import numpy as np
 
+    from ..attacks import get_attack
     from ..data import load_data
-    from ..train.trainer import evaluate_accuracy
+    from ..metrics import robust_accuracy
     from ._common import load_model_from_cli
 
+    if attack not in ("pgd", "apgd-ce"):
+        raise ValueError(f"unknown attack {attack!r} for accuracy; choose 'pgd' or 'apgd-ce'")
+    eps_f = parse_number(eps)
+    options = {"step_size": parse_number(step_size)} if attack == "pgd" else {"seed": seed}
+    atk = get_attack(attack, threat_model=threat_model, eps=eps_f, steps=steps, **options)
     model = load_model_from_cli(model_spec, model_dir=model_dir, dataset=dataset, threat_model=model_threat_model, arch=arch)
     model.to(device)
     ds = load_data(data, default_split="test")
     idx = ds.strided(n) if n else np.arange(len(ds))
-    eps_f = parse_number(eps)
-    if attack == "pgd":
-        res = evaluate_accuracy(model, ds, indices=idx, threat_model=threat_model, eps=eps_f, steps=steps,
-                                step_size=parse_number(step_size), batch_size=batch_size, device=device)
-    elif attack == "apgd-ce":
-        res = _apgd_accuracy(model, ds, idx, threat_model, eps_f, steps, batch_size, device, seed)
-    else:
-        raise ValueError(f"unknown attack {attack!r} for accuracy; choose 'pgd' or 'apgd-ce'")
+    res = robust_accuracy(model, ds, atk, indices=idx, batch_size=batch_size, device=device).to_dict()
     res["model"] = model.describe()
     res["data"] = ds.source
     line = (f"{res['model'].get('name') or model_spec}: n={res['n']} clean_acc={res['clean_acc']:.4f} "
@@ -57,31 +56,3 @@ def accuracy_cmd(model_spec, model_dir, dataset, model_threat_model, arch, data,
         from .._io import atomic_write_json
 
         atomic_write_json(out, res)
-
-
-def _apgd_accuracy(model, ds, idx, threat_model, eps, steps, batch_size, device, seed) -> dict:
-    import contextlib
-    import io
-
-    import torch
-
-    try:
-        import torchattacks
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("APGD needs torchattacks: pip install 'ebmlens[attacks]'") from e
-    clean = robust = 0
-    with model.mode("eval"), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        atk = torchattacks.APGD(model, norm=threat_model, eps=eps, steps=steps, n_restarts=1, loss="ce", seed=seed)
-        for xb, yb in ds.batches(batch_size, idx, device=device):
-            with torch.no_grad():
-                ok = model.logits(xb).argmax(1) == yb
-            with contextlib.redirect_stdout(io.StringIO()):
-                xa = atk(xb, yb)
-            with torch.no_grad():
-                rob = model.logits(xa).argmax(1) == yb
-            clean += int(ok.sum())
-            robust += int((ok & rob).sum())
-    n = len(idx)
-    return {"n": n, "clean_acc": clean / n, "robust_acc": robust / n, "attack": f"apgd-ce-{threat_model} (torchattacks)",
-            "eps": eps, "steps": steps, "restarts": 1, "seed": seed}

@@ -74,10 +74,9 @@ def evaluate_cmd(samples, ref, ref_stats, make_ref_stats, keep_features, metrics
         return
     text = r.to_json()
     if out:
-        from pathlib import Path
+        from .._io import atomic_write_text
 
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
+        atomic_write_text(out, text + "\n")
         click.echo(" ".join(f"{k}={v:.6g}" for k, v in r.values.items())
                    + f" (n={r.num_images}, {r.network}; details in {out})")
     else:

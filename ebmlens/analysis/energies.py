@@ -35,6 +35,7 @@ from .. import _dist, rng
 from ..attacks import Attack, TargetChoice, choose_targets, get_attack
 from ..data import ImageData, load_data
 from ..energy import EnergyModel, validate_images
+from ..models import resolve_model
 from .report import EnergyReport, summarize_kind
 
 __all__ = ["energy_report", "as_energy_model", "as_image_data", "build_attacks"]
@@ -43,15 +44,8 @@ log = logging.getLogger(__name__)
 
 
 def as_energy_model(model: EnergyModel | str, device: str | torch.device | None = None, **load_kwargs) -> EnergyModel:
-    """An :class:`EnergyModel`, or a ``source:name`` spec loaded with :func:`ebmlens.load_model`."""
-    if isinstance(model, str):
-        from ..models import load_model
-
-        return load_model(model, device=device, **load_kwargs)
-    if not isinstance(model, EnergyModel):
-        raise TypeError(f"model must be an ebmlens.EnergyModel or a 'source:name' spec, got {type(model).__name__}; "
-                        "wrap a plain classifier with ebmlens.EnergyModel(net, mean=..., std=..., num_classes=K)")
-    return model.to(device) if device is not None else model
+    """An :class:`EnergyModel`, or a ``source:name`` spec (:func:`ebmlens.models.resolve_model`)."""
+    return resolve_model(model, device=device, **load_kwargs)
 
 
 def as_image_data(data: ImageData | str) -> ImageData:

@@ -33,7 +33,7 @@ import torch
 from ..energy import EnergyModel, validate_images, validate_labels
 
 __all__ = [
-    "load_model", "list_models", "register_source", "sources", "parse_model_spec", "unknown_name_error",
+    "load_model", "resolve_model", "list_models", "register_source", "sources", "parse_model_spec", "unknown_name_error",
     "normalization_check", "NormalizationCheck", "Source",
 ]
 
@@ -158,6 +158,36 @@ def load_model(spec: str | EnergyModel, *, device: str | torch.device | None = N
         model.name = name
     model.eval()
     return model.to(device) if device is not None else model
+
+
+#: loader options that only some sources take: :func:`resolve_model` routes them there.
+_OPTION_SOURCES: dict[str, tuple[str, ...]] = {
+    "model_dir": ("robustbench",), "dataset": ("robustbench",), "threat_model": ("robustbench",),
+    "arch": ("file",), "trust_checkpoint": ("file", "robustbench", "timm"),
+}
+
+
+def resolve_model(model: str | Path | EnergyModel, *, device: str | torch.device | None = None,
+                  **options) -> EnergyModel:
+    """The one way from what a caller names to an :class:`~ebmlens.EnergyModel` (metrics, analysis, CLI).
+
+    An EnergyModel is returned as is (moved to ``device``); a spec is loaded with :func:`load_model`.
+    Options left at ``None`` or ``False`` are dropped, and ``model_dir`` / ``dataset`` /
+    ``threat_model`` (robustbench), ``arch`` (file) and ``trust_checkpoint`` (file, robustbench,
+    timm) reach only the sources that take them, so a caller can hand over every option it has.
+
+    >>> resolve_model("ebmlens:cifar10-l2-small", arch=None, model_dir="models").name
+    'cifar10-l2-small'
+    """
+    if isinstance(model, EnergyModel):
+        return model.to(device) if device is not None else model
+    if not isinstance(model, (str, Path)):
+        raise TypeError(f"model must be an ebmlens.EnergyModel or a 'source:name' spec, got {type(model).__name__}; "
+                        "wrap a plain classifier with ebmlens.EnergyModel(net, mean=..., std=..., num_classes=K)")
+    source, _ = parse_model_spec(model)
+    kwargs = {k: v for k, v in options.items()
+              if v is not None and v is not False and source in _OPTION_SOURCES.get(k, (source,))}
+    return load_model(str(model), device=device, **kwargs)
 
 
 def list_models(source: str | None = None, **filters) -> list[str]:

@@ -185,24 +185,16 @@ def evaluate_accuracy(model: EnergyModel, data: ImageData, *, indices=None, thre
                       device=None, amp: str = "none") -> dict:
     """Clean accuracy and PGD robust accuracy (untargeted CE, no random start: deterministic).
 
-    ``step_size`` defaults to ``2.5 * eps / steps``. Returns ``{"n", "clean_acc", "robust_acc", ...}``.
+    ``step_size`` defaults to ``2.5 * eps / steps``. Returns ``{"n", "clean_acc", "robust_acc", ...}``:
+    :func:`ebmlens.metrics.robust_accuracy` with our PGD, as a dict.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    idx = np.arange(len(data)) if indices is None else np.asarray(indices)
-    alpha = step_size if step_size is not None else default_step_size(eps, steps)
-    geom = make_geometry(threat_model, eps)
-    clean = robust = 0
-    with model.mode("eval"), _autocast(device, amp):
-        for xb, yb in data.batches(batch_size, idx, device=device):
-            ok = _clean_correct(model, xb, yb)
-            xa = pgd(model, xb, yb, geom, steps, alpha, loss="ce", random_start=False)
-            with torch.no_grad():
-                rob = model.logits(xa).argmax(1) == yb
-            clean += int(ok.sum())
-            robust += int((rob & ok).sum())
-    n = len(idx)
-    return {"n": n, "clean_acc": clean / n, "robust_acc": robust / n, "attack": f"pgd-{threat_model}",
-            "eps": eps, "steps": steps, "step_size": alpha, "random_start": False}
+    from ..attacks import get_attack
+    from ..metrics import robust_accuracy
+
+    attack = get_attack("pgd", threat_model=threat_model, eps=eps, steps=steps, step_size=step_size)
+    dtype = None if amp == "none" else (torch.bfloat16 if amp == "bf16" else torch.float16)
+    return robust_accuracy(model, data, attack, indices=indices, batch_size=batch_size, device=device,
+                           autocast=dtype).to_dict()
 
 
 def _save_weights_ckpt(model: EnergyModel, cfg: TrainConfig, path: Path, epoch: int, metrics: dict | None) -> None:

@@ -12,7 +12,7 @@ class SmallNet(nn.Module):
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
-        with torch.random.fork_rng():           # seeded init without touching the global stream
+        with torch.random.fork_rng(devices=[]):           # seeded init without touching the global stream
             torch.manual_seed(seed)
             self.features = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
                                           nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),

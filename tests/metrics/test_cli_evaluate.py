@@ -16,7 +16,7 @@ from ebmlens.models.archs import ConvNetSmall
 
 @pytest.fixture
 def setup(tmp_path, cifar_test):
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = ConvNetSmall()
     ckpt = tmp_path / "net.pt"

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from ebmlens._metrics_features import INCEPTION_FILE_NAMES, find_inception_weights
+from ebmlens.metrics.features import INCEPTION_FILE_NAMES, find_inception_weights
 from ebmlens.metrics import evaluate
 
 import torch_fidelity  # noqa: E402,F401 - the `metrics` extra; the test extra installs it (a missing extra fails)

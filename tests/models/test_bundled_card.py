@@ -10,7 +10,8 @@ import torch
 
 import ebmlens
 from ebmlens.models import bundled
-from ebmlens.train.trainer import evaluate_accuracy
+from ebmlens.attacks import get_attack
+from ebmlens.metrics import robust_accuracy
 
 NAME = "cifar10-l2-small"
 
@@ -41,8 +42,8 @@ def test_bundled_model_reaches_its_card_on_the_strided_subset(cifar_test):
     ev = _card_eval(card, 1000, "pgd-L2")
     idx = cifar_test.strided(1000)
     assert np.array_equal(idx, np.arange(0, 10000, 10))
-    res = evaluate_accuracy(model, cifar_test, indices=idx, threat_model="L2", eps=ev["eps"], steps=ev["steps"],
-                            step_size=ev["step_size"], batch_size=250)
+    attack = get_attack("pgd", threat_model="L2", eps=ev["eps"], steps=ev["steps"], step_size=ev["step_size"])
+    res = robust_accuracy(model, cifar_test, attack, indices=idx, batch_size=250).to_dict()
     assert abs(res["clean_acc"] - ev["clean_acc"]) <= 0.01, (res, ev)
     assert abs(res["robust_acc"] - ev["robust_acc"]) <= 0.02, (res, ev)
     # and the model is actually robust: far above chance under attack, and attacked accuracy below clean

@@ -279,3 +279,21 @@ def test_normalization_check_on_the_robust_model(robust_model, cifar_test):
         warnings.simplefilter("error")
         r = normalization_check(robust_model, cifar_test.tensor(idx), cifar_test.label_tensor(idx))
     assert r.ok and r.configured > max(r.none, r.doubled) + 0.1
+
+
+def test_resolve_model_routes_each_option_to_the_sources_that_take_it(tmp_path, tiny_model):
+    from ebmlens.models import resolve_model
+
+    assert resolve_model(tiny_model) is tiny_model
+    # the CLI hands over every option it has: the bundled loader takes none of these, and gets none
+    m = resolve_model("ebmlens:cifar10-l2-small", arch="convnet-small", model_dir="models", dataset="cifar10",
+                      threat_model="L2", trust_checkpoint=True)
+    assert m.name == "cifar10-l2-small"
+    # a file: checkpoint gets arch (without it, the bare state_dict cannot be loaded)
+    net = ConvNetSmall(num_classes=4)
+    p = tmp_path / "w.pt"
+    torch.save(net.state_dict(), p)
+    m = resolve_model(f"file:{p}", arch="ebmlens.models.archs:ConvNetSmall", model_dir=None, num_classes=4)
+    assert m.num_classes == 4 and m.source == "file"
+    with pytest.raises(TypeError, match="wrap a plain classifier"):
+        resolve_model(net)

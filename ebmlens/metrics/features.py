@@ -10,6 +10,9 @@ return ``(features (n, d) float32, logits (n, K) float32 or None)`` on the CPU.
 * :class:`ModuleFeatures` - any classifier; an :class:`~ebmlens.energy.EnergyModel` is run with its
   own normalization. Features: the input of the last ``nn.Linear`` (the penultimate layer) by
   default, or any graph node named with ``layer`` (torchvision's feature extraction).
+
+:func:`extractor` picks one from what the caller named; :func:`extract` runs it over a dataset in
+batches (sharded under torchrun) and folds the features into streamed moments.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch import nn
+
+from .. import _dist
+from ..data import ImageData, as_image_data
+from ._math import _Moments
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +65,7 @@ def file_sha256(path: Path | str) -> str:
 def inception_search_paths() -> list[Path]:
     """Where a missing ``inception_weights`` is looked for (no network): ``$EBMLENS_INCEPTION_WEIGHTS``,
     ``<ebmlens cache>/weights/<name>``, and torch hub's checkpoint folder (torch-fidelity's own cache)."""
-    from .data import cache_dir
+    from ..data import cache_dir
 
     paths: list[Path] = []
     env = os.environ.get("EBMLENS_INCEPTION_WEIGHTS")
@@ -72,7 +79,7 @@ def inception_search_paths() -> list[Path]:
 
 def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
     """The Inception weights file to use; a clear ``FileNotFoundError`` when there is none."""
-    from .data import cache_dir
+    from ..data import cache_dir
 
     hint = (f"the standard IS/FID/KID need the official Inception weights file {INCEPTION_FILE_NAMES[0]} "
             f"(also published as {INCEPTION_FILE_NAMES[1]}; sha256 starts with {OFFICIAL_INCEPTION_SHA256_PREFIX}). "
@@ -182,7 +189,7 @@ class ModuleFeatures:
 
     def __init__(self, module: nn.Module, layer: str | None = None, device: torch.device | None = None,
                  name: str | None = None) -> None:
-        from .energy import EnergyModel
+        from ..energy import EnergyModel
 
         if not isinstance(module, nn.Module):
             raise TypeError(f"feature_model must be an nn.Module, a model name like 'ebmlens:cifar10-l2-small', "
@@ -266,7 +273,7 @@ class ModuleFeatures:
 
     @torch.no_grad()
     def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        from .energy import EnergyModel
+        from ..energy import EnergyModel
 
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
@@ -285,3 +292,79 @@ class ModuleFeatures:
         feat = feat.mean(dim=(2, 3)) if feat.dim() == 4 else feat.flatten(1)
         logits = out.float().cpu() if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] >= 2 else None
         return feat.float().cpu(), logits
+
+
+# ---------------------------------------------------------------------------- choosing and running one
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from e
+
+
+def extractor(feature_model: object, *, inception_weights=None, layer=None, arch=None, device=None,
+              trust_checkpoint=False, feature_name=None) -> InceptionFeatures | ModuleFeatures:
+    """``None`` / ``"inception"``: the standard Inception (checked weights file); an ``nn.Module``
+    or a model spec (:func:`ebmlens.models.resolve_model`): :class:`ModuleFeatures` at ``layer``."""
+    if feature_model is None or feature_model == "inception":
+        if layer not in (None, "2048"):
+            raise ValueError(f"the standard Inception uses its 2048-d pool features; layer={layer!r} is not offered")
+        weights = check_inception_weights(find_inception_weights(inception_weights), trust_checkpoint)
+        return InceptionFeatures(weights, _device(device))
+    if isinstance(feature_model, (str, os.PathLike)):
+        from ..models import resolve_model
+
+        spec, feature_model = str(feature_model), resolve_model(feature_model, arch=arch,
+                                                                trust_checkpoint=trust_checkpoint)
+        feature_name = feature_name or (None if getattr(feature_model, "name", None) else spec)
+    return ModuleFeatures(feature_model, layer, None if device is None else _device(device), feature_name)
+
+
+def rgb_images(x: object, what: str = "images") -> ImageData:
+    """What the feature networks read: :func:`ebmlens.data.as_image_data` of ``x``, RGB only."""
+    data = as_image_data(x, what)
+    c = data.images.shape[-1]
+    if c != 3:
+        raise ValueError(f"{what} ({data.source}) are {'grayscale' if c == 1 else f'{c}-channel'} images (C={c}); "
+                         "the metrics need RGB: repeat the channel, e.g. x.repeat(1, 3, 1, 1)")
+    return data
+
+
+def extract(ext, data: ImageData, batch_size: int, progress: bool, desc: str, keep: bool = True,
+            local: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None, _Moments | None]:
+    """Run ``ext`` over ``data`` in batches: ``(features (N, d) or None, logits or None, moments)``.
+
+    Under torchrun each rank extracts every world-th batch; the batches are gathered to rank 0,
+    which folds them into the moments in index order (so the numbers equal a single process's).
+    The other ranks get ``(None, None, None)``. ``local=True``: no sharding, every process does all.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from tqdm.auto import tqdm
+
+    d = _dist.DistInfo() if local else _dist.init_if_needed(getattr(ext, "device", None))
+    starts = _dist.shard(list(range(0, len(data), batch_size)), d)
+    parts, mom = [], _Moments()
+    share = sum(min(batch_size, len(data) - s) for s in starts)
+    with ext.active(), tqdm(total=share, desc=desc if not d.active else f"{desc} (rank 0 of {d.world})", unit="img",
+                            disable=not progress or d.rank != 0, leave=False) as bar:
+        for s in starts:
+            f, z = ext(data.images[s:s + batch_size])
+            if not d.active:
+                mom.update(f.numpy())  # streamed: without keep, one process never holds all features
+            if keep or d.active:
+                parts.append((s, f, z))
+            bar.update(len(f))
+    if d.active:
+        gathered = _dist.gather_to_rank0(parts)
+        if gathered is None:
+            return None, None, None
+        parts = sorted((p for rank_parts in gathered for p in rank_parts), key=lambda p: p[0])
+        for _, f, _ in parts:
+            mom.update(f.numpy())
+    f_all = torch.cat([f for _, f, _ in parts]) if keep else None
+    zs = [z for _, _, z in parts if z is not None]
+    z_all = torch.cat(zs) if keep and zs else None
+    return f_all, z_all, mom
