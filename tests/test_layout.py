@@ -162,7 +162,6 @@ def test_atomic_writes_and_json_helpers_live_only_in_io():
 MAX_LINES = 400
 # path (relative to ebmlens/) -> why it may be longer. Target: empty.
 LONG_FILES_ALLOWED: dict[str, str] = {
-    "metrics.py": "being split into a package (issue 10)",
     "train/trainer.py": "being split (issue 10)",
 }
 

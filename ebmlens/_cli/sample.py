@@ -133,9 +133,9 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, data, stats_p
     opts = dict(parse_override(s) for s in overrides)
     metrics = ref_spec = None
     if eval_metrics is not None:
-        from ..metrics import _metric_list
+        from ..metrics import parse_metrics
 
-        metrics = _metric_list(eval_metrics)
+        metrics = parse_metrics(eval_metrics)
         ref_spec = ref or (default_ref(data) if data else None)
         if ref_spec is None and ("fid" in metrics or "kid" in metrics):
             raise ValueError("--evaluate fid/kid needs a reference: --ref cifar10:PATH@train (or a statistics "

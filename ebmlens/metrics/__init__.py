@@ -46,9 +46,9 @@ from __future__ import annotations
 from ._math import feature_stats, frechet_distance, inception_score, kernel_distance
 from .accuracy import RobustAccuracy, robust_accuracy
 from .conditional import ClassMeasure, class_diversity, conditional_accuracy
-from .quality import EvalResult, _metric_list, evaluate  # noqa: F401 (_metric_list: ebmlens sample)
+from .quality import EvalResult, evaluate, parse_metrics
 from .reference import ReferenceStats, load_reference_stats, reference_stats
 
 __all__ = ["evaluate", "EvalResult", "reference_stats", "ReferenceStats", "load_reference_stats",
            "inception_score", "frechet_distance", "kernel_distance", "feature_stats",
-           "conditional_accuracy", "class_diversity", "ClassMeasure", "robust_accuracy", "RobustAccuracy"]
+           "conditional_accuracy", "class_diversity", "ClassMeasure", "robust_accuracy", "RobustAccuracy", "parse_metrics"]

@@ -82,7 +82,9 @@ class EvalResult:
         return json.dumps(self.to_dict(), indent=indent)
 
 
-def _metric_list(metrics: str | Iterable[str]) -> tuple[str, ...]:
+def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
+    """``"is,fid"`` or ``["fid"]`` -> ``("is", "fid")`` (lower case, deduplicated), checked against the
+    known metrics; an unknown name fails with the choices."""
     items = metrics.split(",") if isinstance(metrics, str) else list(metrics)
     out = tuple(dict.fromkeys(str(m).strip().lower() for m in items if str(m).strip()))
     bad = [m for m in out if m not in _METRICS]
@@ -122,7 +124,7 @@ def evaluate(images: object, ref: object = None, metrics: str | Sequence[str] = 
             r.values["fd_ebmlens-cifar10-l2-small"]
     """
     t0 = time.perf_counter()
-    metrics = _metric_list(metrics)
+    metrics = parse_metrics(metrics)
     data = rgb_images(images, "images")
     if "is" in metrics and not 1 <= splits <= len(data):
         raise ValueError(f"Inception Score with splits={splits} needs at least {splits} images, got {len(data)}; "
