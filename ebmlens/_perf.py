@@ -307,7 +307,7 @@ def input_grad_flops(model: Any, batch_size: int = 1, *, device: str | torch.dev
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
-            model.logits(torch.rand(batch_size, *shape, device=device))
+            model(torch.rand(batch_size, *shape, device=device))
     finally:
         for h in handles:
             h.remove()

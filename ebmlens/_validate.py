@@ -119,7 +119,8 @@ def validate_inputs(model: Any, x: object, y: object = None, *, num_classes: int
     ``allow_other_size``); integer dtypes, NHWC layout, channel mismatches refused; float64/16/bfloat16
     cast to the classifier's dtype; with ``scan``: NaN/inf refused (naming the images), and with
     ``check_range`` values above 2 ("0-255 pixels") or outside [-0.5, 1.5] ("normalized input") refused.
-    Labels: see :func:`validate_labels`; moved to the images' device.
+    Labels: see :func:`validate_labels`; moved to the images' device; their range is checked with
+    ``scan`` when the number of classes is known. ``scan=False`` checks layout and dtypes only (no sync).
     """
     x = _as_tensor(x, name)
     shape = tuple(model.input_shape) if model is not None else None
@@ -130,8 +131,6 @@ def validate_inputs(model: Any, x: object, y: object = None, *, num_classes: int
     k = num_classes if num_classes is not None else (model.num_classes if model is not None else None)
     yt = None
     if y is not None:
-        if k is None:
-            raise ValueError("validate_inputs needs num_classes (or a model) to check labels")
         yt = _label_tensor(y, x.shape[0], label_name)
         if yt.device != x.device:
             yt = yt.to(x.device)
@@ -139,7 +138,7 @@ def validate_inputs(model: Any, x: object, y: object = None, *, num_classes: int
     if scan and x.numel():
         xf = x.detach()
         parts += [(~torch.isfinite(xf)).sum().to(torch.float64), xf.min().to(torch.float64), xf.max().to(torch.float64)]
-    if yt is not None and yt.numel():
+    if scan and k is not None and yt is not None and yt.numel():
         parts += [yt.min().to(torch.float64), yt.max().to(torch.float64)]
     vals = torch.stack(parts).tolist() if parts else []  # the one sync
     if scan and x.numel():

@@ -157,14 +157,6 @@ class EnergyModel(nn.Module):
         """``log p(y | x)`` for every class, shape ``(N, K)``; input validated."""
         return torch.log_softmax(self.forward(self._check(x)[0]).float(), dim=1)
 
-    def _energy(self, x: torch.Tensor) -> torch.Tensor:
-        """Unchecked :meth:`energy` (library loops)."""
-        return self.energy_from_logits(self.forward(x))
-
-    def _joint_energy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Unchecked :meth:`joint_energy` (library loops)."""
-        return self.joint_energy_from_logits(self.forward(x), y)
-
     # ------------------------------------------------------------------ modes
     @contextlib.contextmanager
     def mode(self, mode: Literal["eval", "train"] | None = None) -> Iterator["EnergyModel"]:

@@ -82,8 +82,9 @@ def test_unchecked_paths_stay_unchecked(m):
     x = X * 3 - 1  # leaves [0, 1] as a sampler may between steps
     lg = m(x)
     assert lg.shape == (4, 10)
-    assert torch.equal(m._energy(x), m.energy_from_logits(lg))
-    assert torch.equal(m._joint_energy(x, torch.arange(4)), m.joint_energy_from_logits(lg, torch.arange(4)))
+    assert torch.equal(m.energy_from_logits(lg), -torch.logsumexp(lg, 1))
+    with pytest.raises(ValueError, match="normalized"):
+        m.energy(x)
 
 
 # ------------------------------------------------------------------------------------------- labels
@@ -123,3 +124,24 @@ def test_validate_images_without_a_model_checks_layout_and_values():
     with pytest.raises(ValueError, match="0-255"):
         validate_images(X * 255)
     assert validate_images(X * 255, check_range=False) is not None
+
+
+# ------------------------------------------------------------------------ attacks called by users
+def test_attacks_check_shape_dtype_and_labels(m):
+    from ebmlens.attacks import L2Ball, get_attack, pgd
+
+    geom = L2Ball(0.5)
+    with pytest.raises(ValueError, match="2 labels for 4 images"):
+        pgd(m, X, torch.tensor([0, 1]), geom, 2, 0.1)
+    with pytest.raises(TypeError, match="integer class indices"):
+        pgd(m, X, torch.zeros(4), geom, 2, 0.1)
+    with pytest.raises(TypeError, match="/ 255"):
+        pgd(m, (X * 255).to(torch.uint8), torch.zeros(4, dtype=torch.long), geom, 2, 0.1)
+    atk = get_attack("pgd-targeted", threat_model="L2", eps=0.5, steps=2)
+    with pytest.raises(ValueError, match="target has 3 labels for 4 images"):
+        atk(m, X, torch.zeros(4, dtype=torch.long), target=torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="channels"):
+        atk(m, torch.rand(4, 1, 32, 32), torch.zeros(4, dtype=torch.long), target=torch.ones(4, dtype=torch.long))
+    # a python int means that class for every image
+    out = atk(m, X, 0, target=1)
+    assert out.shape == X.shape

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import rng
+from .._validate import validate_inputs
 from .geometry import Geometry
 
 __all__ = ["pgd", "attack_loss", "PGDLoss", "default_step_size", "loss_and_grad", "keep_better"]
@@ -132,6 +133,9 @@ def pgd(
     Returns:
         The adversarial images, detached, same shape/dtype/device as ``x``.
     """
+    x, y = validate_inputs(model if hasattr(model, "input_shape") else None, x, y,
+                           num_classes=getattr(model, "num_classes", None), scan=False,
+                           allow_other_size=getattr(model, "allow_other_size", False))
     if steps < 0:
         raise ValueError(f"pgd steps must be >= 0, got {steps}")
     if not step_size > 0:

@@ -23,6 +23,7 @@ from typing import Any, Literal, Mapping
 import torch
 
 from .. import rng
+from .._validate import validate_inputs
 from . import _torchattacks
 from .geometry import make_geometry, parse_threat_model
 from .core import default_step_size, pgd
@@ -209,6 +210,11 @@ class Attack:
         if not self.needs_target and target is not None:
             raise ValueError(f"attack {self.name!r} takes no target"
                              + (" (it picks its target classes itself)" if self.spec.own_targets else ""))
+        k = getattr(model, "num_classes", None)
+        x, y = validate_inputs(model if hasattr(model, "input_shape") else None, x, y, num_classes=k, scan=False,
+                               allow_other_size=getattr(model, "allow_other_size", False))
+        if target is not None:
+            target = validate_inputs(None, x, target, scan=False, label_name="target")[1]
         if self.spec.backend == "ebmlens":
             return self._run_ours(model, x, y, target, generator)
         return self._run_torchattacks(model, x, y, target, generator)

@@ -105,10 +105,10 @@ def robust_accuracy(model: EnergyModel | str, data: ImageData | str, attack: Att
     with model.mode("eval"), amp:
         for xb, yb in data.batches(batch_size, idx, device=device):
             with torch.no_grad():
-                ok = model.logits(xb).argmax(1) == yb
+                ok = model(xb).argmax(1) == yb
             xa = attack(model, xb, yb, generator=generator)
             with torch.no_grad():
-                rob = model.logits(xa).argmax(1) == yb
+                rob = model(xa).argmax(1) == yb
             clean += int(ok.sum())
             robust += int((ok & rob).sum())
     return RobustAccuracy(len(idx), clean / len(idx), robust / len(idx), attack)

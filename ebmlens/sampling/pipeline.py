@@ -226,7 +226,7 @@ def _run_stage(stage, model, x, y, generator, steps: _Steps | None) -> torch.Ten
 @torch.no_grad()
 def _record(model, x, y, index: int, stage, t0: float, steps: _Steps | None) -> StageRecord:
     """The record pass: one no-grad forward at the point ``x``."""
-    logits = model.logits(x)
+    logits = model(x)  # unchecked: stages may leave [0, 1] between steps
     return StageRecord(stage=_stage_name(stage), index=index, energy=model.energy_from_logits(logits).cpu(),
                        joint_energy=model.joint_energy_from_logits(logits, y).cpu(),
                        seconds=time.perf_counter() - t0,

@@ -306,7 +306,7 @@ def _auto_batch_size(model, dev: torch.device, dtype: str, d: _dist.DistInfo) ->
         x = torch.rand(b, *m.input_shape, device=dev)
         y = torch.zeros(b, dtype=torch.long, device=dev)
         with autocast_context(dev, dtype):
-            energy_grad(lambda z: m.joint_energy(z, y), x)
+            energy_grad(lambda z: m.joint_energy_from_logits(m(z), y), x)
 
     size = auto_batch_size(model, unit, dev)
     if d.active:

@@ -40,12 +40,10 @@ __all__ = ["SGLD", "MomentumSGLD"]
 def _energy_fn(model, y: torch.Tensor, energy: str, keep: list | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x -> E(x, y)`` or ``E(x)``. With ``keep`` (a list), each call also leaves its logits in ``keep[0]``
     (detached; for the step callback): the same pass, ``joint_energy(x, y)`` computed from its logits."""
-    if keep is None:
-        return (lambda x: model.joint_energy(x, y)) if energy == "joint" else model.energy
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        logits = model.logits(x)
-        keep[:] = [logits.detach()]
+    def fn(x: torch.Tensor) -> torch.Tensor:  # unchecked passes: x may leave [0, 1] between steps
+        logits = model(x)
+        if keep is not None:
+            keep[:] = [logits.detach()]
         return model.joint_energy_from_logits(logits, y) if energy == "joint" else model.energy_from_logits(logits)
     return fn
 
