@@ -38,7 +38,7 @@ LAYERS: dict[str, set[str]] = {
     "_metrics_features": LEAF | {"energy", "data", "models"},
     "_metrics_math": LEAF,
     "analysis": LEAF | {"rng", "energy", "attacks", "data", "stats", "models", "_dist"},
-    "train": LEAF | {"rng", "energy", "attacks", "data", "stats", "models", "sampling", "analysis", "metrics"},
+    "train": LEAF | {"rng", "energy", "attacks", "data", "stats", "models", "sampling", "analysis", "metrics", "_perf"},
     "cli": {"*"},
     "_cli": {"*"},
     "__main__": {"cli"},
