@@ -38,7 +38,7 @@ LAYERS: dict[str, set[str]] = {
     "sampling": LEAF | {"rng", "energy", "attacks", "data", "stats", "_dist", "_perf"},
     "metrics": LEAF | {"rng", "energy", "attacks", "data", "models", "_dist"},
     "analysis": LEAF | {"rng", "energy", "attacks", "data", "stats", "models", "_dist"},
-    "train": LEAF | {"rng", "energy", "attacks", "data", "stats", "models", "sampling", "analysis", "metrics"},
+    "train": LEAF | {"rng", "energy", "attacks", "data", "stats", "models", "sampling", "analysis", "metrics", "_perf"},
     "cli": {"*"},
     "_cli": {"*"},
     "__main__": {"cli"},

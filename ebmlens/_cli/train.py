@@ -41,13 +41,29 @@ from ..cli import friendly_errors, main, parse_number
               help="robust-jem: buffer init (class Gaussians of the training set, as JEM++, or uniform noise).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt after a kill.")
 @friendly_errors
-def train_cmd(resume: bool, eps: str, attack_step_size: str | None, **kw) -> None:
+def train_cmd(resume: bool, eps: str, attack_step_size: str | None, objective: str, beta: float, buffer_size: int,
+              reinit_freq: float, gamma: float, sgld_steps: int, sgld_inner_steps: int, sgld_step_size: float,
+              sgld_noise: float, jem_init: str, **kw) -> None:
     """Train a classifier adversarially and evaluate clean/PGD accuracy each epoch."""
     from ..train import TrainConfig, train
 
     step = parse_number(attack_step_size) if attack_step_size is not None else None
-    cfg = TrainConfig(eps=parse_number(eps), attack_step_size=step, **kw)
+    obj = objective_from_flags(objective, beta=beta, buffer_size=buffer_size, reinit_freq=reinit_freq, gamma=gamma,
+                               sgld_steps=sgld_steps, sgld_inner_steps=sgld_inner_steps, sgld_step_size=sgld_step_size,
+                               sgld_noise=sgld_noise, init=jem_init)
+    cfg = TrainConfig(eps=parse_number(eps), attack_step_size=step, objective=obj, **kw)
     result = train(cfg, resume=resume, progress=True)
     final = result.final
     click.echo(f"done: {cfg.out} clean_acc={final.get('clean_acc', float('nan')):.4f} "
                f"robust_acc={final.get('robust_acc', float('nan')):.4f} (n={final.get('n')})")
+
+
+def objective_from_flags(name: str, **flags):
+    """``--objective NAME`` and its flags as an objective object (``--beta`` for TRADES/WEAT, the
+    robust-jem flags for ``RobustJEM``). Flags an objective has no use for are checked and ignored, as always."""
+    from ..train.objectives import RobustJEM, from_name
+
+    if not flags["beta"] >= 0:
+        raise ValueError(f"beta must be >= 0, got {flags['beta']}")
+    RobustJEM(**{k: v for k, v in flags.items() if k != "beta"})  # the robust-jem flags are checked for any objective
+    return from_name(name, **flags)

@@ -1,271 +1,252 @@
-"""Adversarial-training objectives as pure loss functions.
+"""Adversarial-training objectives: small frozen dataclasses with one call signature.
 
-Each objective is ``objective(model, x, y, attack, ...) -> loss`` (a scalar tensor with a graph to
-the model's parameters); an objective with state takes it in and returns it:
-``robust_jem(model, x, y, attack, buffer, ...) -> (loss, new_buffer)``. ``model`` is an
-:class:`~ebmlens.EnergyModel` taking pixels in [0, 1] and ``attack`` an :class:`AttackConfig`. Adversarial examples are generated with the model
-in eval mode (BatchNorm statistics untouched by the attack); the loss is computed in whatever mode
-the caller put the model in (the trainer uses train mode).
+An objective is an object with
+
+* ``objective(model, x, y, attack, state, *, generator=None) -> (loss, new_state)``: ``loss`` a
+  scalar tensor with a graph to the model's parameters, ``state`` what the objective carries from
+  step to step (``None`` for the stateless ones, returned unchanged; Robust JEM's replay buffer);
+* ``objective.init_state(model, *, generator=None, device=None) -> state``: the state of step 0;
+* ``objective.for_data(data, n=None) -> objective``: the objective with anything it draws from the
+  training set resolved (Robust JEM's ``init="gaussian"``: class Gaussians of the first ``n``
+  strided images); the stateless ones return themselves.
+
+So the trainer calls any objective, built-in or yours, with one line:
+
+>>> import torch
+>>> from ebmlens.energy import EnergyModel
+>>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+>>> model = EnergyModel(net, mean=(0.5,), std=(0.25,), num_classes=3)
+>>> x, y = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 2])
+>>> objective = Trades(beta=6.0)
+>>> state = objective.init_state(model)
+>>> loss, state = objective(model, x, y, AttackConfig("L2", 0.5, 2), state, generator=torch.Generator())
+>>> loss.shape, state
+(torch.Size([]), None)
+
+``model`` is an :class:`~ebmlens.EnergyModel` taking pixels in [0, 1] and ``attack`` an
+:class:`AttackConfig` (the attack stays an explicit argument: the trainer builds it from its
+``threat_model`` / ``eps`` / ``attack_steps`` / ``attack_step_size``). The losses themselves are
+pure functions, also exported here for your own loop: :func:`pgd_at`, :func:`trades`,
+:func:`weat_adv`, :func:`weat_nat`, :func:`standard` and :func:`robust_jem` (``(loss, new_buffer)``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields
+from typing import Any, Callable, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 
-from .. import rng
-from ..analysis.trades import trades_terms_from_logits
-from ..analysis.weat import weat_terms_from_logits
-from ..attacks import attack_loss, default_step_size, make_geometry, pgd
+from ._jem import init_replay_buffer, jempp_sgld, robust_jem
+from ._losses import (AttackConfig, _check_beta, adversarial_examples, attack_loss, pgd_at, standard, trades,
+                      trades_examples, weat_adv, weat_nat)
 
-__all__ = ["AttackConfig", "pgd_at", "trades", "trades_examples", "weat_adv", "weat_nat", "robust_jem",
-           "init_replay_buffer", "jempp_sgld", "standard",
-           "adversarial_examples", "OBJECTIVES"]
+__all__ = ["Objective", "Standard", "PGDAT", "Trades", "WeatAdv", "WeatNat", "RobustJEM", "from_name",
+           "objective_name", "objective_params", "AttackConfig", "pgd_at", "trades", "trades_examples", "weat_adv",
+           "weat_nat", "robust_jem", "init_replay_buffer", "jempp_sgld", "standard", "adversarial_examples",
+           "attack_loss", "OBJECTIVES", "OBJECTIVE_TYPES"]
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """What the trainer calls (see the module docstring)."""
+
+    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, state: Any = None, *,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, Any]: ...
+
+    def init_state(self, model, *, generator: torch.Generator | None = None, device=None) -> Any: ...
+
+
+class _Stateless:
+    """Calls ``self.function(model, x, y, attack, generator=..., **self.kwargs())``; state stays ``None``."""
+
+    name: ClassVar[str]
+    function: ClassVar[Callable[..., torch.Tensor]]
+
+    def kwargs(self) -> dict:
+        """The keyword arguments this objective passes to its loss function."""
+        return {}
+
+    def __call__(self, model, x, y, attack, state=None, *, generator=None):
+        return type(self).function(model, x, y, attack, generator=generator, **self.kwargs()), state
+
+    def init_state(self, model, *, generator=None, device=None):
+        return None
+
+    def for_data(self, data, n: int | None = None):
+        return self
 
 
 @dataclass(frozen=True)
-class AttackConfig:
-    """The training attack.
+class Standard(_Stateless):
+    """Plain cross-entropy on natural images (:func:`standard`; a non-robust baseline)."""
 
-    Attributes:
-        threat_model: ``"L2"`` or ``"Linf"``.
-        eps: radius in [0, 1] pixel units (L2 0.5 or Linf 8/255 are the usual choices).
-        steps: PGD steps.
-        step_size: PGD step; ``None`` means ``2.5 * eps / steps`` (Madry et al.'s rule).
-        random_start: start from a random point of the ball.
-    """
+    name: ClassVar[str] = "standard"
+    function: ClassVar = staticmethod(standard)
 
-    threat_model: Literal["L2", "Linf"] = "L2"
-    eps: float = 0.5
-    steps: int = 10
-    step_size: float | None = None
-    random_start: bool = True
+
+@dataclass(frozen=True)
+class PGDAT(_Stateless):
+    """PGD adversarial training (:func:`pgd_at`): ``mean CE(f(x*), y)``, ``x* = PGD(x, y)``."""
+
+    name: ClassVar[str] = "pgd-at"
+    function: ClassVar = staticmethod(pgd_at)
+
+
+@dataclass(frozen=True)
+class _BetaObjective(_Stateless):
+    beta: float = 6.0
 
     def __post_init__(self) -> None:
-        if self.threat_model not in ("L2", "Linf"):
-            raise ValueError(f"threat_model must be 'L2' or 'Linf', got {self.threat_model!r}")
-        if not self.eps > 0:
-            raise ValueError(f"eps must be > 0, got {self.eps}")
-        if int(self.steps) < 1:
-            raise ValueError(f"attack steps must be >= 1, got {self.steps}")
-        if self.step_size is not None and not self.step_size > 0:
-            raise ValueError(f"step_size must be > 0, got {self.step_size}")
+        _check_beta(self.name, self.beta)
 
-    @property
-    def alpha(self) -> float:
-        return float(self.step_size) if self.step_size is not None else default_step_size(self.eps, self.steps)
+    def kwargs(self) -> dict:
+        return {"beta": float(self.beta)}
 
 
-def adversarial_examples(model, x, y, attack: AttackConfig, *, loss="ce", generator=None, x_ref=None) -> torch.Tensor:
-    """Untargeted PGD examples for training, made with the model in eval mode (mode restored)."""
-    geom = make_geometry(attack.threat_model, attack.eps)
-    with model.mode("eval"):
-        return pgd(model, x, y, geom, attack.steps, attack.alpha, loss=loss,
-                   random_start=attack.random_start, generator=generator, x0=x_ref)
+@dataclass(frozen=True)
+class Trades(_BetaObjective):
+    """TRADES (:func:`trades`): ``CE(f(x), y) + beta * KL(p(.|x) || p(.|x*))``; beta 6."""
+
+    name: ClassVar[str] = "trades"
+    function: ClassVar = staticmethod(trades)
 
 
-def pgd_at(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, generator=None) -> torch.Tensor:
-    """PGD adversarial training (Madry et al., ICLR 2018).
+@dataclass(frozen=True)
+class WeatAdv(_BetaObjective):
+    """WEAT-adv (:func:`weat_adv`): energy-weighted TRADES with the adversarial CE; beta 6."""
 
-    ``min_theta E_(x,y) [ max_{||d|| <= eps} CE(f(x + d), y) ]`` with the inner max by PGD:
-    ``loss = mean_i CE(f(x*_i), y_i)``, ``x* = PGD(x, y)``.
-    Defaults (BRIEF): L2 eps 0.5, step 0.1, 10 steps; Linf eps 8/255, step 2/255, 10 steps.
+    name: ClassVar[str] = "weat-adv"
+    function: ClassVar = staticmethod(weat_adv)
+
+
+@dataclass(frozen=True)
+class WeatNat(_BetaObjective):
+    """WEAT-nat (:func:`weat_nat`): energy-weighted TRADES with the natural CE; beta 6."""
+
+    name: ClassVar[str] = "weat-nat"
+    function: ClassVar = staticmethod(weat_nat)
+
+
+@dataclass(frozen=True)
+class RobustJEM:
+    """Robust JEM (:func:`robust_jem`): ``CE(f(x*), y) + gamma * (mean E(x) - mean E(x~))``; the state
+    is the replay buffer ``(buffer_size, C, H, W)``.
+
+    Attributes (JEM++'s defaults):
+        gamma: weight of the generative term (1).
+        reinit_freq: fraction of chains restarted from ``init`` each step (0.05).
+        buffer_size: replay buffer size (10,000); at least the batch size.
+        sgld_steps, sgld_inner_steps, sgld_step_size, sgld_noise: the sampler, :func:`jempp_sgld`
+            (M = 10 outer x N = 5 inner steps, step 0.1 in [0, 1] pixels, no noise, clip 2).
+        init: the buffer's initializer and restarts: ``"gaussian"`` (JEM++: class Gaussians of the
+            training images, resolved by :meth:`for_data`), ``"uniform"`` (JEM's noise) or any
+            initializer ``init(model, y, *, generator) -> x``.
+        sampling_mode: BatchNorm mode of the SGLD chains (``"train"``, as JEM++).
     """
-    x_adv = adversarial_examples(model, x, y, attack, generator=generator)
-    return F.cross_entropy(model.logits(x_adv).float(), y)
+
+    name: ClassVar[str] = "robust-jem"
+    gamma: float = 1.0
+    reinit_freq: float = 0.05
+    buffer_size: int = 10000
+    sgld_steps: int = 10
+    sgld_inner_steps: int = 5
+    sgld_step_size: float = 0.1
+    sgld_noise: float = 0.0
+    init: Any = "gaussian"
+    sampling_mode: Literal["train", "eval"] = "train"
+
+    def __post_init__(self) -> None:
+        for k in ("buffer_size", "sgld_steps", "sgld_inner_steps"):
+            if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1):
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)!r} (an int)")
+        if not 0 <= self.reinit_freq <= 1:
+            raise ValueError(f"reinit_freq must be in [0, 1], got {self.reinit_freq}")
+        if not (self.gamma >= 0 and self.sgld_step_size > 0 and self.sgld_noise >= 0):
+            raise ValueError(f"need gamma >= 0, sgld_step_size > 0, sgld_noise >= 0; got {self.gamma}, "
+                             f"{self.sgld_step_size}, {self.sgld_noise}")
+        if isinstance(self.init, str) and self.init not in ("gaussian", "uniform"):
+            raise ValueError(f"init must be 'gaussian', 'uniform' or an initializer, got {self.init!r}")
+        if not (isinstance(self.init, str) or callable(self.init)):
+            raise TypeError(f"init must be 'gaussian', 'uniform' or an initializer, got {type(self.init).__name__}")
+        if self.sampling_mode not in ("train", "eval"):
+            raise ValueError(f"sampling_mode must be 'train' or 'eval', got {self.sampling_mode!r}")
+
+    def sampler(self):
+        """The SGLD stage of the generative term (:func:`jempp_sgld` with this object's settings)."""
+        return jempp_sgld(steps=self.sgld_steps, inner_steps=self.sgld_inner_steps, step_size=self.sgld_step_size,
+                          noise=self.sgld_noise)
+
+    def initializer(self):
+        """The initializer of the buffer and of restarted chains (after :meth:`for_data` for ``"gaussian"``)."""
+        if self.init == "gaussian":
+            raise ValueError("RobustJEM(init='gaussian') draws from the training set's class Gaussians: call "
+                             ".for_data(train_data) first, or pass init='uniform' or an initializer")
+        if self.init == "uniform":
+            from ..sampling.init import NoiseInit
+
+            return NoiseInit("uniform")
+        return self.init
+
+    def for_data(self, data, n: int | None = None) -> "RobustJEM":
+        """``init="gaussian"`` resolved to :class:`~ebmlens.sampling.GaussianInit` on the class
+        statistics of ``data`` (its first ``n`` strided images; all when ``n`` is None)."""
+        if self.init != "gaussian":
+            return self
+        from dataclasses import replace
+
+        from ..sampling.init import GaussianInit
+        from ..stats import class_stats
+
+        return replace(self, init=GaussianInit(class_stats(data, n=n if n is not None and n < len(data) else None)))
+
+    def init_state(self, model, *, generator=None, device=None) -> torch.Tensor:
+        return init_replay_buffer(model, self.buffer_size, init=self.initializer(), generator=generator, device=device)
+
+    def kwargs(self) -> dict:
+        return {"gamma": self.gamma, "reinit_freq": self.reinit_freq, "sgld": self.sampler(),
+                "init": self.initializer(), "sampling_mode": self.sampling_mode}
+
+    def __call__(self, model, x, y, attack, state=None, *, generator=None):
+        return robust_jem(model, x, y, attack, state, generator=generator, **self.kwargs())
 
 
-def trades_examples(model, x: torch.Tensor, attack: AttackConfig, *, generator=None) -> torch.Tensor:
-    """TRADES' inner maximization: ``x* = argmax_{x' in ball(x)} KL(p(.|x) || p(.|x'))`` by PGD.
+OBJECTIVE_TYPES: dict[str, type] = {t.name: t for t in (PGDAT, Trades, Standard, WeatAdv, WeatNat, RobustJEM)}
 
-    Starts from ``x + 0.001 N(0, I)`` (clamped to [0, 1]), steps in the attack's geometry, eval mode
-    (mode restored), ``p(.|x)`` fixed. The same examples serve TRADES and both WEAT objectives.
+# the pure loss functions by name (as before objectives were objects)
+OBJECTIVES = {"pgd-at": pgd_at, "trades": trades, "standard": standard, "weat-adv": weat_adv,
+              "weat-nat": weat_nat, "robust-jem": robust_jem}
+
+
+def from_name(name: str, **params) -> Objective:
+    """The objective called ``name`` (``"pgd-at"``, ``"trades"``, ...) with ``params`` it accepts.
+
+    >>> from_name("trades", beta=3)
+    Trades(beta=3)
     """
-    geom = make_geometry(attack.threat_model, attack.eps)
-    with model.mode("eval"):
-        with torch.no_grad():
-            logits_nat = model.logits(x)
-        start = (x + 0.001 * rng.randn(generator, x.shape[0], x.shape[1:], device=x.device)).clamp(0, 1)
+    if name not in OBJECTIVE_TYPES:
+        import difflib
 
-        def kl_loss(logits, _y):
-            return trades_terms_from_logits(logits_nat, logits).kl
-
-        return pgd(model, start, logits_nat.argmax(1), geom, attack.steps, attack.alpha, loss=kl_loss, x0=x)
-
-
-def _check_beta(name: str, beta: float) -> None:
-    if not (isinstance(beta, (int, float)) and beta >= 0):
-        raise ValueError(f"{name} beta must be a number >= 0, got {beta!r}")
+        close = difflib.get_close_matches(str(name), list(OBJECTIVE_TYPES))
+        raise ValueError(f"unknown objective {name!r}" + (f"; did you mean {close[0]}?" if close else "")
+                         + f" Choices: {', '.join(sorted(OBJECTIVE_TYPES))}")
+    cls = OBJECTIVE_TYPES[name]
+    accepted = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in params.items() if k in accepted})
 
 
-def trades(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, beta: float = 6.0, generator=None) -> torch.Tensor:
-    """TRADES (Zhang et al., ICML 2019).
-
-    ``loss = mean_i CE(f(x_i), y_i) + beta * mean_i KL(p(.|x_i) || p(.|x*_i))`` where ``x*``
-    maximizes the KL term (:func:`trades_examples`: KL-PGD from ``x + 0.001 N(0, I)``).
-    Both terms are computed in energies by :func:`ebmlens.analysis.trades_terms_from_logits`:
-    ``CE = E(x, y) - E(x)``, ``KL = sum_k p(k|x) [E(x*, k) - E(x, k)] + E(x) - E(x*)``.
-    Defaults (TRADES paper/code): beta 6; Linf eps 8/255, step 2/255, 10 KL-PGD steps.
-    """
-    _check_beta("TRADES", beta)
-    x_adv = trades_examples(model, x, attack, generator=generator)
-    return trades_terms_from_logits(model.logits(x), model.logits(x_adv), y).loss(beta)
+def objective_name(objective) -> str:
+    """The name an objective is recorded under (config.json's ``"objective"``)."""
+    return getattr(objective, "name", None) or type(objective).__name__
 
 
-def _weat(model, x, y, attack, kind: str, beta: float, generator) -> torch.Tensor:
-    _check_beta(f"WEAT-{kind}", beta)
-    x_adv = trades_examples(model, x, attack, generator=generator)
-    e_w = None
-    if not model.classifier.training:  # the weights come from a train-mode forward (BN buffers restored);
-        with torch.no_grad(), model.mode("train"):  # before the loss's forwards: restoring the buffers
-            e_w = -torch.logsumexp(model.logits(x).float(), dim=1)  # in place would break their graph
-    logits = model.logits(x)
-    logits_adv = model.logits(x_adv)
-    return weat_terms_from_logits(logits, logits_adv, y, energy_for_weights=e_w).loss(kind, beta)
+def objective_params(objective) -> dict:
+    """An objective's settings as JSON-able values (config.json's ``"objective_params"``)."""
+    try:
+        items = {f.name: getattr(objective, f.name) for f in fields(objective)}
+    except TypeError:  # not a dataclass
+        return {}
+    return {k: (v if v is None or isinstance(v, (bool, int, float, str)) else repr(v)) for k, v in items.items()}
 
 
-def weat_adv(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, beta: float = 6.0, generator=None) -> torch.Tensor:
-    """WEAT-adv: energy-weighted TRADES with the adversarial cross-entropy (Mirza et al., ECCV 2024).
-
-    ``loss = mean_i(w_i CE(f(x*_i), y_i)) + beta * mean_i(w_i KL(p(.|x_i) || p(.|x*_i)))``,
-    ``w_i = 1 / softplus(|E(x_i)|)`` (:func:`ebmlens.analysis.weat_weights`): marginal energy of the
-    natural input in train mode, detached, not normalized. ``x*`` from :func:`trades_examples`.
-    If the model is in eval mode, one extra no-grad train-mode forward gives the weights (the
-    model's mode and BatchNorm buffers are restored); in train mode (the trainer) the loss's own
-    forward of ``x`` gives them, as in the authors' code.
-
-    Defaults: ``beta = 6``: the authors' training script passes 6 to both WEAT losses, although
-    the ``WEAT_adv`` function's own default says 7. Their attack: TRADES KL-PGD, Linf eps 8/255,
-    step 2/255, 10 steps (``AttackConfig("Linf", 8/255, 10, 2/255)``); ResNet-18, SGD 0.1,
-    momentum 0.9, weight decay 5e-4, batch 128, 100 epochs, one-cycle (pct_start 0.25).
-    """
-    return _weat(model, x, y, attack, "adv", beta, generator)
-
-
-def weat_nat(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, beta: float = 6.0, generator=None) -> torch.Tensor:
-    """WEAT-nat: as :func:`weat_adv` with the cross-entropy on the natural input (Mirza et al., ECCV 2024).
-
-    ``loss = mean_i(w_i CE(f(x_i), y_i)) + beta * mean_i(w_i KL(p(.|x_i) || p(.|x*_i)))``,
-    ``w_i = 1 / softplus(|E(x_i)|)`` detached. Defaults as :func:`weat_adv` (beta 6, the code's value).
-    """
-    return _weat(model, x, y, attack, "nat", beta, generator)
-
-
-def init_replay_buffer(model, size: int, *, init=None, generator=None, device=None) -> torch.Tensor:
-    """A JEM replay buffer of ``size`` images ``(size, C, H, W)`` in [0, 1], drawn from ``init``.
-
-    ``init``: any initializer ``init(model, y, *, generator) -> x`` (default
-    :class:`~ebmlens.sampling.NoiseInit` uniform, JEM's buffer; JEM++ uses
-    :class:`~ebmlens.sampling.GaussianInit` on the training set's class statistics), with labels
-    drawn uniformly from ``generator``.
-    """
-    if not (isinstance(size, int) and size >= 1):
-        raise ValueError(f"replay buffer size must be an int >= 1, got {size!r}")
-    from ..sampling.init import NoiseInit
-
-    y = rng.randint(generator, size, model.num_classes, device=device)
-    return (init or NoiseInit("uniform"))(model, y, generator=generator).detach().to(device)
-
-
-def jempp_sgld(steps: int = 10, inner_steps: int = 5, step_size: float = 0.1, noise: float = 0.0,
-               grad_clip: float | None = 2.0, energy: Literal["joint", "marginal"] = "marginal"):
-    """JEM++'s training sampler as an :class:`~ebmlens.sampling.SGLD` stage (pixels in [0, 1]).
-
-    JEM++ (Yang & Ji, ICCV 2021) trains with M = 10 outer x N = 5 inner steps, lr 0.2 on
-    gradients clipped to [-1, 1] in [-1, 1] pixel units, no noise; in [0, 1] units (see
-    :mod:`ebmlens.sampling.sgld`) that is ``step_size = 0.1``, ``grad_clip = 2``, ``noise = 0``.
-    Unconditional (``E(x)``) by default: JEM's generative term models ``p(x)``.
-    """
-    from ..sampling.sgld import SGLD
-
-    return SGLD(step_size=step_size, noise=noise, steps=steps, inner_steps=inner_steps, grad_clip=grad_clip,
-                energy=energy)
-
-
-def robust_jem(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, buffer: torch.Tensor, *,
-               generator=None, gamma: float = 1.0, reinit_freq: float = 0.05, sgld=None, init=None,
-               sampling_mode: Literal["train", "eval"] = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """Robust JEM: JEM++'s generative term with a replay buffer + adversarial cross-entropy
-    (Korst & Asadulaev, "Adversarial training improves joint energy-based generative modelling").
-
-    ``loss = mean_i CE(f(x*_i), y_i) + gamma * (mean_i E(x_i) - mean_j E(x~_j))``
-
-    * ``x* = PGD(x, y)`` (:func:`adversarial_examples`, eval mode), as in :func:`pgd_at`;
-    * ``x~ = SGLD(x~_0)`` with ``x~_0`` taken from ``buffer`` (``n`` distinct random entries), each
-      replaced with probability ``reinit_freq`` by a fresh draw of ``init``; the SGLD stage runs
-      with BatchNorm in ``sampling_mode`` (JEM++: train; running statistics restored afterwards);
-    * ``E(x) = -logsumexp f(x)``: the generative term ``E(x) - E(x~)`` is the gradient estimator of
-      ``-log p(x)`` (JEM, Grathwohl et al. 2020); ``x~`` is detached.
-
-    Pure: ``buffer`` is not modified; the returned buffer is a new tensor with the ``n`` sampled
-    entries replaced by ``x~`` (JEM's persistent chains).
-
-    Args:
-        buffer: ``(B, C, H, W)`` replay buffer in [0, 1], ``B >= N`` (:func:`init_replay_buffer`).
-        generator: a :class:`torch.Generator` (buffer indices are drawn for the whole batch).
-        gamma: weight of the generative term (1, as JEM/JEM++).
-        reinit_freq: fraction of chains restarted from ``init`` (JEM/JEM++: 0.05).
-        sgld: the sampler stage (default :func:`jempp_sgld`: M=10, N=5, step 0.1, clip 2, no noise).
-        init: initializer for restarts (default uniform noise; JEM++ uses GaussianInit).
-
-    Returns:
-        ``(loss, new_buffer)``.
-
-    Defaults: JEM++ buffer size 10,000, reinit 0.05, M=10, N=5; Robust JEM's attack: PGD Linf
-    eps 0.1 in [-1, 1] units (0.05 here), 15 steps (``AttackConfig("Linf", 0.05, 15)``).
-    """
-    from ..sampling.init import NoiseInit
-
-    if not isinstance(buffer, torch.Tensor) or buffer.dim() != x.dim() or buffer.shape[1:] != x.shape[1:]:
-        got = tuple(buffer.shape) if isinstance(buffer, torch.Tensor) else type(buffer).__name__
-        raise ValueError(f"replay buffer must be a tensor (B, {', '.join(map(str, x.shape[1:]))}), got {got}; "
-                         "make one with init_replay_buffer(model, size)")
-    n = x.shape[0]
-    if buffer.shape[0] < n:
-        raise ValueError(f"replay buffer holds {buffer.shape[0]} images, fewer than the batch of {n}")
-    if not 0 <= reinit_freq <= 1:
-        raise ValueError(f"reinit_freq must be in [0, 1], got {reinit_freq!r}")
-    if not (isinstance(gamma, (int, float)) and gamma >= 0):
-        raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
-    if sampling_mode not in ("train", "eval"):
-        raise ValueError(f"sampling_mode must be 'train' or 'eval', got {sampling_mode!r}")
-    if isinstance(generator, rng.SampleStreams):
-        raise TypeError("robust_jem draws replay-buffer indices for the whole batch: pass a torch.Generator")
-    sgld = sgld or jempp_sgld()
-    init = init or NoiseInit("uniform")
-
-    x_adv = adversarial_examples(model, x, y, attack, generator=generator)
-    gdev = generator.device if generator is not None else buffer.device
-    idx = torch.randperm(buffer.shape[0], generator=generator, device=gdev)[:n].to(buffer.device)
-    y_q = rng.randint(generator, n, model.num_classes, device=x.device)
-    restart = rng.rand(generator, n, (), device=x.device) < reinit_freq
-    x_start = torch.where(restart.view(-1, *([1] * (x.dim() - 1))), init(model, y_q, generator=generator).to(x.dtype),
-                          buffer[idx].to(x.device, x.dtype))
-    with model.mode(sampling_mode):
-        x_q = sgld(model, x_start, y_q, generator=generator).detach()
-    new_buffer = buffer.index_copy(0, idx, x_q.to(buffer.device, buffer.dtype))
-
-    ce = F.cross_entropy(model.logits(x_adv).float(), y)
-    e_data = model.energy_from_logits(model.logits(x))
-    e_model = model.energy_from_logits(model.logits(x_q))
-    return ce + gamma * (e_data.mean() - e_model.mean()), new_buffer
-
-
-def standard(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig | None = None, *, generator=None) -> torch.Tensor:
-    """Plain cross-entropy on natural images (a non-robust baseline)."""
-    return F.cross_entropy(model.logits(x).float(), y)
-
-
-OBJECTIVES = {
-    "pgd-at": pgd_at,
-    "trades": trades,
-    "standard": standard,
-    "weat-adv": weat_adv,
-    "weat-nat": weat_nat,
-    "robust-jem": robust_jem,
-}
-
-_ = attack_loss  # re-exported for users composing their own objectives
+_ = (adversarial_examples, trades_examples, attack_loss)  # re-exported

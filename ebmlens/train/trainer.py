@@ -6,126 +6,44 @@ RNG is neither used nor changed (the init runs under ``torch.random.fork_rng``).
 A run killed and resumed from ``last.pt`` therefore continues at the same step with the same
 numbers as an uninterrupted run (on the same device and thread count).
 
-Files in ``out``: ``last.pt`` (model, optimizer, scheduler, position; rewritten atomically every
-``checkpoint_every`` steps and at each epoch's end), ``epoch_NNN.pt`` (weights + metadata, read
-by :func:`ebmlens.analysis.dynamics` and ``file:`` loading), ``metrics.json`` (per-epoch clean and
-robust accuracy), ``config.json`` and, at the end, ``model.safetensors`` + ``model.json``.
+The objective is an object (:mod:`ebmlens.train.objectives`): each step is
+``loss, state = objective(model, x, y, cfg.attack, state, generator=g)``, whatever the objective.
+
+Files in ``out``: ``last.pt`` (model, optimizer, scheduler, position, objective state; rewritten
+atomically every ``checkpoint_every`` steps and at each epoch's end), ``epoch_NNN.pt`` (weights +
+metadata, read by :func:`ebmlens.analysis.dynamics` and ``file:`` loading), ``metrics.json``
+(per-epoch clean and robust accuracy), ``config.json`` (:meth:`TrainConfig.to_dict`) and, at the
+end, ``model.safetensors`` + ``model.json`` (see :mod:`ebmlens.train._checkpoint`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+import warnings
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
+from .._io import atomic_write_json
+from .._perf import autocast_context
 from ..attacks import default_step_size, make_geometry, pgd
 from ..data import ImageData, load_data
 from ..energy import EnergyModel
 from ..models.archs import get_arch
 from ..rng import sample_seed
-from . import objectives as O
+from . import _checkpoint as ckpt
+from ._config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate_accuracy", "build_model", "CIFAR10_MEAN", "CIFAR10_STD"]
 
 log = logging.getLogger(__name__)
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
-BETA_OBJECTIVES = ("trades", "weat-adv", "weat-nat")  # objectives that take ``beta=cfg.beta``
-STATEFUL_OBJECTIVES = ("robust-jem",)  # ``(loss, state) = objective(model, x, y, attack, state, ...)``
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a run depends on (saved as config.json; ``ebmlens train`` options map onto it)."""
-
-    data: str
-    out: str
-    arch: str = "resnet-small"
-    objective: str = "pgd-at"
-    threat_model: Literal["L2", "Linf"] = "L2"
-    eps: float = 0.5
-    attack_steps: int = 10
-    attack_step_size: float | None = None
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: Literal["onecycle", "cosine"] = "onecycle"
-    pct_start: float = 0.25
-    beta: float = 6.0
-    seed: int = 0
-    device: str = "cpu"
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    channels_last: bool = False
-    eval_n: int = 1000
-    eval_steps: int = 10
-    checkpoint_every: int = 100
-    max_train_images: int | None = None
-    mean: tuple[float, ...] = CIFAR10_MEAN
-    std: tuple[float, ...] = CIFAR10_STD
-    # robust-jem only (JEM++'s defaults; see ebmlens.train.objectives.robust_jem)
-    buffer_size: int = 10000
-    reinit_freq: float = 0.05
-    gamma: float = 1.0
-    sgld_steps: int = 10
-    sgld_inner_steps: int = 5
-    sgld_step_size: float = 0.1
-    sgld_noise: float = 0.0
-    jem_init: Literal["gaussian", "uniform"] = "gaussian"
-
-    def __post_init__(self) -> None:
-        if self.objective not in O.OBJECTIVES:
-            import difflib
-
-            close = difflib.get_close_matches(self.objective, list(O.OBJECTIVES))
-            raise ValueError(f"unknown objective {self.objective!r}"
-                             + (f"; did you mean {close[0]}?" if close else "")
-                             + f" Choices: {', '.join(sorted(O.OBJECTIVES))}")
-        get_arch(self.arch)  # raises with choices
-        if self.threat_model not in ("L2", "Linf"):
-            raise ValueError(f"threat_model must be 'L2' or 'Linf', got {self.threat_model!r}")
-        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
-            raise ValueError(f"eps must be > 0, got {self.eps}")
-        for name in ("epochs", "batch_size", "attack_steps", "checkpoint_every", "eval_steps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
-        if self.schedule not in ("onecycle", "cosine"):
-            raise ValueError(f"schedule must be 'onecycle' or 'cosine', got {self.schedule!r}")
-        if not self.beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
-        for name in ("buffer_size", "sgld_steps", "sgld_inner_steps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.reinit_freq <= 1:
-            raise ValueError(f"reinit_freq must be in [0, 1], got {self.reinit_freq}")
-        if not (self.gamma >= 0 and self.sgld_step_size > 0 and self.sgld_noise >= 0):
-            raise ValueError(f"need gamma >= 0, sgld_step_size > 0, sgld_noise >= 0; got {self.gamma}, "
-                             f"{self.sgld_step_size}, {self.sgld_noise}")
-        if self.jem_init not in ("gaussian", "uniform"):
-            raise ValueError(f"jem_init must be 'gaussian' or 'uniform', got {self.jem_init!r}")
-        if self.objective in STATEFUL_OBJECTIVES and self.buffer_size < self.batch_size:
-            raise ValueError(f"buffer_size {self.buffer_size} is smaller than batch_size {self.batch_size}")
-
-    @property
-    def attack(self) -> O.AttackConfig:
-        return O.AttackConfig(self.threat_model, float(self.eps), int(self.attack_steps), self.attack_step_size)
+AMP_DTYPES = {"none": None, "bf16": "bfloat16", "fp16": "float16"}  # TrainConfig.amp -> autocast_context
 
 
 @dataclass(frozen=True)
@@ -169,10 +87,8 @@ def _augment(xb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def _autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    """``amp`` (``"none"``, ``"bf16"``, ``"fp16"``) as :func:`ebmlens._perf.autocast_context`."""
+    return autocast_context(device, AMP_DTYPES[amp])
 
 
 @torch.no_grad()
@@ -197,16 +113,6 @@ def evaluate_accuracy(model: EnergyModel, data: ImageData, *, indices=None, thre
                            autocast=dtype).to_dict()
 
 
-def _save_weights_ckpt(model: EnergyModel, cfg: TrainConfig, path: Path, epoch: int, metrics: dict | None) -> None:
-    meta = {"arch": cfg.arch, "num_classes": model.num_classes, "class_names": model.class_names,
-            "mean": list(cfg.mean), "std": list(cfg.std), "input_shape": list(model.input_shape),
-            "epoch": epoch, "objective": cfg.objective, "threat_model": cfg.threat_model, "eps": cfg.eps,
-            "metrics": metrics or {}}
-    atomic_torch_save({"state_dict": model.classifier.state_dict(), "ebmlens_meta": meta}, path)
-
-
-
-
 def _check_data_path(spec: str) -> None:
     """Fail on a missing data path before anything is written to the run folder."""
     from ..data import parse_data_spec
@@ -218,36 +124,7 @@ def _check_data_path(spec: str) -> None:
                                     "point it at the CIFAR-10 archive or an npz/folder of images")
 
 
-def _objective_kwargs(cfg: TrainConfig, data: ImageData, n_train: int) -> dict:
-    """Keyword arguments of a stateful objective, built once per run."""
-    if cfg.objective != "robust-jem":
-        return {}
-    from ..sampling.init import GaussianInit, NoiseInit
-
-    if cfg.jem_init == "gaussian":  # JEM++'s informative init: class Gaussians of the training images
-        from ..stats import class_stats
-
-        init = GaussianInit(class_stats(data, n=n_train if n_train < len(data) else None))
-    else:
-        init = NoiseInit("uniform")
-    sgld = O.jempp_sgld(steps=cfg.sgld_steps, inner_steps=cfg.sgld_inner_steps, step_size=cfg.sgld_step_size,
-                        noise=cfg.sgld_noise)
-    return {"gamma": cfg.gamma, "reinit_freq": cfg.reinit_freq, "sgld": sgld, "init": init}
-
-
-def _initial_objective_state(cfg: TrainConfig, model: EnergyModel, device: torch.device, kwargs: dict):
-    """The state a stateful objective starts from (``None`` for the stateless ones); its own seed."""
-    if cfg.objective != "robust-jem":
-        return None
-    return O.init_replay_buffer(model, cfg.buffer_size, init=kwargs["init"], generator=_gen(cfg.seed, 2_000_003),
-                                device=device)
-
-
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[dict], None] = False,
-          objective_fn: Callable | None = None) -> TrainResult:
-    """Run (or resume) adversarial training described by ``cfg``; returns per-epoch metrics."""
-    _check_data_path(cfg.data)
-    out = Path(cfg.out)
+def _prepare_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write_test"
@@ -255,9 +132,51 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
         probe.unlink()
     except OSError as e:
         raise ValueError(f"output folder {str(out)!r} is not writable ({e}); choose another --out") from e
+
+
+def _optimizer(cfg: TrainConfig, model: EnergyModel, total: int):
+    """Nesterov SGD (no weight decay on biases and BatchNorm) and the one-cycle or cosine schedule."""
+    decay, no_decay = [], []
+    for p in model.classifier.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                          lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if cfg.schedule == "onecycle" and cfg.pct_start * total < 2:  # OneCycleLR divides by zero below that
+        raise ValueError(f"the one-cycle schedule needs pct_start * total steps >= 2, got {cfg.pct_start} * {total}; "
+                         "train longer, raise --max-train-images, or use --schedule cosine")
+    if cfg.schedule == "onecycle":
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+
+
+def _legacy_objective_fn(fn: Callable, objective) -> Callable:
+    """``train(objective_fn=fn)`` (deprecated): ``fn`` called as the named objective's loss function was."""
+    warnings.warn("train(objective_fn=...) is deprecated: pass TrainConfig(objective=<an objective object>) "
+                  "(ebmlens.train.objectives)", DeprecationWarning, stacklevel=3)
+    kwargs = objective.kwargs() if callable(getattr(objective, "kwargs", None)) else {}
+
+    def call(model, x, y, attack, state=None, *, generator=None):
+        if state is None:
+            return fn(model, x, y, attack, generator=generator, **kwargs), None
+        return fn(model, x, y, attack, state, generator=generator, **kwargs)
+
+    return call
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[dict], None] = False,
+          objective_fn: Callable | None = None) -> TrainResult:
+    """Run (or resume) adversarial training described by ``cfg``; returns per-epoch metrics.
+
+    ``progress``: ``True`` for a tqdm bar, or a callable given ``{"epoch", "step", "loss",
+    "images_per_s"}`` after each step. ``objective_fn`` is deprecated (use ``cfg.objective``).
+    """
+    _check_data_path(cfg.data)
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu")
+    _autocast(device, cfg.amp)  # an amp the device cannot run fails here, before anything is written
+    out = Path(cfg.out)
+    _prepare_out(out)
     train_data = load_data(cfg.data, "train")
     test_data = load_data(cfg.data, "test")  # folder:/npz: specs have no split: the same images
     n_train = len(train_data) if cfg.max_train_images is None else min(len(train_data), int(cfg.max_train_images))
@@ -278,128 +197,83 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
     if steps_per_epoch < 1:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n_train} training images")
     total = steps_per_epoch * cfg.epochs
-    decay, no_decay = [], []
-    for n_, p in model.classifier.named_parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                          lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    if cfg.schedule == "onecycle" and cfg.pct_start * total < 2:  # OneCycleLR divides by zero below that
-        raise ValueError(f"the one-cycle schedule needs pct_start * total steps >= 2, got {cfg.pct_start} * {total}; "
-                         "train longer, raise --max-train-images, or use --schedule cosine")
-    if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start)
-    else:
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    opt, sched = _optimizer(cfg, model, total)
     scaler = torch.amp.GradScaler("cuda") if (cfg.amp == "fp16" and device.type == "cuda") else None
-    objective = objective_fn or O.OBJECTIVES[cfg.objective]
-    obj_kwargs = _objective_kwargs(cfg, train_data, n_train)
-    state = _initial_objective_state(cfg, model, device, obj_kwargs)
+    objective = cfg.objective.for_data(train_data, n_train) if hasattr(cfg.objective, "for_data") else cfg.objective
+    state = objective.init_state(model, generator=_gen(cfg.seed, 2_000_003), device=device)  # its own seed
+    if objective_fn is not None:
+        objective = _legacy_objective_fn(objective_fn, objective)
 
-    epoch, step, history, epoch_loss_sum = 0, 0, [], 0.0
     last = out / "last.pt"
+    pos = ckpt.Position(state=state)
     if resume and last.exists():
-        ck = torch.load(last, map_location=device, weights_only=True)
-        saved_cfg = ck.get("config", {})
-        for k in ("arch", "objective", "epochs", "batch_size", "seed", "eps", "threat_model", "buffer_size"):
-            if k in saved_cfg and saved_cfg[k] != getattr(cfg, k):
-                raise ValueError(f"--resume: {k} was {saved_cfg[k]!r} in {last} but is {getattr(cfg, k)!r} now; "
-                                 "resume with the same settings or choose a new --out")
-        model.classifier.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        if scaler is not None and "scaler" in ck:
-            scaler.load_state_dict(ck["scaler"])
-        epoch, step, history = int(ck["epoch"]), int(ck["step"]), list(ck.get("history_json") and json.loads(ck["history_json"]) or [])
-        epoch_loss_sum = float(ck.get("epoch_loss_sum", 0.0))
-        if state is not None:
-            if ck.get("objective_state") is None:
-                raise ValueError(f"--resume: {last} holds no {cfg.objective} state (replay buffer); "
-                                 "it was written by another objective or an older ebmlens: choose a new --out")
-            state = ck["objective_state"].to(device)
-        log.info("resumed from %s at epoch %d step %d", last, epoch, step)
+        pos = ckpt.resume(last, cfg, model, opt, sched, scaler, state, device)
     elif resume:
         log.info("--resume given but %s does not exist; starting fresh", last)
-    atomic_write_json(out / "config.json", asdict(cfg))
-
-    def save_last(e: int, s: int, loss_so_far: float = 0.0) -> None:
-        ck = {"state_dict": model.classifier.state_dict(), "optimizer": opt.state_dict(),
-              "scheduler": sched.state_dict(), "epoch": e, "step": s, "config": asdict(cfg),
-              "history_json": json.dumps(history), "epoch_loss_sum": loss_so_far, "objective_state": state}
-        if scaler is not None:
-            ck["scaler"] = scaler.state_dict()
-        atomic_torch_save(ck, last)
+    atomic_write_json(out / "config.json", cfg.to_dict())
 
     report = progress if callable(progress) else None
     bar = None
     if progress is True:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, initial=epoch * steps_per_epoch + step, unit="batch", dynamic_ncols=True)
+        bar = tqdm(total=total, initial=pos.epoch * steps_per_epoch + pos.step, unit="batch", dynamic_ncols=True)
     attack = cfg.attack
-    while epoch < cfg.epochs:
-        perm = torch.from_numpy(train_idx)[torch.randperm(n_train, generator=_gen(cfg.seed, epoch))]
+    while pos.epoch < cfg.epochs:
+        perm = torch.from_numpy(train_idx)[torch.randperm(n_train, generator=_gen(cfg.seed, pos.epoch))]
         model.classifier.train()
-        t0, seen, loss_sum = time.perf_counter(), 0, epoch_loss_sum  # loss_sum carries over a mid-epoch resume
-        epoch_loss_sum = 0.0
-        while step < steps_per_epoch:
-            g = _gen(cfg.seed, epoch, step + 1_000_003)
-            b = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size].numpy()
+        t0, seen, loss_sum = time.perf_counter(), 0, pos.epoch_loss_sum  # carries over a mid-epoch resume
+        while pos.step < steps_per_epoch:
+            g = _gen(cfg.seed, pos.epoch, pos.step + 1_000_003)
+            b = perm[pos.step * cfg.batch_size:(pos.step + 1) * cfg.batch_size].numpy()
             xb = _augment(train_data.tensor(b), g).to(device)
             yb = train_data.label_tensor(b, device)
             if cfg.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with _autocast(device, cfg.amp):
-                if cfg.objective in STATEFUL_OBJECTIVES:  # objectives that carry state (a replay buffer)
-                    loss, state = objective(model, xb, yb, attack, state, generator=g, **obj_kwargs)
-                elif cfg.objective in BETA_OBJECTIVES:
-                    loss = objective(model, xb, yb, attack, beta=cfg.beta, generator=g)
-                else:
-                    loss = objective(model, xb, yb, attack, generator=g)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            sched.step()
-            step += 1
+                loss, pos.state = objective(model, xb, yb, attack, pos.state, generator=g)
+            _optimizer_step(loss, opt, sched, scaler)
+            pos.step += 1
             seen += len(b)
             loss_sum += float(loss.detach())
             ips = seen / max(time.perf_counter() - t0, 1e-9)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / step if step else 0:.3f}", img_s=f"{ips:.0f}")
+                bar.set_postfix(epoch=pos.epoch + 1, loss=f"{loss_sum / pos.step:.3f}", img_s=f"{ips:.0f}")
             if report is not None:
-                report({"epoch": epoch, "step": step, "loss": float(loss.detach()), "images_per_s": ips})
-            if step % cfg.checkpoint_every == 0 and step < steps_per_epoch:
-                save_last(epoch, step, loss_sum)
+                report({"epoch": pos.epoch, "step": pos.step, "loss": float(loss.detach()), "images_per_s": ips})
+            if pos.step % cfg.checkpoint_every == 0 and pos.step < steps_per_epoch:
+                pos.epoch_loss_sum = loss_sum
+                ckpt.save_last(last, cfg, model, opt, sched, scaler, pos)
         metrics = evaluate_accuracy(model, test_data, indices=eval_idx, threat_model=cfg.threat_model, eps=cfg.eps,
                                     steps=cfg.eval_steps, device=device, amp=cfg.amp)
-        metrics.update(epoch=epoch + 1, train_loss=loss_sum / max(steps_per_epoch, 1), lr=sched.get_last_lr()[0])
-        history.append(metrics)
-        log.info("epoch %d: clean %.4f robust %.4f", epoch + 1, metrics["clean_acc"], metrics["robust_acc"])
+        metrics.update(epoch=pos.epoch + 1, train_loss=loss_sum / max(steps_per_epoch, 1), lr=sched.get_last_lr()[0])
+        pos.history.append(metrics)
+        log.info("epoch %d: clean %.4f robust %.4f", pos.epoch + 1, metrics["clean_acc"], metrics["robust_acc"])
         if bar is not None:
-            bar.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {metrics['train_loss']:.4f} clean acc {metrics['clean_acc']:.4f} "
-                      f"robust acc {metrics['robust_acc']:.4f} (n={metrics['n']}, PGD-{cfg.threat_model} eps {cfg.eps})")
-        _save_weights_ckpt(model, cfg, out / f"epoch_{epoch + 1:03d}.pt", epoch + 1, metrics)
-        epoch, step = epoch + 1, 0
-        save_last(epoch, step)
-        atomic_write_json(out / "metrics.json", history)
+            bar.write(f"epoch {pos.epoch + 1}/{cfg.epochs}: loss {metrics['train_loss']:.4f} clean acc "
+                      f"{metrics['clean_acc']:.4f} robust acc {metrics['robust_acc']:.4f} (n={metrics['n']}, "
+                      f"PGD-{cfg.threat_model} eps {cfg.eps})")
+        ckpt.save_weights(model, cfg, out / f"epoch_{pos.epoch + 1:03d}.pt", pos.epoch + 1, metrics)
+        pos.epoch, pos.step, pos.epoch_loss_sum = pos.epoch + 1, 0, 0.0
+        ckpt.save_last(last, cfg, model, opt, sched, scaler, pos)
+        atomic_write_json(out / "metrics.json", pos.history)
     if bar is not None:
         bar.close()
-    _export(model, cfg, out, history)
-    return TrainResult(str(out), history)
+    ckpt.export(model, cfg, out, pos.history)
+    return TrainResult(str(out), pos.history)
 
 
-def _export(model: EnergyModel, cfg: TrainConfig, out: Path, history: list) -> None:
-    atomic_save_safetensors(model.classifier.state_dict(), out / "model.safetensors")
-    meta = {"arch": cfg.arch, "num_classes": model.num_classes, "class_names": model.class_names,
-            "mean": list(cfg.mean), "std": list(cfg.std), "input_shape": list(model.input_shape),
-            "threat_model": cfg.threat_model, "eps": cfg.eps, "config": asdict(cfg),
-            "final_metrics": history[-1] if history else {}}
-    atomic_write_json(out / "model.json", meta)
+def _optimizer_step(loss: torch.Tensor, opt, sched, scaler) -> None:
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+    sched.step()
 
 
 def config_fields() -> list[str]:

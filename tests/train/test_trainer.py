@@ -1,19 +1,25 @@
 """The trainer: every objective trains; resume after a kill equals an uninterrupted run; bad input."""
 
+import json
 import math
+import warnings
 from dataclasses import replace
 
 import pytest
 import torch
 
 from ebmlens.train import TrainConfig, train
+from ebmlens.train import objectives as O
+
+TINY_JEM = O.RobustJEM(buffer_size=32, sgld_steps=2, sgld_inner_steps=2, init="uniform")
 
 
 def _cfg(spec, out, **kw):
     base = dict(data=spec, out=str(out), arch="convnet-small", objective="pgd-at", eps=0.25, attack_steps=1,
-                epochs=2, batch_size=16, lr=0.05, max_train_images=64, eval_n=16, eval_steps=1,
-                checkpoint_every=100, buffer_size=32, sgld_steps=2, sgld_inner_steps=2, jem_init="uniform")
+                epochs=2, batch_size=16, lr=0.05, max_train_images=64, eval_n=16, eval_steps=1, checkpoint_every=100)
     base.update(kw)
+    if base["objective"] == "robust-jem":
+        base["objective"] = TINY_JEM
     return TrainConfig(**base)
 
 
@@ -90,7 +96,14 @@ def test_bad_config():
         with pytest.raises(ValueError, match="eps must be > 0"):
             TrainConfig(data="x", out="y", eps=eps)
     with pytest.raises(ValueError, match="buffer_size 8 is smaller than batch_size 16"):
+        TrainConfig(data="x", out="y", objective=O.RobustJEM(buffer_size=8), batch_size=16)
+    with pytest.raises(ValueError, match="buffer_size 8 is smaller than batch_size 16"), \
+            pytest.warns(DeprecationWarning):
         TrainConfig(data="x", out="y", objective="robust-jem", buffer_size=8, batch_size=16)
+    with pytest.raises(ValueError, match="pass it to the objective object"):
+        TrainConfig(data="x", out="y", objective=O.Trades(3.0), beta=6.0)
+    with pytest.raises(TypeError, match="objective must be a name"):
+        TrainConfig(data="x", out="y", objective=42)
 
 
 def test_too_short_for_one_cycle(tiny_spec, tmp_path):
@@ -103,8 +116,9 @@ def test_init_follows_the_seed_and_leaves_global_rng_alone(tiny_spec, tmp_path):
     state = torch.get_rng_state()
     a = train(_cfg(tiny_spec, tmp_path / "a", objective="standard"))
     assert torch.equal(torch.get_rng_state(), state)
-    torch.manual_seed(123)  # another global state must not matter
-    b = train(_cfg(tiny_spec, tmp_path / "b", objective="standard"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)  # another global state must not matter
+        b = train(_cfg(tiny_spec, tmp_path / "b", objective="standard"))
     c = train(_cfg(tiny_spec, tmp_path / "c", objective="standard", seed=1))
     sd = {k: torch.load(tmp_path / k / "last.pt", weights_only=True)["state_dict"] for k in "abc"}
     assert all(torch.equal(sd["a"][k], sd["b"][k]) for k in sd["a"])
@@ -128,17 +142,18 @@ def test_unwritable_out(tiny_spec, tmp_path):
 def test_robust_jem_gaussian_init_from_training_images(tiny_spec, tmp_path, monkeypatch):
     from ebmlens.data import load_data
     from ebmlens.sampling import GaussianInit
-    from ebmlens.train import objectives as O
-    from ebmlens.train.trainer import _objective_kwargs, build_model
+    from ebmlens.train.trainer import build_model
 
     monkeypatch.setenv("EBMLENS_CACHE", str(tmp_path))
     data = load_data(tiny_spec, "train")
-    cfg = _cfg(tiny_spec, tmp_path / "run", objective="robust-jem", jem_init="gaussian")
-    kw = _objective_kwargs(cfg, data, 64)
-    assert isinstance(kw["init"], GaussianInit)
+    with pytest.raises(ValueError, match="for_data"):
+        O.RobustJEM().initializer()
+    objective = O.RobustJEM(sgld_steps=2, sgld_inner_steps=2).for_data(data, 64)
+    assert isinstance(objective.initializer(), GaussianInit)
+    kw = objective.kwargs()
     assert (kw["gamma"], kw["reinit_freq"], kw["sgld"].steps, kw["sgld"].inner_steps) == (1.0, 0.05, 2, 2)
     model = build_model("convnet-small", 4, input_shape=(3, 16, 16))
-    buf = O.init_replay_buffer(model, 256, init=kw["init"], generator=torch.Generator().manual_seed(0))
+    buf = replace(objective, buffer_size=256).init_state(model, generator=torch.Generator().manual_seed(0))
     # class Gaussians of the images, not uniform noise: each draw lies near one class mean
     x, y = data.tensor(), torch.as_tensor(data.labels)
     means = torch.stack([x[y == c].mean(0) for c in range(4)]).flatten(1)
@@ -147,3 +162,96 @@ def test_robust_jem_gaussian_init_from_training_images(tiny_spec, tmp_path, monk
         return float(torch.cdist(b.flatten(1), means).min(1).values.mean())
 
     assert dist(buf) < 6.0 < 8.0 < dist(torch.rand(256, 3, 16, 16))
+
+
+# the flat config.json of the trainer before objectives were objects (robust-jem fields included)
+OLD_KEYS = ["data", "out", "arch", "objective", "threat_model", "eps", "attack_steps", "attack_step_size", "epochs",
+            "batch_size", "lr", "momentum", "weight_decay", "schedule", "pct_start", "beta", "seed", "device", "amp",
+            "channels_last", "eval_n", "eval_steps", "checkpoint_every", "max_train_images", "mean", "std",
+            "buffer_size", "reinit_freq", "gamma", "sgld_steps", "sgld_inner_steps", "sgld_step_size", "sgld_noise",
+            "jem_init"]
+
+
+@pytest.mark.parametrize("name,cls", [("standard", O.Standard), ("pgd-at", O.PGDAT), ("trades", O.Trades),
+                                      ("weat-adv", O.WeatAdv), ("weat-nat", O.WeatNat), ("robust-jem", O.RobustJEM)])
+def test_names_map_onto_objects_and_the_json_keeps_its_keys(name, cls):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a name (and beta) is not deprecated; only the robust-jem fields are
+        cfg = TrainConfig(data="x", out="y", objective=name, beta=3.0)
+    assert type(cfg.objective) is cls and cfg.beta is None
+    assert getattr(cfg.objective, "beta", 3.0) == 3.0
+    d = cfg.to_dict()
+    assert list(d)[:len(OLD_KEYS)] == OLD_KEYS and d["objective"] == name
+    assert d["beta"] == (3.0 if name in ("trades", "weat-adv", "weat-nat") else 6.0)
+    assert (d["buffer_size"], d["gamma"], d["jem_init"]) == (10000, 1.0, "gaussian")
+    assert TrainConfig.from_dict(json.loads(json.dumps(d))) == cfg
+    assert TrainConfig(data="x", out="y", objective=cls()) == TrainConfig(data="x", out="y", objective=name)
+
+
+def test_robust_jem_fields_are_deprecated_but_work():
+    with pytest.warns(DeprecationWarning, match="objective=RobustJEM"):
+        cfg = TrainConfig(data="x", out="y", objective="robust-jem", buffer_size=64, gamma=0.5, jem_init="uniform",
+                          sgld_steps=3, batch_size=16)
+    assert cfg.objective == O.RobustJEM(buffer_size=64, gamma=0.5, init="uniform", sgld_steps=3)
+    d = cfg.to_dict()
+    assert (d["buffer_size"], d["gamma"], d["jem_init"], d["sgld_steps"]) == (64, 0.5, "uniform", 3)
+    assert d["objective_params"]["buffer_size"] == 64
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="reinit_freq"):
+        TrainConfig(data="x", out="y", objective="pgd-at", reinit_freq=2.0)  # checked for any objective, as before
+
+
+def test_old_config_json_and_the_bundled_training_config_load():
+    from ebmlens.models.bundled import bundled_dir
+
+    configs = [(p, json.loads(p.read_text()).get("training_config")) for p in sorted(bundled_dir().glob("*.json"))]
+    assert any(old for _, old in configs)
+    for path, old in configs:
+        if not old:
+            continue
+        cfg = TrainConfig.from_dict(old)
+        assert type(cfg.objective) is O.PGDAT if old["objective"] == "pgd-at" else cfg.objective_name == old["objective"]
+        new = cfg.to_dict()
+        assert all(new[k] == v for k, v in old.items()), path.name  # same keys, same values (and more keys)
+    old = {k: v for k, v in _cfg("npz:x", "y").to_dict().items() if k != "objective_params"}
+    old.update(objective="robust-jem", buffer_size=48, jem_init="uniform", gamma=0.25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = TrainConfig.from_dict(old)
+    assert cfg.objective == O.RobustJEM(buffer_size=48, init="uniform", gamma=0.25)
+
+
+def test_resume_from_a_checkpoint_of_the_previous_trainer(tiny_spec, tmp_path):
+    cfg = _cfg(tiny_spec, tmp_path / "run", objective="robust-jem", epochs=1, schedule="cosine", checkpoint_every=1)
+
+    def killer(r):
+        if r["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=killer)
+    last = tmp_path / "run" / "last.pt"
+    ck = torch.load(last, weights_only=True)
+    # what the previous trainer wrote: asdict(TrainConfig) with the flat robust-jem fields, no objective_params
+    ck["config"] = {k: v for k, v in ck["config"].items() if k != "objective_params"}
+    torch.save(ck, last)
+    steps = []
+    res = train(cfg, resume=True, progress=lambda r: steps.append(r["step"]))
+    assert steps == [3, 4] and res.final["epoch"] == 1
+    with pytest.raises(ValueError, match="buffer_size was 32"):
+        train(replace(cfg, objective=replace(TINY_JEM, buffer_size=48)), resume=True)
+
+
+def test_a_custom_objective_object_needs_no_trainer_edit(tiny_spec, tmp_path):
+    calls = []
+
+    class CountingCE:
+        def init_state(self, model, *, generator=None, device=None):
+            return torch.zeros(())
+
+        def __call__(self, model, x, y, attack, state, *, generator=None):
+            calls.append(int(state))
+            return torch.nn.functional.cross_entropy(model.logits(x), y), state + 1
+
+    res = train(_cfg(tiny_spec, tmp_path, objective=CountingCE(), epochs=1, schedule="cosine"))
+    assert calls == [0, 1, 2, 3] and res.final["epoch"] == 1
+    assert json.loads((tmp_path / "config.json").read_text())["objective"] == "CountingCE"

@@ -1,0 +1,109 @@
+"""The trainer's files: ``last.pt`` (write and resume), ``epoch_NNN.pt``, ``model.safetensors`` + ``model.json``.
+
+``last.pt`` = ``{"state_dict", "optimizer", "scheduler", ["scaler"], "epoch", "step", "config" (config.json's
+dict), "history_json", "epoch_loss_sum", "objective_state"}`` (the objective's state: ``None`` or a tensor,
+Robust JEM's replay buffer), written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import atomic_save_safetensors, atomic_torch_save, atomic_write_json
+from ._config import TrainConfig
+
+__all__ = ["Position", "save_last", "resume", "save_weights", "export"]
+
+log = logging.getLogger(__name__)
+
+# settings a resumed run must share with the run that wrote last.pt (buffer_size: stateful objectives only)
+RESUME_KEYS = ("arch", "objective", "epochs", "batch_size", "seed", "eps", "threat_model", "buffer_size")
+
+
+@dataclass
+class Position:
+    """Where a run stands: the next step of ``epoch``, the history so far, the loss summed over the
+    epoch's steps done (a mid-epoch resume carries it) and the objective's state."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
+    epoch_loss_sum: float = 0.0
+    state: Any = None
+
+
+def save_last(path: Path, cfg: TrainConfig, model, opt, sched, scaler, pos: Position) -> None:
+    ck = {"state_dict": model.classifier.state_dict(), "optimizer": opt.state_dict(),
+          "scheduler": sched.state_dict(), "epoch": pos.epoch, "step": pos.step, "config": cfg.to_dict(),
+          "history_json": json.dumps(pos.history), "epoch_loss_sum": pos.epoch_loss_sum,
+          "objective_state": pos.state}
+    if scaler is not None:
+        ck["scaler"] = scaler.state_dict()
+    atomic_torch_save(ck, path)
+
+
+def _check_same_run(saved: dict, cfg: TrainConfig, stateful: bool, path: Path) -> None:
+    now = cfg.to_dict()
+    for k in RESUME_KEYS:
+        if k == "buffer_size" and not stateful:
+            continue
+        if k in saved and saved[k] != now[k]:
+            raise ValueError(f"--resume: {k} was {saved[k]!r} in {path} but is {now[k]!r} now; "
+                             "resume with the same settings or choose a new --out")
+
+
+def _to(state, device: torch.device):
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    if isinstance(state, dict):
+        return {k: _to(v, device) for k, v in state.items()}
+    return state
+
+
+def resume(path: Path, cfg: TrainConfig, model, opt, sched, scaler, state, device: torch.device) -> Position:
+    """Load ``last.pt`` into the model, optimizer, scheduler and scaler; the position to continue from.
+
+    ``state`` is the objective's fresh initial state: a stateful objective (not ``None``) needs one in
+    the checkpoint. Refuses a checkpoint of other settings (:data:`RESUME_KEYS`).
+    """
+    ck = torch.load(path, map_location=device, weights_only=True)
+    _check_same_run(ck.get("config", {}), cfg, state is not None, path)
+    model.classifier.load_state_dict(ck["state_dict"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    if scaler is not None and "scaler" in ck:
+        scaler.load_state_dict(ck["scaler"])
+    if state is not None:
+        if ck.get("objective_state") is None:
+            raise ValueError(f"--resume: {path} holds no {cfg.objective_name} state (replay buffer); "
+                             "it was written by another objective or an older ebmlens: choose a new --out")
+        state = _to(ck["objective_state"], device)
+    history = list(ck.get("history_json") and json.loads(ck["history_json"]) or [])
+    log.info("resumed from %s at epoch %d step %d", path, int(ck["epoch"]), int(ck["step"]))
+    return Position(int(ck["epoch"]), int(ck["step"]), history, float(ck.get("epoch_loss_sum", 0.0)), state)
+
+
+def _meta(model, cfg: TrainConfig) -> dict:
+    return {"arch": cfg.arch, "num_classes": model.num_classes, "class_names": model.class_names,
+            "mean": list(cfg.mean), "std": list(cfg.std), "input_shape": list(model.input_shape)}
+
+
+def save_weights(model, cfg: TrainConfig, path: Path, epoch: int, metrics: dict | None) -> None:
+    """``epoch_NNN.pt``: ``{"state_dict", "ebmlens_meta"}`` (read by ``file:`` loading and the dynamics)."""
+    meta = {**_meta(model, cfg), "epoch": epoch, "objective": cfg.objective_name, "threat_model": cfg.threat_model,
+            "eps": cfg.eps, "metrics": metrics or {}}
+    atomic_torch_save({"state_dict": model.classifier.state_dict(), "ebmlens_meta": meta}, path)
+
+
+def export(model, cfg: TrainConfig, out: Path, history: list) -> None:
+    """``model.safetensors`` + ``model.json`` (the run's final weights, config and metrics)."""
+    atomic_save_safetensors(model.classifier.state_dict(), out / "model.safetensors")
+    meta = {**_meta(model, cfg), "threat_model": cfg.threat_model, "eps": cfg.eps, "config": cfg.to_dict(),
+            "final_metrics": history[-1] if history else {}}
+    atomic_write_json(out / "model.json", meta)
