@@ -161,9 +161,7 @@ def test_atomic_writes_and_json_helpers_live_only_in_io():
 # --------------------------------------------------------------------------- short files
 MAX_LINES = 400
 # path (relative to ebmlens/) -> why it may be longer. Target: empty.
-LONG_FILES_ALLOWED: dict[str, str] = {
-    "train/trainer.py": "being split (issue 10)",
-}
+LONG_FILES_ALLOWED: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PKG)))

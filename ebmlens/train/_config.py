@@ -8,6 +8,7 @@ import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from ..attacks import parse_threat_model
 from ..models.archs import get_arch
 from . import objectives as O
 
@@ -81,8 +82,7 @@ class TrainConfig:
         for k in ("beta", *JEM_FIELDS):
             object.__setattr__(self, k, None)
         get_arch(self.arch)  # raises with choices
-        if self.threat_model not in ("L2", "Linf"):
-            raise ValueError(f"threat_model must be 'L2' or 'Linf', got {self.threat_model!r}")
+        object.__setattr__(self, "threat_model", parse_threat_model(self.threat_model))
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
             raise ValueError(f"eps must be > 0, got {self.eps}")
         for name in ("epochs", "batch_size", "attack_steps", "checkpoint_every", "eval_steps"):

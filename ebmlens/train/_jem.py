@@ -112,7 +112,7 @@ def robust_jem(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, bu
         x_q = sgld(model, x_start, y_q, generator=generator).detach()
     new_buffer = buffer.index_copy(0, idx, x_q.to(buffer.device, buffer.dtype))
 
-    ce = F.cross_entropy(model.logits(x_adv).float(), y)
-    e_data = model.energy_from_logits(model.logits(x))
-    e_model = model.energy_from_logits(model.logits(x_q))
+    ce = F.cross_entropy(model(x_adv).float(), y)
+    e_data = model.energy_from_logits(model(x))
+    e_model = model.energy_from_logits(model(x_q))
     return ce + gamma * (e_data.mean() - e_model.mean()), new_buffer

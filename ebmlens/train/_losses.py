@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .. import rng
 from ..analysis.trades import trades_terms_from_logits
 from ..analysis.weat import weat_terms_from_logits
-from ..attacks import attack_loss, default_step_size, make_geometry, pgd  # attack_loss: re-exported
+from ..attacks import attack_loss, default_step_size, make_geometry, parse_threat_model, pgd  # attack_loss: re-exported
 
 __all__ = ["AttackConfig", "pgd_at", "trades", "trades_examples", "weat_adv", "weat_nat", "standard",
            "adversarial_examples", "attack_loss"]
@@ -43,8 +43,7 @@ class AttackConfig:
     random_start: bool = True
 
     def __post_init__(self) -> None:
-        if self.threat_model not in ("L2", "Linf"):
-            raise ValueError(f"threat_model must be 'L2' or 'Linf', got {self.threat_model!r}")
+        object.__setattr__(self, "threat_model", parse_threat_model(self.threat_model))
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
         if int(self.steps) < 1:
@@ -73,7 +72,7 @@ def pgd_at(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, gen
     Defaults (BRIEF): L2 eps 0.5, step 0.1, 10 steps; Linf eps 8/255, step 2/255, 10 steps.
     """
     x_adv = adversarial_examples(model, x, y, attack, generator=generator)
-    return F.cross_entropy(model.logits(x_adv).float(), y)
+    return F.cross_entropy(model(x_adv).float(), y)
 
 
 def trades_examples(model, x: torch.Tensor, attack: AttackConfig, *, generator=None) -> torch.Tensor:
@@ -85,7 +84,7 @@ def trades_examples(model, x: torch.Tensor, attack: AttackConfig, *, generator=N
     geom = make_geometry(attack.threat_model, attack.eps)
     with model.mode("eval"):
         with torch.no_grad():
-            logits_nat = model.logits(x)
+            logits_nat = model(x)
         start = (x + 0.001 * rng.randn(generator, x.shape[0], x.shape[1:], device=x.device)).clamp(0, 1)
 
         def kl_loss(logits, _y):
@@ -110,7 +109,7 @@ def trades(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, bet
     """
     _check_beta("TRADES", beta)
     x_adv = trades_examples(model, x, attack, generator=generator)
-    return trades_terms_from_logits(model.logits(x), model.logits(x_adv), y).loss(beta)
+    return trades_terms_from_logits(model(x), model(x_adv), y).loss(beta)
 
 
 def _weat(model, x, y, attack, kind: str, beta: float, generator) -> torch.Tensor:
@@ -119,9 +118,9 @@ def _weat(model, x, y, attack, kind: str, beta: float, generator) -> torch.Tenso
     e_w = None
     if not model.classifier.training:  # the weights come from a train-mode forward (BN buffers restored);
         with torch.no_grad(), model.mode("train"):  # before the loss's forwards: restoring the buffers
-            e_w = -torch.logsumexp(model.logits(x).float(), dim=1)  # in place would break their graph
-    logits = model.logits(x)
-    logits_adv = model.logits(x_adv)
+            e_w = -torch.logsumexp(model(x).float(), dim=1)  # in place would break their graph
+    logits = model(x)
+    logits_adv = model(x_adv)
     return weat_terms_from_logits(logits, logits_adv, y, energy_for_weights=e_w).loss(kind, beta)
 
 
@@ -154,4 +153,4 @@ def weat_nat(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, b
 
 def standard(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig | None = None, *, generator=None) -> torch.Tensor:
     """Plain cross-entropy on natural images (a non-robust baseline)."""
-    return F.cross_entropy(model.logits(x).float(), y)
+    return F.cross_entropy(model(x).float(), y)

@@ -15,7 +15,7 @@ So the trainer calls any objective, built-in or yours, with one line:
 >>> import torch
 >>> from ebmlens.energy import EnergyModel
 >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
->>> model = EnergyModel(net, mean=(0.5,), std=(0.25,), num_classes=3)
+>>> model = EnergyModel(net, mean=(0.5,), std=(0.25,), input_shape=(3, 4, 4), num_classes=3)
 >>> x, y = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 2])
 >>> objective = Trades(beta=6.0)
 >>> state = objective.init_state(model)

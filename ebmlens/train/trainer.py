@@ -31,7 +31,6 @@ import torch.nn.functional as F
 
 from .._io import atomic_write_json
 from .._perf import autocast_context
-from ..attacks import default_step_size, make_geometry, pgd
 from ..data import ImageData, load_data
 from ..energy import EnergyModel
 from ..models.archs import get_arch
@@ -92,10 +91,6 @@ def _autocast(device: torch.device, amp: str):
 
 
 @torch.no_grad()
-def _clean_correct(model: EnergyModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return model.logits(x).argmax(1) == y
-
-
 def evaluate_accuracy(model: EnergyModel, data: ImageData, *, indices=None, threat_model: str = "L2", eps: float = 0.5,
                       steps: int = 10, step_size: float | None = None, batch_size: int = 250,
                       device=None, amp: str = "none") -> dict:
