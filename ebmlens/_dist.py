@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 __all__ = ["DistInfo", "dist_env", "init_if_needed", "barrier", "gather_to_rank0", "broadcast_from_rank0",
-           "is_rank0", "is_nccl", "run_on_rank0", "shard"]
+           "is_rank0", "is_nccl", "run_on_rank0", "shard", "parse_device", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,42 @@ def init_if_needed(device: str | torch.device | None = None) -> DistInfo:
     atexit.register(_destroy_at_exit)
     log.info("joined process group: rank %d of %d (%s)", d.rank, d.world, backend)
     return DistInfo(d.rank, d.world, d.local_rank, True)
+
+
+def parse_device(device: str | torch.device | None) -> str:
+    """Check a device name without touching the device: ``"auto"`` (or None), ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"``, ``"mps"``; anything else fails naming the choices. Returns the normalized name."""
+    if device is None:
+        return "auto"
+    text = str(device).strip().lower()
+    if text == "auto":
+        return text
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not (index.isdigit() and kind == "cuda")):
+        raise ValueError(f"unknown device {str(device)!r}; choose auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for but CUDA is not available here; use --device cpu "
+                         "(or auto)")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {str(device)!r} asked for but MPS is not available here; use --device cpu")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return text
+
+
+def resolve_device(device: str | torch.device | None, d: DistInfo | None = None) -> torch.device:
+    """The one device parser: :func:`parse_device`, then ``auto`` -> CUDA if available else CPU; under
+    torchrun a bare ``cuda`` (or auto on CUDA) means ``cuda:LOCAL_RANK``."""
+    d = dist_env() if d is None else d
+    name = parse_device(device)
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", d.local_rank if d.active else torch.cuda.current_device())
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is None and d.active:
+        dev = torch.device("cuda", d.local_rank)
+    return dev
 
 
 def is_nccl() -> bool:

@@ -51,6 +51,8 @@ class EnergyModel(nn.Module):
             sampling or attacking. JEM++ samples with BatchNorm in train mode; that mode couples
             the images of a batch. See :meth:`mode`.
         source, name, dataset, threat_model: provenance, recorded in outputs.
+        eps: the radius the model was trained (or is benchmarked) for, in [0, 1] pixels, when known:
+            the default eps of attacks run on it (``ebmlens energy`` / ``accuracy``).
         allow_other_size: accept images whose ``(H, W)`` differ from ``input_shape`` at the checked
             entry points (the classifier must handle them: nothing is resized here).
         check_range: refuse images outside roughly [0, 1] at the checked entry points (see
@@ -80,6 +82,7 @@ class EnergyModel(nn.Module):
         threat_model: str | None = None,
         allow_other_size: bool = False,
         check_range: bool = True,
+        eps: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(classifier, nn.Module):
@@ -117,6 +120,7 @@ class EnergyModel(nn.Module):
         self.name = name
         self.dataset = dataset
         self.threat_model = threat_model
+        self.eps = None if eps is None else float(eps)
         self.allow_other_size = bool(allow_other_size)
         self.check_range = bool(check_range)
         self.eval()
@@ -193,6 +197,7 @@ class EnergyModel(nn.Module):
             "name": self.name,
             "dataset": self.dataset,
             "threat_model": self.threat_model,
+            "eps": self.eps,
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
             "temperature": self.temperature,

@@ -1,13 +1,115 @@
-"""Helpers shared by subcommands: model specs from CLI options."""
+"""The CLI's one vocabulary: shared options and the helpers that turn them into library calls.
+
+Every command that loads a model takes the same model options (``--model``, ``--model-dir``,
+``--dataset``, ``--threat-model``, ``--arch``, ``--trust-checkpoint``); every command that computes
+takes ``--device`` (default ``auto``) and ``--threads``. ``--threat-model`` is always the *model's*
+threat model (RobustBench look-up, and the default of every attack); commands that attack take
+``--attack-threat-model`` to attack in another geometry. Options are checked by the library
+(:func:`ebmlens._dist.parse_device`, :func:`ebmlens.attacks.parse_threat_model`) before any model
+is loaded. Nothing here imports torch at import time (``--help`` stays fast).
+"""
 
 from __future__ import annotations
 
+import os
+from typing import Any, Callable
+
+import click
+
 from .. import DEFAULT_MODEL
 
+TRUST_HELP = ("Allow a checkpoint that holds pickled Python objects (torch.load with weights_only=False). "
+              "Loading such a file runs code from it: only for files you trust. Plain state dicts and "
+              "safetensors files need no flag.")
+THREAT_MODEL_HELP = ("The model's threat model (L2, Linf, corruptions): the RobustBench look-up and the default "
+                     "of every attack (default: the model's own, when it records one).")
 
-def load_model_from_cli(spec, *, model_dir=None, dataset=None, threat_model=None, arch=None, trust_checkpoint=False):
+
+def model_options(*, model_default: str | None = DEFAULT_MODEL, arch_help: str | None = None) -> Callable:
+    """``--model --model-dir --dataset --threat-model --arch --trust-checkpoint`` on a command."""
+    opts = [
+        click.option("--model", "model_spec", default=model_default, show_default=model_default is not None,
+                     help="Model spec: ebmlens:NAME, robustbench:NAME, timm:NAME or file:PATH."),
+        click.option("--model-dir", default=None, help="Folder of RobustBench checkpoints (default: models/)."),
+        click.option("--dataset", default=None, help="RobustBench dataset of the model (cifar10, cifar100, imagenet)."),
+        click.option("--threat-model", default=None, help=THREAT_MODEL_HELP),
+        click.option("--arch", default=None,
+                     help=arch_help or "Architecture of a file: checkpoint (registered name or module:factory)."),
+        click.option("--trust-checkpoint", is_flag=True, help=TRUST_HELP),
+    ]
+    return _stack(opts)
+
+
+def runtime_options(*, device_default: str = "auto") -> Callable:
+    """``--device`` (default auto) and ``--threads``."""
+    return _stack([
+        click.option("--device", default=device_default, show_default=True,
+                     help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps."),
+        click.option("--threads", default=None, type=int,
+                     help="CPU threads of torch (default: torch's own; under torchrun cores / local processes)."),
+    ])
+
+
+def _stack(opts: list) -> Callable:
+    def deco(fn):
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+    return deco
+
+
+def setup_runtime(device: str | None, threads: int | None) -> str:
+    """Check ``--device`` (no model is loaded yet) and apply ``--threads``; returns the device name."""
+    from .._dist import parse_device
+
+    name = parse_device(device)
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"--threads must be a positive integer, got {threads!r}")
+        import torch
+
+        torch.set_num_threads(threads)
+    else:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        if local > 1:  # torchrun: share the cores among the processes of this machine
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    return name
+
+
+def check_threat_model(threat_model: str | None) -> str | None:
+    """``--threat-model`` as the library spells it (``L2``, ``Linf``) or ``corruptions``; None stays None."""
+    if threat_model is None or str(threat_model).strip().lower() == "corruptions":
+        return None if threat_model is None else "corruptions"
+    from ..attacks import parse_threat_model
+
+    return parse_threat_model(threat_model)
+
+
+def attack_geometry(model: Any, attack_threat_model: str | None, threat_model: str | None,
+                    eps: float | None) -> tuple[str, float]:
+    """The attack's threat model and eps: ``--attack-threat-model``, else ``--threat-model``, else the
+    model's own, else Linf; eps: ``--eps``, else the model's own eps when the geometry is the model's,
+    else 0.5 (L2) / 8/255 (Linf)."""
+    from ..attacks import parse_threat_model
+
+    own = getattr(model, "threat_model", None)
+    own = own if own in ("L2", "Linf") else None
+    tm = parse_threat_model(attack_threat_model or threat_model or own or "Linf")
+    if eps is None:
+        model_eps = getattr(model, "eps", None)
+        eps = model_eps if (model_eps and tm == own) else (0.5 if tm == "L2" else 8 / 255)
+    if not eps > 0:
+        raise ValueError(f"--eps must be > 0, got {eps}")
+    return tm, float(eps)
+
+
+def load_model_from_cli(spec, *, model_dir=None, dataset=None, threat_model=None, arch=None, trust_checkpoint=False,
+                        device=None):
     """Resolve the CLI's model options to an EnergyModel (default: the bundled model)."""
     from ..models import resolve_model
 
-    return resolve_model(spec or DEFAULT_MODEL, model_dir=model_dir, dataset=dataset, threat_model=threat_model,
-                         arch=arch, trust_checkpoint=trust_checkpoint)
+    return resolve_model(spec or DEFAULT_MODEL, model_dir=model_dir, dataset=dataset,
+                         threat_model=check_threat_model(threat_model), arch=arch,
+                         trust_checkpoint=trust_checkpoint, device=None if device in (None, "auto") else device)

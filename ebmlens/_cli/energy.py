@@ -13,8 +13,7 @@ from pathlib import Path
 import click
 
 from ..cli import friendly_errors, main, parse_number
-
-from .. import DEFAULT_MODEL
+from ._common import attack_geometry, check_threat_model, load_model_from_cli, model_options, runtime_options, setup_runtime
 
 
 def _print_attacks() -> None:
@@ -36,31 +35,30 @@ def _check_out(out: str) -> Path:
 
 
 @main.command("energy")
-@click.option("--model", "model_spec", default=DEFAULT_MODEL, show_default=True,
-              help="Model spec: ebmlens:NAME, robustbench:NAME, timm:NAME or file:PATH.")
-@click.option("--model-dir", default=None, help="Local folder of RobustBench/timm checkpoints.")
-@click.option("--threat-model", default="Linf", show_default=True, type=click.Choice(["L2", "Linf"], case_sensitive=False),
-              help="Threat model of the attacks (and of robustbench:NAME look-ups).")
-@click.option("--arch", default=None, help="Architecture for checkpoints that do not record it (file:/--checkpoints).")
+@model_options(arch_help="Architecture for checkpoints that do not record it (file:/--checkpoints).")
+@click.option("--attack-threat-model", default=None,
+              help="Attack in this geometry (L2, Linf) instead of the model's threat model.")
 @click.option("--checkpoints", default=None,
               help="Glob of a training run's checkpoints (quote it: 'runs/x/epoch_*.pt'): energies per epoch.")
 @click.option("--data", default=None, help="Data spec, e.g. cifar10:PATH (test split by default).")
 @click.option("-n", "--n", default=1000, show_default=True, type=int,
               help="Images, spread evenly over the set (under torchrun write -n: torchrun takes --n for its own).")
 @click.option("--attack", "attacks", multiple=True, help="Attack name (repeatable); see --list-attacks. Default: pgd, pgd-targeted.")
-@click.option("--eps", default=None, help="Attack radius in [0,1] pixels, e.g. 0.5 or 8/255 (default: 8/255 Linf, 0.5 L2).")
+@click.option("--eps", default=None,
+              help="Attack radius in [0,1] pixels, e.g. 0.5 or 8/255 (default: the model's own, else 0.5 L2 / 8/255 Linf).")
 @click.option("--steps", default=None, type=int, help="Gradient steps of every attack that has steps (default: each attack's).")
 @click.option("--target", default="random", show_default=True, type=click.Choice(["random", "least-likely"]),
               help="Target choice of targeted attacks.")
 @click.option("--batch-size", default=100, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu).")
+@runtime_options()
 @click.option("--out", default=None, type=click.Path(), help="Folder for report.json, table.md, table.csv, energies.png.")
 @click.option("--list-attacks", is_flag=True, help="List the attack names and exit.")
 @friendly_errors
-def energy_cmd(model_spec: str, model_dir: str | None, threat_model: str, arch: str | None, checkpoints: str | None,
-               data: str | None, n: int, attacks: tuple[str, ...], eps: str | None, steps: int | None, target: str,
-               batch_size: int, seed: int, device: str | None, out: str | None, list_attacks: bool) -> None:
+def energy_cmd(model_spec: str, model_dir: str | None, dataset: str | None, threat_model: str | None, arch: str | None,
+               trust_checkpoint: bool, attack_threat_model: str | None, checkpoints: str | None, data: str | None,
+               n: int, attacks: tuple[str, ...], eps: str | None, steps: int | None, target: str, batch_size: int,
+               seed: int, device: str, threads: int | None, out: str | None, list_attacks: bool) -> None:
     """Measure E(x) and E(x,y) on natural and adversarial inputs (Mirza et al. 2024, Sec. 3)."""
     if list_attacks:
         _print_attacks()
@@ -69,19 +67,18 @@ def energy_cmd(model_spec: str, model_dir: str | None, threat_model: str, arch: 
         raise ValueError("--data is required, e.g. --data cifar10:../shared/data/cifar10-jpeg.tar.xz")
     if out is None:
         raise ValueError("--out is required: a folder for report.json, table.md, table.csv and energies.png")
-    from ..attacks import parse_threat_model
-
-    tm = parse_threat_model(threat_model)
-    eps_v = parse_number(eps) if eps is not None else (0.5 if tm == "L2" else 8 / 255)
-    if not eps_v > 0:
-        raise ValueError(f"--eps must be > 0, got {eps}")
+    device = setup_runtime(device, threads)
+    threat_model = check_threat_model(threat_model)
+    eps_v = parse_number(eps)
     names = list(attacks) or ["pgd", "pgd-targeted"]
     from .. import _dist
     from ..analysis import dynamics, energy_report
     from ..analysis.energies import build_attacks
     from ..analysis.report import require_matplotlib
 
-    build_attacks(names, threat_model=tm, eps=eps_v, steps=steps)  # fail on bad names before loading anything
+    # fail on bad names / geometry before loading anything
+    tm0, eps0 = attack_geometry(None, attack_threat_model, threat_model, eps_v)
+    build_attacks(names, threat_model=tm0, eps=eps0, steps=steps)
     plots = True
     try:
         require_matplotlib()
@@ -91,25 +88,22 @@ def energy_cmd(model_spec: str, model_dir: str | None, threat_model: str, arch: 
             click.echo("note: matplotlib is not installed, so no plot; pip install 'ebmlens[plots]'", err=True)
     folder = _check_out(out)
     _dist.init_if_needed(device)  # under torchrun: join the group first, so "cuda" means cuda:LOCAL_RANK
-    kw = dict(eps=eps_v, threat_model=tm, n=n, steps=steps, target=target, batch_size=batch_size, seed=seed,
-              device=device, progress=True)
+    dev = _dist.resolve_device(device)
+    kw = dict(target=target, n=n, steps=steps, batch_size=batch_size, seed=seed, device=dev, progress=True)
     if checkpoints is not None:
-        dyn = dynamics(checkpoints, data, names, arch=arch, **kw)
+        if model_dir is not None:
+            raise ValueError("--model-dir applies to robustbench: models, not to --checkpoints")
+        tm, eps_a = attack_geometry(None, attack_threat_model, threat_model, eps_v)
+        dyn = dynamics(checkpoints, data, names, arch=arch, threat_model=tm, eps=eps_a,
+                       load_kwargs={"trust_checkpoint": True} if trust_checkpoint else None, **kw)
         _write(dyn, folder, "dynamics.png" if plots else None)
         return
-    from ..models import load_model
-
-    load_kw = {}
-    if model_spec.startswith("robustbench:"):
-        load_kw["threat_model"] = tm
-        if model_dir is not None:
-            load_kw["model_dir"] = model_dir
-    elif model_dir is not None:
+    if model_dir is not None and not str(model_spec).startswith("robustbench:"):
         raise ValueError("--model-dir applies to robustbench: models; for other files use --model file:PATH")
-    if arch is not None and not model_spec.startswith(("ebmlens:", "robustbench:", "timm:")):
-        load_kw["arch"] = arch
-    model = load_model(model_spec, device=device, **load_kw)
-    rep = energy_report(model, data, names, **kw)
+    model = load_model_from_cli(model_spec, model_dir=model_dir, dataset=dataset, threat_model=threat_model,
+                                arch=arch, trust_checkpoint=trust_checkpoint, device=dev)
+    tm, eps_a = attack_geometry(model, attack_threat_model, threat_model, eps_v)
+    rep = energy_report(model, data, names, threat_model=tm, eps=eps_a, **kw)
     _write(rep, folder, "energies.png" if plots else None)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from ..cli import friendly_errors, main
+from ._common import TRUST_HELP, load_model_from_cli, runtime_options, setup_runtime
 
 
 @main.command("evaluate")
@@ -24,17 +25,18 @@ from ..cli import friendly_errors, main
 @click.option("--arch", default=None, help="Architecture of a file: feature model.")
 @click.option("--layer", default=None, help="Feature layer by graph node name (default: penultimate).")
 @click.option("--batch-size", default=100, show_default=True, type=int)
-@click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available).")
+@runtime_options()
 @click.option("--splits", default=10, show_default=True, type=int, help="Inception Score splits.")
 @click.option("--kid-subsets", default=100, show_default=True, type=int)
 @click.option("--kid-subset-size", default=None, type=int, help="Default: min(1000, N, N_ref).")
 @click.option("--trust-checkpoint", is_flag=True,
-              help="Load a weights file that is not the official one (it is unpickled: trusted files only).")
+              help=TRUST_HELP + " Also: an Inception weights file other than the official one.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Write the result (.json), or the statistics (.npz) with --make-ref-stats.")
 @friendly_errors
 def evaluate_cmd(samples, ref, ref_stats, make_ref_stats, keep_features, metrics, inception_weights, feature_model,
-                 arch, layer, batch_size, device, splits, kid_subsets, kid_subset_size, trust_checkpoint, out) -> None:
+                 arch, layer, batch_size, device, threads, splits, kid_subsets, kid_subset_size, trust_checkpoint,
+                 out) -> None:
     """Inception Score, FID and KID of SAMPLES (a samples folder, image folder, .npz or data spec).
 
     Standard numbers need the official Inception weights file (never downloaded); with
@@ -43,11 +45,11 @@ def evaluate_cmd(samples, ref, ref_stats, make_ref_stats, keep_features, metrics
     from .. import _dist
     from .. import metrics as M
 
+    device = setup_runtime(device, threads)
     _dist.init_if_needed(device)  # under torchrun: join first (each rank extracts a share; rank 0 writes)
+    device = _dist.resolve_device(device)
     fm = None
     if feature_model:
-        from ._common import load_model_from_cli
-
         fm = load_model_from_cli(feature_model, arch=arch, trust_checkpoint=trust_checkpoint)
     elif arch:
         raise ValueError("--arch applies to a file: --feature-model; the standard Inception takes none")

@@ -20,7 +20,7 @@ import click
 
 from ..cli import friendly_errors, main
 
-from .. import DEFAULT_MODEL
+from ._common import load_model_from_cli, model_options, runtime_options, setup_runtime
 
 #: option name -> flag, so that the run plan's errors name the flags
 FLAGS = {"n": "--n", "batch_size": "--batch-size", "seed": "--seed", "dtype": "--dtype"}
@@ -76,12 +76,7 @@ def bundled_stats(model) -> Any:
 
 
 @main.command("sample")
-@click.option("--model", "model_spec", default=DEFAULT_MODEL, show_default=True,
-              help="Model spec: ebmlens:NAME, robustbench:NAME, timm:NAME, file:PATH.")
-@click.option("--model-dir", default=None, help="Folder of RobustBench checkpoints (default models/).")
-@click.option("--dataset", default=None, help="RobustBench dataset of the model (cifar10, cifar100, imagenet).")
-@click.option("--threat-model", default=None, help="RobustBench threat model of the model (Linf, L2, ...).")
-@click.option("--arch", default=None, help="Architecture of a file: checkpoint (registered name or module:fn).")
+@model_options()
 @click.option("--data", default=None,
               help="Data spec (cifar10:PATH): class statistics for the preset (train split), seeds for dat2025.")
 @click.option("--stats", "stats_path", default=None, type=click.Path(dir_okay=False),
@@ -99,7 +94,7 @@ def bundled_stats(model) -> Any:
 @click.option("--seed", default=0, show_default=True, type=int, help="Sample i uses stream (seed, i).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--resume", is_flag=True, help="Continue a killed run in --out.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1 ... (auto: CUDA if available).")
+@runtime_options()
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]),
               help="Autocast precision of the model passes.")
 @click.option("--no-png", is_flag=True, help="Skip the per-image PNGs (samples.npz and grid.png are written).")
@@ -115,19 +110,20 @@ def bundled_stats(model) -> Any:
 @click.option("--feature-model", default=None,
               help="Measure in another network (e.g. ebmlens:cifar10-l2-small): non-standard fd_/kd_/is_ scores.")
 @friendly_errors
-def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, data, stats_path, preset, n, classes, batch_size,
-               channels_last, compile_model, seed, out, resume, device, dtype, no_png, no_grid, overrides,
-               eval_metrics, ref, inception_weights, feature_model) -> None:
+def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpoint, data, stats_path, preset, n,
+               classes, batch_size, channels_last, compile_model, seed, out, resume, device, threads, dtype, no_png,
+               no_grid, overrides, eval_metrics, ref, inception_weights, feature_model) -> None:
     """Draw class-conditional samples with a preset; writes PNGs, samples.npz, grid.png and run.json."""
     from ..sampling import presets
     from ..sampling.labels import resolve_classes
     from ..sampling.plan import RunPlan, check_options
     from ..sampling.runner import run as run_plan
-    from ._common import load_model_from_cli
+    from .._dist import dist_env
 
     # cheap checks first (the plan's own checks, in the flags' names): no model is loaded for a typo
     batch_size = int(batch_size) if batch_size.strip().lstrip("-").isdigit() else batch_size
-    check_options(n, batch_size, seed, dtype, flags=FLAGS)
+    check_options(n, batch_size, seed, dtype, device=device, flags=FLAGS)
+    setup_runtime(device, threads)
     if preset not in presets.names():
         presets.get(preset)  # raises the error with close matches
     opts = dict(parse_override(s) for s in overrides)
@@ -145,7 +141,8 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, data, stats_p
         raise FileNotFoundError(f"--stats file {stats_path!r} does not exist; save one with "
                                 "ebmlens.class_stats('cifar10:PATH').save(PATH)")
 
-    model = load_model_from_cli(model_spec, model_dir=model_dir, dataset=dataset, threat_model=threat_model, arch=arch)
+    model = load_model_from_cli(model_spec, model_dir=model_dir, dataset=dataset, threat_model=threat_model, arch=arch,
+                                trust_checkpoint=trust_checkpoint)
     resolve_classes(wanted, model.num_classes, model.class_names)  # out-of-range classes fail before any fitting
     stats: Any = None
     if stats_path is not None:
@@ -159,7 +156,7 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, data, stats_p
                          device=device, dtype=dtype, save_png=not no_png, grid=not no_grid,
                          channels_last=channels_last, compile=compile_model, flags=FLAGS)
     run = run_plan(plan, progress=True)
-    if int(os.environ.get("RANK", "0") or 0) != 0:
+    if dist_env().rank != 0:
         return
     t = run.run["timings"]
     ips = f", {t['images_per_s']:.2f} images/s" if t.get("images_per_s") else ""
@@ -167,7 +164,7 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, data, stats_p
     click.echo(f"wrote {run.n} samples to {run.out_dir}{grid} ({preset}{ips})")
     if metrics is not None:
         evaluate_run(run, metrics, ref_spec, inception_weights=inception_weights, feature_model=feature_model,
-                     device=device, batch_size=run.run["batch_size"])
+                     device=device, batch_size=run.run["batch_size"], trust_checkpoint=trust_checkpoint)
 
 
 def default_ref(data: str) -> str:
@@ -176,7 +173,8 @@ def default_ref(data: str) -> str:
     return f"{base if sep and split in ('train', 'test') else data}@train"
 
 
-def evaluate_run(run, metrics, ref, *, inception_weights=None, feature_model=None, device=None, batch_size=256) -> None:
+def evaluate_run(run, metrics, ref, *, inception_weights=None, feature_model=None, device=None, batch_size=256,
+                 trust_checkpoint=False) -> None:
     """Measure a finished run with :func:`ebmlens.metrics.evaluate`; write ``metrics.json`` and add it
     to ``run.json`` (both atomically); print the values on one line."""
     from ..metrics import evaluate
@@ -184,7 +182,7 @@ def evaluate_run(run, metrics, ref, *, inception_weights=None, feature_model=Non
 
     res = evaluate(run.out_dir, ref=ref, metrics=metrics, feature_model=feature_model,
                    inception_weights=inception_weights, device=None if device == "auto" else device,
-                   batch_size=batch_size, progress=True)
+                   batch_size=batch_size, progress=True, trust_checkpoint=trust_checkpoint)
     record_evaluation(run.out_dir, res.to_dict())
     shown = ", ".join(f"{k}={v:.4g}" for k, v in res.values.items())
     click.echo(f"evaluated {res.num_images} samples in {res.network}: {shown}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..cli import friendly_errors, main, parse_number
+from ._common import runtime_options, setup_runtime
 
 
 @main.command("train")
@@ -24,7 +25,7 @@ from ..cli import friendly_errors, main, parse_number
 @click.option("--schedule", default="onecycle", show_default=True, type=click.Choice(["onecycle", "cosine"]))
 @click.option("--beta", default=6.0, show_default=True, type=float, help="TRADES/WEAT KL weight (both use 6).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", default="cpu", show_default=True)
+@runtime_options()
 @click.option("--amp", default="none", show_default=True, type=click.Choice(["none", "bf16", "fp16"]))
 @click.option("--channels-last/--no-channels-last", default=False, show_default=True)
 @click.option("--eval-n", default=1000, show_default=True, type=int, help="Held-out test images evaluated each epoch (strided).")
@@ -43,10 +44,12 @@ from ..cli import friendly_errors, main, parse_number
 @friendly_errors
 def train_cmd(resume: bool, eps: str, attack_step_size: str | None, objective: str, beta: float, buffer_size: int,
               reinit_freq: float, gamma: float, sgld_steps: int, sgld_inner_steps: int, sgld_step_size: float,
-              sgld_noise: float, jem_init: str, **kw) -> None:
+              sgld_noise: float, jem_init: str, device: str, threads: int | None, **kw) -> None:
     """Train a classifier adversarially and evaluate clean/PGD accuracy each epoch."""
+    from .._dist import resolve_device
     from ..train import TrainConfig, train
 
+    kw["device"] = str(resolve_device(setup_runtime(device, threads)))
     step = parse_number(attack_step_size) if attack_step_size is not None else None
     obj = objective_from_flags(objective, beta=beta, buffer_size=buffer_size, reinit_freq=reinit_freq, gamma=gamma,
                                sgld_steps=sgld_steps, sgld_inner_steps=sgld_inner_steps, sgld_step_size=sgld_step_size,

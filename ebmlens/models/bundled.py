@@ -94,6 +94,7 @@ def load(name: str, *, temperature: float = 1.0, sampling_mode: str = "eval") ->
         name=name,
         dataset=meta.get("dataset"),
         threat_model=meta.get("threat_model"),
+        eps=meta.get("eps"),
     )
 
 

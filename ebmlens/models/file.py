@@ -247,4 +247,5 @@ def load(
         name=str(path),
         dataset=dataset or meta.get("dataset"),
         threat_model=threat_model or meta.get("threat_model"),
+        eps=meta.get("eps") if not threat_model or threat_model == meta.get("threat_model") else None,
     )

@@ -245,6 +245,11 @@ def _load_weights(net: nn.Module, name: str, sd: dict, dataset: str, path: Path)
                          f"({' '.join(first[:2])[:300]}); is it the right file for this dataset/threat model?") from None
 
 
+#: RobustBench's leaderboard radii (its README / paper), the default eps of attacks on a zoo model.
+BENCHMARK_EPS = {("cifar10", "Linf"): 8 / 255, ("cifar10", "L2"): 0.5, ("cifar100", "Linf"): 8 / 255,
+                 ("cifar100", "L2"): 0.5, ("imagenet", "Linf"): 4 / 255}
+
+
 def load(
     name: str,
     *,
@@ -271,7 +276,7 @@ def load(
     path = weights_path(name, ds, tm, model_dir)
     kw = dict(mean=(0.0,), std=(1.0,), input_shape=_input_shape(entry, ds), num_classes=_NUM_CLASSES[ds],
               temperature=temperature, sampling_mode=sampling_mode, source="robustbench", name=name,
-              dataset=ds, threat_model=tm)
+              dataset=ds, threat_model=tm, eps=BENCHMARK_EPS.get((ds, tm)))
     if ds == "cifar10":
         from ..data import CIFAR10_CLASSES
 

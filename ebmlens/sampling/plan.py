@@ -23,6 +23,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import numpy as np
 import torch
 
+from .._dist import parse_device
 from .._io import jsonable
 from .._perf import AUTOCAST_DTYPES
 from .labels import run_labels
@@ -37,7 +38,8 @@ def _is_int(v: Any) -> bool:
 
 
 def check_options(n: Any, batch_size: Any, seed: Any, dtype: Any, *, channels_last: Any = False,
-                  compile: Any = False, flags: Mapping[str, str] | None = None) -> tuple[int, int | str, int]:
+                  compile: Any = False, device: Any = None,
+                  flags: Mapping[str, str] | None = None) -> tuple[int, int | str, int]:
     """Validate the options that need no model; returns ``(n, batch_size, seed)`` as Python ints
     (``batch_size`` may be ``"auto"``). ``flags`` maps option names to the caller's names in errors."""
     name = {"n": "n", "batch_size": "batch_size", "seed": "seed", "dtype": "dtype", **(flags or {})}
@@ -55,6 +57,7 @@ def check_options(n: Any, batch_size: Any, seed: Any, dtype: Any, *, channels_la
         raise ValueError(f"{name['seed']} must be an integer >= 0, got {seed!r}")
     if dtype not in AUTOCAST_DTYPES:
         raise ValueError(f"{name['dtype']} must be one of {', '.join(AUTOCAST_DTYPES)}, got {dtype!r}")
+    parse_device(device)
     return int(n), (batch_size if batch_size == "auto" else int(batch_size)), int(seed)
 
 
@@ -104,7 +107,7 @@ class RunPlan:
               flags: Mapping[str, str] | None = None) -> "RunPlan":
         """Check every option (before any file or process group is touched) and resolve the labels."""
         n, batch_size, seed = check_options(n, batch_size, seed, dtype, channels_last=channels_last,
-                                            compile=compile, flags=flags)
+                                            compile=compile, device=device, flags=flags)
         if not callable(pipeline):
             raise TypeError(f"pipeline must be callable as pipeline(model, y, generator=...), got "
                             f"{type(pipeline).__name__}; build one with ebmlens.sampling.presets.get(name)")

@@ -172,7 +172,7 @@ def run(plan: RunPlan, *, progress: Progress = False) -> SampleRun:
     t_start = time.perf_counter()
     d = _dist.init_if_needed(plan.device)
     try:
-        dev = _resolve_device(plan.device, d)
+        dev = _dist.resolve_device(plan.device, d)
         if plan.batch_size == "auto" and dev.type != "cuda":
             raise ValueError(f"batch_size='auto' needs a CUDA device, got {str(dev)!r}: on the CPU pass a number "
                              "(e.g. --batch-size 64)")
@@ -185,20 +185,6 @@ def run(plan: RunPlan, *, progress: Progress = False) -> SampleRun:
         return _run(plan, progress, d, dev, t_start)
     finally:
         d.close()
-
-
-def _resolve_device(device: str | None, d: _dist.DistInfo) -> torch.device:
-    if device is None or device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", d.local_rank if d.active else torch.cuda.current_device())
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
-        if d.active and dev.index is None:
-            dev = torch.device("cuda", d.local_rank)
-    return dev
 
 
 def _run(plan: RunPlan, progress: Progress, d: _dist.DistInfo, dev: torch.device, t_start: float) -> SampleRun:
