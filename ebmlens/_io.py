@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_npz",
-           "atomic_torch_save", "atomic_save_safetensors", "jsonable", "fingerprint", "versions", "save_figure"]
+           "atomic_torch_save", "atomic_save_safetensors", "create_json", "jsonable", "fingerprint", "versions", "save_figure"]
 
 
 @contextlib.contextmanager
@@ -58,6 +58,23 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, finite_floats: bool 
     """Write ``jsonable(obj)`` as indented JSON with a final newline, atomically."""
     text = json.dumps(jsonable(obj, finite_floats=finite_floats), indent=2) + "\n"
     return atomic_write_text(path, text)
+
+
+def create_json(path: str | os.PathLike, obj: Any) -> bool:
+    """Create ``path`` holding ``jsonable(obj)`` only if it does not exist yet: the first of several
+    concurrent writers wins (returns True), the others get False and can compare with what is there.
+    The file appears whole (written beside it, then hard-linked into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.new{path.suffix}")
+    tmp.write_text(json.dumps(jsonable(obj), indent=2) + "\n")
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: Any) -> Path:

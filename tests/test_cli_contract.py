@@ -105,3 +105,14 @@ def test_accuracy_model_threat_model_is_a_deprecated_alias(files, tmp_path):
     ja, jb = json.loads(a.read_text()), json.loads(b.read_text())
     assert ja["attack"] == jb["attack"] and ja["eps"] == jb["eps"] == pytest.approx(8 / 255)
     assert "--model-threat-model" not in CliRunner().invoke(main, ["accuracy", "--help"]).output
+
+
+def test_resume_with_other_settings_names_the_differing_fields(files, tmp_path):
+    d, _ = files
+    base = ["sample", "--preset", "dat2025", "--data", f"npz:{d / 'data.npz'}", "-n", "2", "--no-png", "--no-grid",
+            "--out", str(tmp_path / "s")]
+    assert CliRunner().invoke(main, base + ["--set", "steps=1"]).exit_code == 0
+    r = CliRunner().invoke(main, base + ["--set", "steps=2", "--resume"])
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "different pipeline: pipeline.stages[0].steps 1 vs 2" in lines[0], r.output

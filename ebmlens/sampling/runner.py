@@ -59,7 +59,8 @@ import numpy as np
 import torch
 
 from .. import _dist
-from .._io import atomic_save_npz, atomic_write_bytes, atomic_write_json, jsonable, versions
+from .._io import atomic_save_npz, atomic_write_bytes, atomic_write_json, create_json, jsonable, versions
+from .._lock import RunLock
 from .._perf import AUTOCAST_DTYPES, autocast_context
 from ..rng import SampleStreams
 from .labels import balanced_labels, resolve_classes
@@ -188,9 +189,18 @@ def run(plan: RunPlan, *, progress: Progress = False) -> SampleRun:
 
 
 def _run(plan: RunPlan, progress: Progress, d: _dist.DistInfo, dev: torch.device, t_start: float) -> SampleRun:
-    out, shard_dir = plan.out_dir, plan.out_dir / "shards"
     meta = plan.identity()
-    _claim_folder(plan, meta, d, dev)
+    lock = _claim_folder(plan, meta, d, dev)
+    try:
+        return _run_locked(plan, progress, d, dev, t_start, meta)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(plan: RunPlan, progress: Progress, d: _dist.DistInfo, dev: torch.device, t_start: float,
+                meta: dict) -> SampleRun:
+    out, shard_dir = plan.out_dir, plan.out_dir / "shards"
     model = plan.model.to(dev)
     batch_size = plan.batch_size
     if batch_size == "auto":
@@ -219,24 +229,30 @@ def _run(plan: RunPlan, progress: Progress, d: _dist.DistInfo, dev: torch.device
     return SampleRun(out_dir=out, n=plan.n, images=out / "samples.npz", grid=grid_path, run=record)
 
 
-def _claim_folder(plan: RunPlan, meta: dict, d: _dist.DistInfo, dev: torch.device) -> None:
-    """Rank 0 checks and prepares the folder (``shards/meta.json``); every rank learns whether it failed."""
+def _claim_folder(plan: RunPlan, meta: dict, d: _dist.DistInfo, dev: torch.device) -> RunLock | None:
+    """Rank 0 locks the folder (``OUT/.lock``: a second run on it fails at once, naming this one), checks
+    and prepares it (``shards/meta.json``, created by the first writer, compared by the others); every
+    rank learns whether it failed. Returns rank 0's lock."""
     out, shard_dir = plan.out_dir, plan.out_dir / "shards"
     meta_path = shard_dir / "meta.json"
     err: Exception | None = None
+    lock = None
     if d.rank == 0:
         try:
             if out.exists() and not out.is_dir():
                 raise ValueError(f"out_dir {out} is a file; choose a folder")
+            lock = RunLock(out / ".lock", what=f"ebmlens sample of {plan.n} images").acquire()
             if not plan.resume and out.exists() and (meta_path.exists() or shards.paths(shard_dir)
                                                      or (out / "run.json").exists()):
                 raise ValueError(f"{out} already holds a sampling run; pass resume=True (--resume) to continue "
                                  "it, or choose a new output folder")
-            shards.check_meta(meta_path, meta)
-            shard_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(meta_path, meta)
+            if not create_json(meta_path, meta):
+                shards.check_meta(meta_path, meta)
         except Exception as e:  # report on rank 0, but do not leave the others at the barrier
             err = e
+            if lock is not None:
+                lock.release()
+                lock = None
     if d.active:
         import torch.distributed as dist
 
@@ -246,6 +262,7 @@ def _claim_folder(plan: RunPlan, meta: dict, d: _dist.DistInfo, dev: torch.devic
             raise ValueError("rank 0 refused the output folder (see its error above)")
     if err is not None:
         raise err
+    return lock
 
 
 def _sample_batches(plan: RunPlan, model, mine: list[np.ndarray], dev: torch.device, d: _dist.DistInfo,

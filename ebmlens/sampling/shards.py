@@ -136,8 +136,30 @@ def check_meta(meta_path: Path, meta: dict) -> None:
         return
     old = json.loads(meta_path.read_text())
     for key in ("n", "seed", "labels_sha256", "dtype", "pipeline", "model"):
-        if old.get(key) != meta.get(key):
-            raise ValueError(
-                f"{meta_path.parent.parent} holds a run with a different {key} "
-                f"({json.dumps(old.get(key))[:120]} vs {json.dumps(meta.get(key))[:120]}); "
-                "resume with the same settings or choose a new output folder")
+        diffs = differences(old.get(key), meta.get(key), key)
+        if diffs:
+            shown = "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
+            what = "labels (another --classes or n)" if key == "labels_sha256" else key
+            raise ValueError(f"{meta_path.parent.parent} holds a run with a different {what}: {shown} (on disk vs "
+                             "now); resume with the same settings or choose a new output folder")
+
+
+def differences(old: Any, new: Any, path: str) -> list[str]:
+    """The leaves where two JSON values differ, as ``path old vs new`` (``stages[0].steps 10 vs 11``).
+
+    >>> differences({"stages": [{"steps": 10}]}, {"stages": [{"steps": 11}]}, "pipeline")
+    ['pipeline.stages[0].steps 10 vs 11']
+    """
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in list(old) + [k for k in new if k not in old]:
+            out += differences(old.get(k, "<missing>"), new.get(k, "<missing>"), f"{path}.{k}")
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in differences(a, b, f"{path}[{i}]")]
+    if old == new:
+        return []
+    def show(v: Any) -> str:
+        text = json.dumps(v) if not isinstance(v, str) else v
+        return text if len(text) <= 60 else text[:57] + "..."
+    return [f"{path} {show(old)} vs {show(new)}"]
