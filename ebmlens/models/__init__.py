@@ -128,7 +128,8 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
     raise unknown_name_error("model source", source, _SOURCES, f"(from model spec {spec!r})")
 
 
-def load_model(spec: str | EnergyModel, *, device: str | torch.device | None = None, **kwargs) -> EnergyModel:
+def load_model(spec: str | EnergyModel, *, device: str | torch.device | None = None,
+               allow_other_size: bool | None = None, check_range: bool | None = None, **kwargs) -> EnergyModel:
     """Load a classifier as an :class:`~ebmlens.EnergyModel` from a ``source:name`` spec.
 
     Args:
@@ -136,6 +137,8 @@ def load_model(spec: str | EnergyModel, *, device: str | torch.device | None = N
             ``"timm:resnet18.a1_in1k"``, ``"file:runs/x/epoch_010.pt"``, or a path. An
             :class:`~ebmlens.EnergyModel` is returned as is (moved to ``device``).
         device: where to put the model (default: CPU, where it was loaded).
+        allow_other_size, check_range: set on the returned model (see :class:`~ebmlens.EnergyModel`):
+            accept other image sizes at its checked entry points / turn the pixel-range check off.
         **kwargs: the source's options (``dataset=``, ``threat_model=``, ``model_dir=``,
             ``checkpoint=``, ``arch=``, ``trust_checkpoint=`` ...); see each source module.
 
@@ -156,6 +159,10 @@ def load_model(spec: str | EnergyModel, *, device: str | torch.device | None = N
         model.source = source
     if model.name is None:
         model.name = name
+    if allow_other_size is not None:
+        model.allow_other_size = bool(allow_other_size)
+    if check_range is not None:
+        model.check_range = bool(check_range)
     model.eval()
     return model.to(device) if device is not None else model
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -129,6 +129,24 @@ def _prepare_out(out: Path) -> None:
         raise ValueError(f"output folder {str(out)!r} is not writable ({e}); choose another --out") from e
 
 
+def _fit_to_data(cfg: TrainConfig, n_train: int) -> tuple[TrainConfig, list[str]]:
+    """Quick runs on few images: a batch larger than the set shrinks to the set, and a one-cycle
+    schedule too short to warm up (``pct_start * steps < 2``, where OneCycleLR divides by zero)
+    becomes cosine. Each change is logged and returned as a note (config.json records them)."""
+    notes = []
+    if n_train < cfg.batch_size:
+        notes.append(f"batch_size {cfg.batch_size} is larger than the {n_train} training images: using {n_train}")
+        cfg = replace(cfg, batch_size=n_train)
+    total = (n_train // cfg.batch_size) * cfg.epochs
+    if cfg.schedule == "onecycle" and cfg.pct_start * total < 2:
+        notes.append(f"one-cycle needs pct_start * steps >= 2 (got {cfg.pct_start} * {total}): using the cosine "
+                     "schedule")
+        cfg = replace(cfg, schedule="cosine")
+    for note in notes:
+        log.warning("%s", note)
+    return cfg, notes
+
+
 def _optimizer(cfg: TrainConfig, model: EnergyModel, total: int):
     """Nesterov SGD (no weight decay on biases and BatchNorm) and the one-cycle or cosine schedule."""
     decay, no_decay = [], []
@@ -136,9 +154,6 @@ def _optimizer(cfg: TrainConfig, model: EnergyModel, total: int):
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                           lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    if cfg.schedule == "onecycle" and cfg.pct_start * total < 2:  # OneCycleLR divides by zero below that
-        raise ValueError(f"the one-cycle schedule needs pct_start * total steps >= 2, got {cfg.pct_start} * {total}; "
-                         "train longer, raise --max-train-images, or use --schedule cosine")
     if cfg.schedule == "onecycle":
         return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start)
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
@@ -188,9 +203,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    cfg, notes = _fit_to_data(cfg, n_train)
     steps_per_epoch = n_train // cfg.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n_train} training images")
     total = steps_per_epoch * cfg.epochs
     opt, sched = _optimizer(cfg, model, total)
     scaler = torch.amp.GradScaler("cuda") if (cfg.amp == "fp16" and device.type == "cuda") else None
@@ -205,7 +219,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
         pos = ckpt.resume(last, cfg, model, opt, sched, scaler, state, device)
     elif resume:
         log.info("--resume given but %s does not exist; starting fresh", last)
-    atomic_write_json(out / "config.json", cfg.to_dict())
+    atomic_write_json(out / "config.json", {**cfg.to_dict(), "notes": notes})
 
     report = progress if callable(progress) else None
     bar = None

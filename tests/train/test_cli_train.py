@@ -68,3 +68,16 @@ def test_unwritable_out_one_line(tiny_spec, tmp_path):
     r = _run(["--data", tiny_spec, "--out", str(blocker / "run"), *TINY])
     assert r.exit_code == 2
     assert r.stderr.startswith("error: output folder") and "not writable" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_quick_try_falls_back_with_recorded_notes(tiny_spec, tmp_path):
+    """--max-train-images 32 --epochs 1 with the default batch 128 and one-cycle: the batch becomes the
+    image count and the schedule cosine (one-cycle cannot warm up in one step); both are noted."""
+    out = tmp_path / "quick"
+    r = _run(["--data", tiny_spec, "--out", str(out), "--arch", "convnet-small", "--attack-steps", "1",
+              "--epochs", "1", "--max-train-images", "32", "--eval-n", "16"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["batch_size"] == 32 and cfg["schedule"] == "cosine"
+    assert any("batch_size 128" in n for n in cfg["notes"]) and any("cosine" in n for n in cfg["notes"])
+    assert len(json.loads((out / "metrics.json").read_text())) == 1

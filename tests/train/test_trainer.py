@@ -106,10 +106,13 @@ def test_bad_config():
         TrainConfig(data="x", out="y", objective=42)
 
 
-def test_too_short_for_one_cycle(tiny_spec, tmp_path):
-    with pytest.raises(ValueError, match="--schedule cosine"):
-        train(_cfg(tiny_spec, tmp_path, epochs=1))
-    assert train(_cfg(tiny_spec, tmp_path / "cos", epochs=1, schedule="cosine", objective="standard")).final["epoch"] == 1
+def test_too_short_for_one_cycle_falls_back_to_cosine(tiny_spec, tmp_path):
+    """One-cycle cannot warm up in so few steps: the run uses cosine, says so, and equals a cosine run."""
+    a = train(_cfg(tiny_spec, tmp_path / "a", epochs=1, objective="standard"))
+    b = train(_cfg(tiny_spec, tmp_path / "b", epochs=1, schedule="cosine", objective="standard"))
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["schedule"] == "cosine" and any("cosine" in n for n in cfg["notes"])
+    assert a.final["clean_acc"] == b.final["clean_acc"] and a.final["train_loss"] == b.final["train_loss"]
 
 
 def test_init_follows_the_seed_and_leaves_global_rng_alone(tiny_spec, tmp_path):
