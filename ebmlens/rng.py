@@ -26,8 +26,8 @@ multiplier minus ``2**32`` (negative, ``|m| < 2**30``), so no product leaves int
 every device; normals agree to a few float32 ulps (``log``/``cos``/``sin`` differ by backend).
 On the **CPU**, a torch-op Philox costs about twice the old per-sample loop for large draws, so a
 row's draw of more than ``CPU_LOOP_MIN`` values (an image's noise) takes a CPU fast path by
-default: one ``torch.Generator`` per row, seeded with a 32-bit Philox word of ``(s, i, d)``,
-filling the row in place. It keeps every invariance above on the CPU, but its numbers differ from
+default: one ``torch.Generator`` per row, seeded with ``(b_i + d m_i) mod 2**32`` from two Philox
+words of ``(s, i)``, filling the row in place. It keeps every invariance above on the CPU, but its numbers differ from
 the CUDA path, and two of the ``K`` row-draws of a run share a seed with probability about
 ``K**2 / 2**33`` (torch seeds its CPU generator from 32 bits). ``SampleStreams(..., portable=True)``
 uses Philox for every draw on every device. Draws of at most ``CPU_LOOP_MIN`` values per row, and
@@ -167,6 +167,7 @@ class SampleStreams:
         self._shared = _Counters(len(self.indices))
         self._rows: torch.Tensor | None = None     # positions in the shared counters (None: all, in order)
         self._cache: dict = {}                      # device -> (rows, index lo, index hi) there
+        self._base: list | None = None              # CPU fast path: per-row (b, m) seed words
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -220,14 +221,18 @@ class SampleStreams:
         return out.to(dtype=dtype)
 
     def _cpu_rows(self, kind: str, shape: tuple) -> torch.Tensor:
-        """CPU fast path: row ``i`` from a ``torch.Generator`` seeded by Philox word 0 of ``(0, d, i)``."""
+        """CPU fast path: row ``i`` from a ``torch.Generator`` seeded with ``(b_i + d m_i) mod 2**32``,
+        where ``(b_i, m_i | 1)`` are Philox words of the reserved block ``(2**32 - 1, 0, i)``:
+        distinct seeds for the draws of one row, one cheap host step per row and draw."""
         d, lo, hi = self._next_counters(torch.device("cpu"))
-        seeds = philox4x32((0, d, lo, hi), (self.seed & _M32, self.seed >> 32))[0].view(-1).tolist()
+        if self._base is None:
+            w = philox4x32((_M32, 0, lo, hi), (self.seed & _M32, self.seed >> 32))
+            self._base = list(zip(w[0].view(-1).tolist(), (w[1].view(-1) | 1).tolist()))
         out = torch.empty((len(self), *shape), dtype=torch.float32)
-        fn, g = (torch.randn if kind == "normal" else torch.rand), torch.Generator()
-        for i, s in enumerate(seeds):
-            g.manual_seed(s)
-            fn(shape, generator=g, out=out[i])
+        g = torch.Generator()
+        for i, ((b, m), di) in enumerate(zip(self._base, d.view(-1).tolist())):
+            g.manual_seed((b + di * m) & _M32)
+            (out[i].normal_ if kind == "normal" else out[i].uniform_)(generator=g)
         return out
 
     def randn(self, shape: Sequence[int], *, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -254,7 +259,7 @@ class SampleStreams:
         if any(not 0 <= r < n for r in rows) or len(set(rows)) != len(rows):
             raise ValueError(f"subset rows must be distinct rows of this batch of {n}, got {rows}")
         new = SampleStreams.__new__(SampleStreams)
-        new.seed, new.portable, new._shared, new._cache = self.seed, self.portable, self._shared, {}
+        new.seed, new.portable, new._shared, new._cache, new._base = self.seed, self.portable, self._shared, {}, None
         new.indices = [self.indices[r] for r in rows]
         new._index = torch.tensor(new.indices, dtype=torch.int64)
         base = torch.arange(n) if self._rows is None else self._rows
