@@ -107,7 +107,8 @@ def main(argv=None) -> None:
         for k in ("old", "new"):
             big, small = (b[(what, n)][f"b {what} () x{n} {k}"] for n in (16384, 1024))
             r, lo, hi = ratio_band(big, small)
-            parts.append(f"{k} {r:.1f}x (band {lo:.1f}-{hi:.1f}; {small.median * 1e3:.2f} -> {big.median * 1e3:.2f} ms)")
+            ms = f"{small.median * 1e3:.2f} -> {big.median * 1e3:.2f} ms"
+            parts.append(f"{k} {r:.1f}x (band {lo:.1f}-{hi:.1f}; {ms})")
         print(f"ratio b {what}: 16,384 rows / 1,024 rows: " + ", ".join(parts) + "; target new <= 5")
 
 

@@ -27,9 +27,10 @@ every device; normals agree to a few float32 ulps (``log``/``cos``/``sin`` diffe
 On the **CPU**, a torch-op Philox costs about twice the old per-sample loop for large draws, so a
 row's draw of more than ``CPU_LOOP_MIN`` values (an image's noise) takes a CPU fast path by
 default: one ``torch.Generator`` per row, seeded with ``(b_i + d m_i) mod 2**32`` from two Philox
-words of ``(s, i)``, filling the row in place. It keeps every invariance above on the CPU, but its numbers differ from
-the CUDA path, and two of the ``K`` row-draws of a run share a seed with probability about
-``K**2 / 2**33`` (torch seeds its CPU generator from 32 bits). ``SampleStreams(..., portable=True)``
+words of ``(s, i)``, filling the row in place. It keeps every invariance above on the CPU, but its
+numbers differ from the CUDA path, and of the ``K`` row-draws of a run about ``K**2 / 2**33``
+pairs share a seed (torch seeds its CPU generator from 32 bits; the old per-sample generators
+shared whole streams at that rate). ``SampleStreams(..., portable=True)``
 uses Philox for every draw on every device. Draws of at most ``CPU_LOOP_MIN`` values per row, and
 all :meth:`~SampleStreams.randint` draws, are Philox everywhere.
 

@@ -133,13 +133,15 @@ def test_row_identical_in_batches_of_1_and_512(portable):
 
 
 def test_small_draws_same_with_and_without_cpu_fast_path():
+    """Up to 256 values per row (labels, radii, low-rank codes) are Philox on every device; an
+    image's noise takes the CPU fast path unless portable=True."""
     fast, port = rng.SampleStreams(4, range(6)), rng.SampleStreams(4, range(6), portable=True)
-    n = rng.CPU_LOOP_MIN
-    assert torch.equal(fast.randn((n,)), port.randn((n,)))         # Philox on both
-    assert torch.equal(fast.rand((2, n // 2)), port.rand((2, n // 2)))
+    assert rng.CPU_LOOP_MIN >= 256
+    for shape in [(), (16,), (256,), (2, 128)]:
+        assert torch.equal(fast.randn(shape), port.randn(shape)) and torch.equal(fast.rand(shape), port.rand(shape))
     assert torch.equal(fast.randint(7), port.randint(7))
-    x, y = fast.randn((n + 1,)), port.randn((n + 1,))                # fast path vs Philox
-    assert x.shape == y.shape == (6, n + 1) and not torch.equal(x, y)
+    x, y = fast.randn((3, 32, 32)), port.randn((3, 32, 32))   # fast path vs Philox
+    assert x.shape == y.shape == (6, 3, 32, 32) and not torch.equal(x, y)
 
 
 def test_uniform_and_integer_grids():
@@ -232,3 +234,20 @@ def test_statistics_one_value_per_row_and_integers():
     counts = torch.bincount(k, minlength=10).double()
     assert stats.chisquare(counts.numpy()).pvalue > 1e-3
     assert abs(_corr(k[:-1], k[1:])) < 0.02
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_philox():
+    """On CUDA every draw is Philox on the device: integers and uniforms bit for bit as on the CPU
+    (portable), normals within float32 rounding of log/cos/sin."""
+    for ctr, key, want in [(c, k, w) for r, c, k, w in KAT if r == 10]:
+        out = rng.philox4x32([torch.tensor([x], device="cuda") for x in ctr], key)
+        assert [int(o) for o in out] == list(want)
+    cpu, gpu = rng.SampleStreams(3, range(40), portable=True), rng.SampleStreams(3, range(40))
+    for _ in range(2):
+        a, b = cpu.randn((3, 32, 32)), gpu.randn((3, 32, 32), device="cuda")
+        assert b.device.type == "cuda" and torch.allclose(a, b.cpu(), rtol=1e-5, atol=1e-5)
+        assert torch.equal(cpu.rand((3, 32, 32)), gpu.rand((3, 32, 32), device="cuda").cpu())
+        assert torch.equal(cpu.randint(1000), gpu.randint(1000, device="cuda").cpu())
+    sub = gpu.subset([5])
+    assert torch.equal(sub.rand((4,), device="cuda").cpu()[0], cpu.subset([5]).rand((4,))[0])
