@@ -9,7 +9,7 @@ What these tests assert is what we measured (docs/howto-energy-analysis.md has t
   E(natural) < E(untargeted) < E(targeted).
 
 Margins: every ordering must hold for the whole 99% percentile-bootstrap interval of the paired
-per-image difference, not just for the means. n = 200 strided test images, 5 PGD steps (the docs'
+per-image difference, not just for the means. n = 200 strided test images, 5 PGD steps (10 for the standard model under Linf; the docs'
 runs use n = 1000 and 10 steps; the directions are the same).
 """
 
@@ -31,8 +31,10 @@ def _less(rep, a: str, b: str) -> None:
 
 @pytest.fixture(scope="module")
 def standard_linf(standard_model, cifar_test):
+    # 10 steps, as the docs' runs: with 5, targeted Linf PGD has not yet moved far enough for the whole 99%
+    # interval at n = 200 to clear zero on every seed of the target draw (it did on the old noise streams)
     return energy_report(standard_model, cifar_test, ["pgd", "pgd-targeted"], threat_model="Linf", eps=8 / 255,
-                         n=N, steps=STEPS)
+                         n=N, steps=10)
 
 
 def test_standard_model_linf_attacks_lower_energy(standard_linf):
