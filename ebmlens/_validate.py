@@ -8,6 +8,7 @@ pixel range, label range) costs one device-to-host sync per call.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -56,10 +57,12 @@ def _check_image_layout(x: torch.Tensor, shape: tuple[int, ...] | None, allow_ot
 
 
 def _scan_error(x: torch.Tensor, stats: list[float], check_range: bool, name: str) -> Exception | None:
-    """The error (or None) for ``stats = [non-finite count, min, max]`` of ``x``."""
-    bad, lo, hi = stats
-    if bad:
-        per = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
+    """The error (or None) for ``stats = [min, max]`` of ``x`` (non-finite when x holds NaN / inf)."""
+    lo, hi = stats
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # the error path may sync again to name the images
+        nonfinite = ~torch.isfinite(x)
+        bad = int(nonfinite.sum())
+        per = nonfinite.flatten(1).any(1).nonzero().flatten().tolist()
         shown = ", ".join(str(i) for i in per[:10]) + (", ..." if len(per) > 10 else "")
         return ValueError(f"{name} contains {int(bad)} NaN or infinite value(s) in {len(per)} image(s) "
                           f"(indices {shown}); energies of such inputs are NaN")
@@ -136,16 +139,16 @@ def validate_inputs(model: Any, x: object, y: object = None, *, num_classes: int
             yt = yt.to(x.device)
     parts = []
     if scan and x.numel():
-        xf = x.detach()
-        parts += [(~torch.isfinite(xf)).sum().to(torch.float64), xf.min().to(torch.float64), xf.max().to(torch.float64)]
+        lo, hi = torch.aminmax(x.detach())  # NaN propagates, inf shows: one pass finds both
+        parts += [lo.to(torch.float64), hi.to(torch.float64)]
     if scan and k is not None and yt is not None and yt.numel():
         parts += [yt.min().to(torch.float64), yt.max().to(torch.float64)]
     vals = torch.stack(parts).tolist() if parts else []  # the one sync
     if scan and x.numel():
-        err = _scan_error(x, vals[:3], check_range, name)
+        err = _scan_error(x, vals[:2], check_range, name)
         if err is not None:
             raise err
-        vals = vals[3:]
+        vals = vals[2:]
     if yt is not None and vals:
         err = _label_range_error(int(vals[0]), int(vals[1]), int(k), label_name)
         if err is not None:
