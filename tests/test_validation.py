@@ -145,3 +145,17 @@ def test_attacks_check_shape_dtype_and_labels(m):
     # a python int means that class for every image
     out = atk(m, X, 0, target=1)
     assert out.shape == X.shape
+
+
+def test_sample_checks_its_labels(tmp_path):
+    import ebmlens
+    from ebmlens.sampling import presets
+
+    m = make_tiny_model()
+    pipe = presets.get("dat2025", data=torch.rand(4, 3, 32, 32, generator=G), steps=1)
+    with pytest.raises(ValueError, match="labels has 2 labels for 3 images"):
+        ebmlens.sample(m, pipe, n=3, out_dir=tmp_path / "a", labels=[0, 1], save_png=False)
+    with pytest.raises(TypeError, match="integer class indices"):
+        ebmlens.sample(m, pipe, n=2, out_dir=tmp_path / "b", labels=np.array([0.5, 1.0]), save_png=False)
+    run = ebmlens.sample(m, pipe, n=2, out_dir=tmp_path / "c", labels=7, save_png=False, grid=False)
+    assert np.load(run.images)["labels"].tolist() == [7, 7]

@@ -16,7 +16,6 @@ import difflib
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from ..energy import validate_labels
 
@@ -74,7 +73,7 @@ def run_labels(n: int, num_classes: int, class_names: Sequence[str], classes=Non
     if labels is not None:
         if classes is not None and classes != "all":
             raise ValueError("pass either classes= or labels=, not both")
-        y = validate_labels(torch.as_tensor(np.asarray(labels)), num_classes, n, name="labels").numpy()
+        y = validate_labels(labels, num_classes, n, name="labels").cpu().numpy()
         return y.astype(np.int64), sorted(set(int(v) for v in y))
     order = resolve_classes(classes, num_classes, class_names)
     return balanced_labels(n, order).astype(np.int64), order
