@@ -7,7 +7,8 @@ registry, :func:`register_data_source`):
   ``cache_dir()/data``), a folder in ImageFolder layout with ``train/`` and ``test/``
   (``<split>/<class>/*.jpg|png``), or torchvision's ``cifar-10-batches-py`` folder (or its parent).
   ``cifar100:`` likewise for torchvision's ``cifar-100-python``.
-* ``imagenet:PATH[@train|@val]`` - the ImageNet layout (see :mod:`ebmlens.data.imagenet`); streamed.
+* ``imagenet:PATH[@train|@val]`` - the ImageNet layout (see :mod:`ebmlens.data.imagenet`); streamed;
+  read with the model's preprocessing, else RobustBench's (Resize 256, CenterCrop 224).
 * ``folder:PATH`` - an ImageFolder (``PATH/<class>/<image>``), or a flat folder of images
   (label 0), or an ebmlens samples folder (its ``samples.npz`` is read). Streamed when it holds more
   than ``$EBMLENS_IN_MEMORY_MAX`` (60,000) images or with ``?stream=1``.

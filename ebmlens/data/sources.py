@@ -182,7 +182,8 @@ def _imagenet(spec: DataSpec, preprocess: Preprocess | None) -> ImageSet:
 
     path = _existing(spec, "the ImageNet root (with train/ and val/)")
     files, labels, names = imagenet_files(path, "val" if spec.split in (None, "test") else spec.split)
-    data = StreamedImages(tuple(files), labels, names, spec.text, preprocess)
+    # without a model's preprocessing: RobustBench's ImageNet transform (Resize 256, CenterCrop 224)
+    data = StreamedImages(tuple(files), labels, names, spec.text, preprocess or Preprocess(256, 224))
     if spec.stream(True):
         return data
     arrays = np.concatenate([a for a, _ in data.arrays(256)]) if len(data) else np.zeros((0, 1, 1, 3), np.uint8)

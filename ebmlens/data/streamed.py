@@ -15,7 +15,6 @@ pixels: hashing ImageNet would read 150 GB).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -59,11 +58,13 @@ def _stack(arrs: list[np.ndarray], where: str) -> np.ndarray:
     return np.stack(arrs)
 
 
-@dataclass(frozen=True, eq=False)
 class StreamedImages(ImageSet):
     """Images read from ``files`` as they are needed (see the module docs).
 
-    Attributes:
+    Not a dataclass on purpose: a run's config records it by ``repr`` (source, count, fingerprint),
+    never as a million file names.
+
+    Args:
         files: image paths, sorted by class then name.
         labels: ``int64`` ``(N,)``.
         class_names: names of the classes.
@@ -72,22 +73,22 @@ class StreamedImages(ImageSet):
         workers: decoding processes (``None``: :func:`data_workers`).
     """
 
-    files: tuple[str, ...]
-    labels: np.ndarray
-    class_names: list[str]
-    source: str
-    preprocess: Preprocess | None = None
-    workers: int | None = None
-    fingerprint: str = field(default="")
-
-    def __post_init__(self) -> None:
+    def __init__(self, files: Sequence[str], labels: np.ndarray, class_names: Sequence[str], source: str,
+                 preprocess: Preprocess | None = None, workers: int | None = None) -> None:
+        self.files = tuple(str(f) for f in files)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_names = list(class_names)
+        self.source = str(source)
+        self.preprocess = preprocess
+        self.workers = workers
         if self.labels.shape != (len(self.files),):
             raise ValueError(f"{self.labels.shape} labels for {len(self.files)} files")
-        if not self.fingerprint:
-            root = os.path.commonpath(self.files) if self.files else ""
-            names = "\n".join(os.path.relpath(f, root) for f in self.files)
-            object.__setattr__(self, "fingerprint", fingerprint(names, self.labels.astype(np.int64),
-                                                                repr(self.preprocess)))
+        root = os.path.commonpath(self.files) if self.files else ""
+        names = "\n".join(os.path.relpath(f, root) for f in self.files)
+        self.fingerprint = fingerprint(names, self.labels, repr(preprocess))
+
+    def __repr__(self) -> str:
+        return f"StreamedImages(source={self.source!r}, count={len(self)}, sha256={self.fingerprint!r})"
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -188,9 +188,9 @@ def dat2025(stats=None, data=None, *, steps: int = 22, step_size: float = 0.2, s
     offline. ``conditional=False`` ascends ``-E(x)`` instead of ``f(x)[y]``.
     """
     if data is not None:
-        from ..data import ImageData, load_data
+        from ..data import ImageSet, load_data
 
-        seeds = data if isinstance(data, ImageData) or not isinstance(data, str) else load_data(data)
+        seeds = data if isinstance(data, ImageSet) or not isinstance(data, str) else load_data(data)
         first: Any = DataInit(seeds, noise=seed_noise)
     elif stats is not None:
         first = GaussianInit(coerce_stats(stats, "preset 'dat2025'"))
