@@ -172,6 +172,9 @@ def test_energy_report_and_evaluate_streamed_equal_in_memory(imagenet_root, mode
     b = energy_report(model224, spec + "?stream=1", ["pgd"], eps=0.5, threat_model="L2", steps=2, batch_size=8, n=None)
     for kind in ("natural", "pgd"):
         np.testing.assert_allclose(a.values[kind]["energy"], b.values[kind]["energy"], rtol=1e-6)
+    with torch.no_grad():  # and both are the model's energies of the images in index order
+        direct = model224.energy(mem.tensor()).numpy()
+    np.testing.assert_allclose(b.values["natural"]["energy"], direct, rtol=1e-5)
     assert a.data["sha256" if "sha256" in a.data else "fingerprint"] != ""
     fm = Features()
     r1 = evaluate(mem, ref=load_data(spec + "?stream=1", preprocess=model224.preprocess), metrics="fid",
