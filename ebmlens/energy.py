@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Literal, Sequence
 
 import torch
@@ -29,11 +30,56 @@ from torch import nn
 
 from ._validate import validate_images, validate_inputs, validate_labels
 
-__all__ = ["EnergyModel", "energy_grad", "validate_images", "validate_labels", "validate_inputs"]
+__all__ = ["EnergyModel", "Preprocess", "energy_grad", "validate_images", "validate_labels", "validate_inputs"]
 
 log = logging.getLogger(__name__)
 
 EnergyKind = Literal["joint", "marginal", "ce"]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How image files become the model's input before normalization: resize the shorter side to
+    ``resize`` pixels, then center-crop ``crop x crop`` (either may be ``None``).
+
+    RobustBench's ImageNet transform is ``Preprocess(256, 224)`` (``Resize(256)``, ``CenterCrop(224)``);
+    timm models take theirs from the data config (``crop_pct``). CIFAR models have none (``None``).
+    Applied by :mod:`ebmlens.data` to decoded PIL images (in the data loader's worker processes when
+    the set is streamed). ``interpolation``: a PIL filter name (``"bilinear"``, ``"bicubic"``).
+    """
+
+    resize: int | None = None
+    crop: int | None = None
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
+
+    def __post_init__(self) -> None:
+        for name in ("resize", "crop"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, int) and v > 0):
+                raise ValueError(f"Preprocess.{name} must be a positive int or None, got {v!r}")
+        if self.interpolation not in ("nearest", "bilinear", "bicubic", "lanczos"):
+            raise ValueError(f"Preprocess.interpolation must be nearest/bilinear/bicubic/lanczos, got {self.interpolation!r}")
+
+    def __call__(self, im):
+        """A PIL image, resized (shorter side, antialiased) and center-cropped."""
+        from PIL import Image
+
+        if self.resize is not None:
+            w, h = im.size
+            s = self.resize / min(w, h)
+            size = (self.resize, max(1, round(h * s))) if w <= h else (max(1, round(w * s)), self.resize)
+            if size != (w, h):
+                im = im.resize(size, getattr(Image.Resampling, self.interpolation.upper()))
+        if self.crop is not None:
+            w, h = im.size
+            if w < self.crop or h < self.crop:
+                raise ValueError(f"cannot center-crop {self.crop} from a {w}x{h} image; set Preprocess.resize >= {self.crop}")
+            left, top = (w - self.crop) // 2, (h - self.crop) // 2
+            im = im.crop((left, top, left + self.crop, top + self.crop))
+        return im
+
+    def describe(self) -> dict:
+        return asdict(self)
 
 
 class EnergyModel(nn.Module):
@@ -57,6 +103,8 @@ class EnergyModel(nn.Module):
             entry points (the classifier must handle them: nothing is resized here).
         check_range: refuse images outside roughly [0, 1] at the checked entry points (see
             :func:`validate_images`); ``False`` turns that check off.
+        preprocess: a :class:`Preprocess` (resize, center crop) that image files get before they
+            reach the model (ImageNet models); ``None`` (CIFAR): files are used at their size.
 
     Checked and unchecked calls: :meth:`logits`, :meth:`energy`, :meth:`joint_energy` and
     :meth:`log_prob_y` validate their input (:func:`validate_inputs`: shape, dtype, labels, NaN/inf,
@@ -83,6 +131,7 @@ class EnergyModel(nn.Module):
         allow_other_size: bool = False,
         check_range: bool = True,
         eps: float | None = None,
+        preprocess: Preprocess | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(classifier, nn.Module):
@@ -106,6 +155,8 @@ class EnergyModel(nn.Module):
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {num_classes}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if preprocess is not None and not isinstance(preprocess, Preprocess):
+            raise TypeError(f"preprocess must be an ebmlens.energy.Preprocess or None, got {type(preprocess).__name__}")
         if sampling_mode not in ("eval", "train"):
             raise ValueError(f"sampling_mode must be 'eval' or 'train', got {sampling_mode!r}")
         self.classifier = classifier
@@ -123,6 +174,7 @@ class EnergyModel(nn.Module):
         self.eps = None if eps is None else float(eps)
         self.allow_other_size = bool(allow_other_size)
         self.check_range = bool(check_range)
+        self.preprocess = preprocess
         self.eval()
 
     # ------------------------------------------------------------------ energies
@@ -204,6 +256,7 @@ class EnergyModel(nn.Module):
             "sampling_mode": self.sampling_mode,
             "allow_other_size": self.allow_other_size,
             "check_range": self.check_range,
+            "preprocess": None if self.preprocess is None else self.preprocess.describe(),
             "mean": self.mean.flatten().tolist(),
             "std": self.std.flatten().tolist(),
         }

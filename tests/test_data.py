@@ -38,7 +38,7 @@ def test_parse_data_spec(tmp_path):
     with pytest.raises(ValueError, match="unknown split 'val'"):
         parse_data_spec("cifar10:/x@val")
     with pytest.raises(ValueError, match="unknown data spec"):
-        parse_data_spec("imagenet:/x")
+        parse_data_spec("imagenette:/x")
     with pytest.raises(ValueError, match="names no path"):
         parse_data_spec("folder:@test")
     with pytest.raises(TypeError, match="data spec must be a string"):

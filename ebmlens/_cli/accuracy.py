@@ -57,7 +57,7 @@ def accuracy_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_check
                                 trust_checkpoint=trust_checkpoint, device=dev)
     tm, eps_f = attack_geometry(model, attack_threat_model, threat_model, eps_v)
     atk = get_attack(attack, threat_model=tm, eps=eps_f, steps=steps, **options)
-    ds = load_data(data, default_split="test")
+    ds = load_data(data, default_split="test", preprocess=model.preprocess)
     idx = ds.strided(n) if n else np.arange(len(ds))
     res = robust_accuracy(model, ds, atk, indices=idx, batch_size=batch_size, device=dev).to_dict()
     res["model"] = model.describe()

@@ -79,8 +79,8 @@ def bundled_stats(model) -> Any:
 @model_options()
 @click.option("--data", default=None,
               help="Data spec (cifar10:PATH): class statistics for the preset (train split), seeds for dat2025.")
-@click.option("--stats", "stats_path", default=None, type=click.Path(dir_okay=False),
-              help="A saved ClassStats file (.safetensors), instead of fitting on --data.")
+@click.option("--stats", "stats_path", default=None, type=click.Path(),
+              help="A saved ClassStats file (.safetensors) or an `ebmlens stats` directory, instead of fitting on --data.")
 @click.option("--preset", default="robust-jem", show_default=True, help="Sampler preset (see docs/cli.md).")
 @click.option("-n", "--n", "--num-samples", "n", default=64, show_default=True, type=int,
               help="Number of samples. Under torchrun write -n or --num-samples: torchrun's own parser "
@@ -137,7 +137,7 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpo
             raise ValueError("--evaluate fid/kid needs a reference: --ref cifar10:PATH@train (or a statistics "
                              ".npz), or --data; or evaluate 'is' only")
     wanted = parse_classes(classes)
-    if stats_path is not None and not os.path.isfile(stats_path):
+    if stats_path is not None and not os.path.exists(stats_path):
         raise FileNotFoundError(f"--stats file {stats_path!r} does not exist; save one with "
                                 "ebmlens.class_stats('cifar10:PATH').save(PATH)")
 
@@ -151,7 +151,7 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpo
         stats = ClassStats.load(stats_path)
     elif data is None:
         stats = bundled_stats(model)
-    pipe = presets.get(preset, stats=stats, data=data, **opts)
+    pipe = presets.get(preset, stats=stats, data=data, dataset=model.dataset, **opts)
     plan = RunPlan.build(model, pipe, n, out, batch_size=batch_size, seed=seed, classes=wanted, resume=resume,
                          device=device, dtype=dtype, save_png=not no_png, grid=not no_grid,
                          channels_last=channels_last, compile=compile_model, flags=FLAGS)

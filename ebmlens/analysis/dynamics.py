@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..data import ImageData
+from ..data import ImageSet
 from ..energy import EnergyModel
 from .energies import as_image_data, energy_report
 from .._io import atomic_write_text, save_figure
@@ -177,7 +177,7 @@ class DynamicsReport:
 
 def dynamics(
     checkpoints: str | os.PathLike | Sequence[str | os.PathLike | EnergyModel],
-    data: ImageData | str,
+    data: ImageSet | str,
     attacks: Sequence[str] | str = ("pgd",),
     *,
     eps: float,

@@ -33,7 +33,7 @@ import torch
 
 from .. import _dist, rng
 from ..attacks import Attack, TargetChoice, choose_targets, get_attack
-from ..data import ImageData, load_data
+from ..data import ImageSet, load_data
 from ..energy import EnergyModel, validate_images
 from ..models import resolve_model
 from .report import EnergyReport, summarize_kind
@@ -48,12 +48,13 @@ def as_energy_model(model: EnergyModel | str, device: str | torch.device | None 
     return resolve_model(model, device=device, **load_kwargs)
 
 
-def as_image_data(data: ImageData | str) -> ImageData:
-    """An :class:`ImageData`, or a data spec loaded with :func:`ebmlens.load_data` (test split by default)."""
-    if isinstance(data, ImageData):
+def as_image_data(data: ImageSet | str, preprocess=None) -> ImageSet:
+    """An image set (:class:`~ebmlens.data.ImageSet`, in memory or streamed), or a data spec loaded
+    with :func:`ebmlens.load_data` (test split by default; ``preprocess``: the model's resize / crop)."""
+    if isinstance(data, ImageSet):
         return data
     if isinstance(data, str):
-        return load_data(data, default_split="test")
+        return load_data(data, default_split="test", preprocess=preprocess)
     raise TypeError(f"data must be an ebmlens ImageData or a data spec like 'cifar10:PATH', got {type(data).__name__}")
 
 
@@ -97,7 +98,7 @@ def _energies(model: EnergyModel, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
 
 def energy_report(
     model: EnergyModel | str,
-    data: ImageData | str,
+    data: ImageSet | str,
     attacks: Sequence[str | Attack] | str = ("pgd", "pgd-targeted"),
     *,
     eps: float,
@@ -125,7 +126,7 @@ def energy_report(
 
     Args:
         model: an :class:`~ebmlens.EnergyModel` or a spec such as ``"ebmlens:cifar10-l2-small"``.
-        data: an :class:`~ebmlens.data.ImageData` or a data spec (test split by default).
+        data: an image set (in memory or streamed) or a data spec (test split by default; read with the model's preprocess).
         attacks: registry names (``"pgd"``, ``"pgd-targeted"``, ``"apgd-ce"``, ...; see
             :func:`ebmlens.attacks.list_attacks`) or :class:`~ebmlens.attacks.Attack` objects.
         eps: attack radius in [0, 1] pixel units (> 0), e.g. ``0.5`` (L2) or ``8/255`` (Linf).
@@ -148,7 +149,7 @@ def energy_report(
         An :class:`~ebmlens.analysis.EnergyReport`.
     """
     model = as_energy_model(model, device)
-    data = as_image_data(data)
+    data = as_image_data(data, getattr(model, "preprocess", None))
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
         raise ValueError(f"eps must be > 0 (in [0, 1] pixel units, e.g. 0.5 or 8/255), got {eps!r}")
     if not isinstance(batch_size, int) or batch_size <= 0:
@@ -200,8 +201,9 @@ def energy_report(
                    desc="energy report" if not d.active else f"energy report (rank 0 of {d.world})")
 
     done = 0
+    mine = np.concatenate([idx[s:s + batch_size] for s in starts]) if starts else idx[:0]
     with model.mode("eval"):
-        for start in starts:
+        for start, (x, y) in zip(starts, data.batches(batch_size, mine, dev)):  # streamed sets: decoded by workers
             acc: dict[str, dict[str, np.ndarray]] = {}
             kept: dict[str, torch.Tensor] = {}
 
@@ -209,8 +211,6 @@ def energy_report(
                 acc[kind] = {key: v.detach().cpu().numpy() for key, v in arrays.items()}
 
             bidx = idx[start:start + batch_size]
-            x = data.tensor(bidx, dev)
-            y = data.label_tensor(bidx, dev)
             if start == starts[0]:
                 validate_images(x, model, name="data images")
             logits, e, ej, pred = _energies(model, x, y)
@@ -245,7 +245,7 @@ def energy_report(
                               seed, threat_model, eps, target, steps, batch_size, dev, d.world)
 
 
-def _assemble(gathered: list, kinds: list[str], atks: list[Attack], data: ImageData, idx: np.ndarray,
+def _assemble(gathered: list, kinds: list[str], atks: list[Attack], data: ImageSet, idx: np.ndarray,
               model: EnergyModel, keep_adversarial: bool, level: float, n_boot: int, seed: int, threat_model: str,
               eps: float, target: str, steps: int | None, batch_size: int, dev: torch.device,
               world: int) -> EnergyReport:

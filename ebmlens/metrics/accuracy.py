@@ -34,7 +34,7 @@ import torch
 
 from .. import rng
 from ..attacks import Attack, default_step_size
-from ..data import ImageData, load_data
+from ..data import ImageSet, load_data
 from ..energy import EnergyModel
 
 __all__ = ["robust_accuracy", "RobustAccuracy"]
@@ -67,7 +67,7 @@ class RobustAccuracy:
         return d
 
 
-def robust_accuracy(model: EnergyModel | str, data: ImageData | str, attack: Attack, *,
+def robust_accuracy(model: EnergyModel | str, data: ImageSet | str, attack: Attack, *,
                     indices: Sequence[int] | None = None, batch_size: int = 250, device=None,
                     autocast: torch.dtype | None = None, generator: rng.GeneratorLike = None) -> RobustAccuracy:
     """Clean and robust accuracy of ``model`` on ``data`` under an untargeted ``attack``.
@@ -95,7 +95,7 @@ def robust_accuracy(model: EnergyModel | str, data: ImageData | str, attack: Att
     from ..models import resolve_model
 
     model = resolve_model(model)
-    data = load_data(data, default_split="test")
+    data = load_data(data, default_split="test", preprocess=getattr(model, "preprocess", None))
     device = torch.device(device) if device is not None else next(model.parameters()).device
     idx = np.arange(len(data)) if indices is None else np.asarray(indices)
     if len(idx) == 0:

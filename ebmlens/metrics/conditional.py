@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..data import ImageData
+from ..data import ImageSet
 from .features import extract, extractor, rgb_images
 
 __all__ = ["ClassMeasure", "conditional_accuracy", "class_diversity"]
@@ -31,10 +31,10 @@ class ClassMeasure:
         return asdict(self)
 
 
-def _labelled(images: object, labels: object) -> tuple[ImageData, np.ndarray]:
+def _labelled(images: object, labels: object) -> tuple[ImageSet, np.ndarray]:
     data = rgb_images(images, "images")
     if labels is None:
-        if not isinstance(images, (ImageData, str, os.PathLike)):
+        if not isinstance(images, (ImageSet, str, os.PathLike)):
             raise ValueError("labels are required for image arrays (the target class of each image)")
         y = data.labels
     else:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .. import _dist
-from ..data import ImageData, as_image_data
+from ..data import ImageSet, as_image_data
 from ._math import _Moments
 
 log = logging.getLogger(__name__)
@@ -322,17 +322,17 @@ def extractor(feature_model: object, *, inception_weights=None, layer=None, arch
     return ModuleFeatures(feature_model, layer, None if device is None else _device(device), feature_name)
 
 
-def rgb_images(x: object, what: str = "images") -> ImageData:
+def rgb_images(x: object, what: str = "images") -> ImageSet:
     """What the feature networks read: :func:`ebmlens.data.as_image_data` of ``x``, RGB only."""
     data = as_image_data(x, what)
-    c = data.images.shape[-1]
+    c = data.image_shape[-1]
     if c != 3:
         raise ValueError(f"{what} ({data.source}) are {'grayscale' if c == 1 else f'{c}-channel'} images (C={c}); "
                          "the metrics need RGB: repeat the channel, e.g. x.repeat(1, 3, 1, 1)")
     return data
 
 
-def extract(ext, data: ImageData, batch_size: int, progress: bool, desc: str, keep: bool = True,
+def extract(ext, data: ImageSet, batch_size: int, progress: bool, desc: str, keep: bool = True,
             local: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None, _Moments | None]:
     """Run ``ext`` over ``data`` in batches: ``(features (N, d) or None, logits or None, moments)``.
 
@@ -350,8 +350,9 @@ def extract(ext, data: ImageData, batch_size: int, progress: bool, desc: str, ke
     share = sum(min(batch_size, len(data) - s) for s in starts)
     with ext.active(), tqdm(total=share, desc=desc if not d.active else f"{desc} (rank 0 of {d.world})", unit="img",
                             disable=not progress or d.rank != 0, leave=False) as bar:
-        for s in starts:
-            f, z = ext(data.images[s:s + batch_size])
+        mine = np.concatenate([np.arange(s, min(s + batch_size, len(data))) for s in starts]) if starts else []
+        for s, (arr, _) in zip(starts, data.arrays(batch_size, mine)):  # streamed sets: decoded by workers
+            f, z = ext(arr)
             if not d.active:
                 mom.update(f.numpy())  # streamed: without keep, one process never holds all features
             if keep or d.active:

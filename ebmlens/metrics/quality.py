@@ -20,7 +20,7 @@ import torch
 
 from .. import _dist
 from .._io import versions
-from ..data import ImageData
+from ..data import ImageSet
 from ._math import frechet_distance, inception_score, kernel_distance
 from .features import INCEPTION_NETWORK, extract, extractor, rgb_images, slug
 from .reference import ReferenceStats, check_stats, is_stats_file, load_reference_stats
@@ -158,7 +158,7 @@ def evaluate(images: object, ref: object = None, metrics: str | Sequence[str] = 
             values=values, network=ext.network, layer=ext.layer, standard=bool(ext.standard and w is not None
                                                                                 and w.official),
             implementation={k: v for sc in scores for k, v in sc.implementation.items()}, num_images=len(data),
-            source=data.source, fingerprint=data.fingerprint, image_size=tuple(int(s) for s in data.images.shape[1:3]),
+            source=data.source, fingerprint=data.fingerprint, image_size=tuple(data.image_shape[:2]),
             ref=r.source if r else None, num_ref_images=r.count if r else None,
             ref_fingerprint=r.fingerprint if r else None, splits=splits if "is" in metrics else None,
             kid_subsets=kid_subsets if "kid" in metrics else None, kid_subset_size=size,
@@ -169,7 +169,7 @@ def evaluate(images: object, ref: object = None, metrics: str | Sequence[str] = 
     return _dist.run_on_rank0(finish)
 
 
-def _reference_input(ref: object, metrics: tuple[str, ...]) -> tuple[ReferenceStats | None, ImageData | None]:
+def _reference_input(ref: object, metrics: tuple[str, ...]) -> tuple[ReferenceStats | None, ImageSet | None]:
     """What FID/KID compare against: saved statistics, or images to extract (neither for IS only)."""
     if "fid" not in metrics and "kid" not in metrics:
         return None, None
@@ -195,7 +195,7 @@ class _Reference:
     fingerprint: str
 
     @classmethod
-    def of(cls, stats: ReferenceStats | None, data: ImageData | None, extracted) -> "_Reference":
+    def of(cls, stats: ReferenceStats | None, data: ImageSet | None, extracted) -> "_Reference":
         if stats is not None:
             feats = None if stats.features is None else torch.from_numpy(stats.features)
             return cls(stats.mu, stats.sigma, feats, stats.source, stats.count, stats.fingerprint)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _dist
 from .._io import atomic_save_npz
-from ..data import ImageData
+from ..data import ImageSet
 from .features import extract, extractor, rgb_images
 
 __all__ = ["ReferenceStats", "reference_stats", "load_reference_stats", "is_stats_file", "check_stats"]
@@ -103,7 +103,7 @@ def reference_stats(source: object, feature_model: object = None, *, inception_w
     return _dist.run_on_rank0(_finish_stats, f, mom, data, ext, out)  # under torchrun: rank 0 computes and writes
 
 
-def _finish_stats(f, mom, data: ImageData, ext, out) -> ReferenceStats:
+def _finish_stats(f, mom, data: ImageSet, ext, out) -> ReferenceStats:
     mu, sigma = mom.result()
     stats = ReferenceStats(mu, sigma, mom.n, data.fingerprint, data.source, ext.network, ext.layer,
                            ext.fingerprint(), None if f is None else f.numpy().astype(np.float32))

@@ -32,7 +32,7 @@ from typing import Any
 from torch import nn
 
 from ..attacks import parse_threat_model
-from ..energy import EnergyModel
+from ..energy import EnergyModel, Preprocess
 from ._offline import NetworkBlocked, no_network
 from .file import check_weights_file, read_checkpoint
 
@@ -283,6 +283,8 @@ def load(
         kw["class_names"] = CIFAR10_CLASSES
     elif ds == "cifar100":
         kw["class_names"] = CIFAR100_CLASSES
+    else:
+        kw["preprocess"] = imagenet_preprocess(entry.get("preprocessing"))
 
     timm_name = _timm_entry(name, ds, tm)
     if timm_name is not None:
@@ -306,6 +308,20 @@ def load(
         sd = _imagenet_fixups(sd, name, net)
     net = _load_weights(net, name, sd, ds, path)
     return EnergyModel(net.eval(), **kw)
+
+
+def imagenet_preprocess(name: str | None) -> Preprocess:
+    """RobustBench's ImageNet transform by its model-table name (``"Res256Crop224"``, the default,
+    is ``Resize(256)`` + ``CenterCrop(224)``; ``"BicubicRes256Crop224"``; ``"Crop288"``).
+
+    >>> imagenet_preprocess(None)
+    Preprocess(resize=256, crop=224, interpolation='bilinear')
+    """
+    m = re.fullmatch(r"(Bicubic)?(?:Res(\d+))?(?:Crop(\d+))?", name or "Res256Crop224")
+    if not m or not (m.group(2) or m.group(3)):
+        raise ValueError(f"unknown RobustBench preprocessing {name!r}; expected e.g. 'Res256Crop224'")
+    return Preprocess(int(m.group(2)) if m.group(2) else None, int(m.group(3)) if m.group(3) else None,
+                      "bicubic" if m.group(1) else "bilinear")
 
 
 def _where(gid: str, download: bool) -> str:

@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from ..energy import EnergyModel
+from ..energy import EnergyModel, Preprocess
 from ._offline import NetworkBlocked, no_network
 from .file import load_into, match_state_dict, read_checkpoint, split_checkpoint
 
@@ -148,4 +148,16 @@ def load(
         name=name,
         dataset=dataset,
         threat_model=threat_model,
+        preprocess=_preprocess(cfg),
     )
+
+
+def _preprocess(cfg: dict) -> Preprocess | None:
+    """timm's evaluation transform from its data config: resize to ``size / crop_pct`` then center
+    crop ``size`` (``crop_mode="center"``); ``None`` for small (CIFAR-size) inputs."""
+    size = int(cfg["input_size"][-1])
+    if size < 64:
+        return None
+    pct = float(cfg.get("crop_pct") or 1.0)
+    interp = str(cfg.get("interpolation") or "bilinear")
+    return Preprocess(int(size / pct), size, interp if interp in ("nearest", "bilinear", "bicubic") else "bilinear")

@@ -200,7 +200,7 @@ class DataInit:
     DAT (Yin et al.) starts from natural images of *another* distribution; any set works.
 
     Args:
-        images: an :class:`~ebmlens.data.ImageData` or a float tensor ``(M, C, H, W)`` in [0, 1]
+        images: an image set (:class:`~ebmlens.data.ImageData` or a streamed folder) or a float tensor ``(M, C, H, W)`` in [0, 1]
             (held by reference; recorded by fingerprint). Resized (bilinear, antialiased) when its size
             differs from the model's.
         noise: std of the added Gaussian noise (0 = none).
@@ -212,13 +212,13 @@ class DataInit:
     same_class: bool = False
 
     def __post_init__(self) -> None:
-        from ..data import ImageData, load_data
+        from ..data import ImageSet, load_data
 
         imgs = self.images
         if isinstance(imgs, str):
             imgs = load_data(imgs)
             object.__setattr__(self, "images", imgs)
-        if isinstance(imgs, ImageData):
+        if isinstance(imgs, ImageSet):  # in memory or streamed (random access: decoded per batch)
             if len(imgs) == 0:
                 raise ValueError("DataInit got an empty image set")
         elif isinstance(imgs, torch.Tensor):

@@ -41,7 +41,7 @@ from .sgld import SGLD, MomentumSGLD
 from ..stats import ClassStats, class_stats, coerce_stats, missing_stats_error
 from .transforms import Clamp, Contrast
 
-__all__ = ["get", "names", "PRESETS", "santurkar2019", "jempp", "robust_jem_energy", "robust_jem", "mirza2024",
+__all__ = ["get", "names", "PRESETS", "DATASET_DEFAULTS", "santurkar2019", "jempp", "robust_jem_energy", "robust_jem", "mirza2024",
            "dat2025"]
 
 
@@ -188,9 +188,9 @@ def dat2025(stats=None, data=None, *, steps: int = 22, step_size: float = 0.2, s
     offline. ``conditional=False`` ascends ``-E(x)`` instead of ``f(x)[y]``.
     """
     if data is not None:
-        from ..data import ImageData, load_data
+        from ..data import ImageSet, load_data
 
-        seeds = data if isinstance(data, ImageData) or not isinstance(data, str) else load_data(data)
+        seeds = data if isinstance(data, ImageSet) or not isinstance(data, str) else load_data(data)
         first: Any = DataInit(seeds, noise=seed_noise)
     elif stats is not None:
         first = GaussianInit(coerce_stats(stats, "preset 'dat2025'"))
@@ -211,12 +211,26 @@ PRESETS: dict[str, Callable[..., Pipeline]] = {
 }
 
 
+# Settings a source gives for another dataset than the function's defaults (CIFAR-10). ``get(...,
+# dataset=)`` applies them under the caller's explicit overrides; the pipeline config records them.
+#
+# * santurkar2019 / imagenet: eps 40, step 1, 60 steps (Santurkar et al. 2019, ImageNet at 224x224,
+#   seeds from 4x-downsampled class Gaussians: ``ebmlens stats --downsample 4``); no rescaling needed.
+# * dat2025 / imagenet: DAT's ImageNet runs take 13 normalized-L2 steps of 8 at 256x256. A step of
+#   L2 length ``a`` at ``H x W`` moves each pixel by ``a / sqrt(3 H W)`` on average, so the same
+#   per-pixel move at 224x224 is ``8 * sqrt(224^2 / 256^2) = 8 * 224/256 = 7.0``: 13 steps of 7.0.
+DATASET_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("santurkar2019", "imagenet"): {"eps": 40.0, "step_size": 1.0, "steps": 60},
+    ("dat2025", "imagenet"): {"steps": 13, "step_size": 8.0 * 224 / 256},
+}
+
+
 def names() -> list[str]:
     """The preset names."""
     return list(PRESETS)
 
 
-def get(name: str, *, stats: Any = None, data: Any = None, **overrides: Any) -> Pipeline:
+def get(name: str, *, stats: Any = None, data: Any = None, dataset: str | None = None, **overrides: Any) -> Pipeline:
     """The pipeline of preset ``name`` with its published defaults; ``overrides`` change its knobs.
 
     Args:
@@ -224,7 +238,12 @@ def get(name: str, *, stats: Any = None, data: Any = None, **overrides: Any) -> 
         stats: :class:`ClassStats` (or a ``.safetensors`` path) for presets with a Gaussian/PCA init.
         data: seed images for ``dat2025``; for the others, a data spec to fit statistics on when
             ``stats`` is not given.
+        dataset: the model's dataset (``model.dataset``: ``"cifar10"``, ``"imagenet"``...): the source's
+            settings for it (:data:`DATASET_DEFAULTS`) replace the CIFAR defaults; ``overrides`` win.
         overrides: keyword parameters of the preset's function (e.g. ``steps=20``).
+
+    >>> get("dat2025", stats=None, data=__import__("torch").rand(2, 3, 8, 8), dataset="imagenet").stages[0].steps
+    13
     """
     if not isinstance(name, str) or name not in PRESETS:
         close = difflib.get_close_matches(str(name), PRESETS, n=3, cutoff=0.4)
@@ -236,4 +255,7 @@ def get(name: str, *, stats: Any = None, data: Any = None, **overrides: Any) -> 
     if bad:
         raise ValueError(f"preset {name!r} has no option {', '.join(map(repr, bad))}; its options are: "
                          f"{', '.join(allowed)}")
-    return fn(stats=stats, data=data, **overrides)
+    if dataset is not None and not isinstance(dataset, str):
+        raise TypeError(f"dataset must be a name like 'imagenet' or None, got {type(dataset).__name__}")
+    chosen = {**DATASET_DEFAULTS.get((name, (dataset or "").lower()), {}), **overrides}
+    return fn(stats=stats, data=data, **chosen)

@@ -176,11 +176,17 @@ class ClassStats:
         return atomic_save_safetensors(arrays, path, metadata={"ebmlens": json.dumps(meta)})
 
     @classmethod
-    def load(cls, path: str | Path) -> "ClassStats":
-        """Read a file written by :meth:`save` (safetensors: no code is executed)."""
+    def load(cls, path: str | Path, classes=None) -> "ClassStats":
+        """Read a file written by :meth:`save` (safetensors: no code is executed), or a per-class
+        directory written by ``ebmlens stats`` (:func:`ebmlens.stats.sharded.load_stats_dir`;
+        ``classes``: only those classes' files)."""
         from safetensors import safe_open
 
         path = Path(path)
+        if path.is_dir() and (path / "meta.json").is_file():
+            from .sharded import load_stats_dir
+
+            return load_stats_dir(path, classes)
         if not path.exists():
             raise FileNotFoundError(f"class statistics file {str(path)!r} not found; create one with "
                                     "ebmlens.class_stats('cifar10:PATH').save(path)")

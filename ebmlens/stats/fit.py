@@ -20,36 +20,40 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- computing
-def _top_eigen(cov: torch.Tensor, variance: float, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _top_eigen(cov: torch.Tensor, variance: float, n: int, seed: int = 0, rank: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Leading eigenpairs of a symmetric PSD ``(D, D)`` covariance of ``n`` samples, covering
     ``variance`` of its trace.
 
     Randomized subspace iteration (Halko et al. 2011) in float32 with a local generator; the subspace
     doubles until the retained variance is reached (exact ``eigh`` once it would cover half of ``D``).
     A covariance of ``n <= q`` samples has rank ``< q``, so one pass is exact (no power iterations).
+    ``rank``: exactly the top ``rank`` pairs instead (no doubling; ``variance`` is ignored).
     """
     d = cov.shape[0]
     total = float(torch.trace(cov))
     if total <= 0:
-        return torch.zeros(d, 1), torch.zeros(1)
+        return torch.zeros(d, 1, device=cov.device), torch.zeros(1, device=cov.device)
     g = torch.Generator().manual_seed(seed)
     c32 = cov.float()
-    q = min(max(n, 32), 256)
+    q = min(max(n, 32), 256) if rank is None else int(rank)
     while True:
         if 2 * q >= d:
             vals, vecs = torch.linalg.eigh(cov)
             vals, vecs = vals.flip(0).clamp_min(0).float(), vecs.flip(1).float()
             break
-        y = c32 @ torch.randn(d, q + 8, generator=g)
+        y = c32 @ torch.randn(d, q + 8, generator=g).to(c32.device)
         for _ in range(0 if n <= q else 2):  # power iterations sharpen the spectrum
             y, _ = torch.linalg.qr(y)
             y = c32 @ y
         basis, _ = torch.linalg.qr(y)
         vals, w = torch.linalg.eigh(basis.T @ c32 @ basis)
         vals, vecs = vals.flip(0).clamp_min(0)[:q], (basis @ w.flip(1))[:, :q]
-        if float(vals.sum()) / total >= variance or n <= q:
+        if rank is not None or float(vals.sum()) / total >= variance or n <= q:
             break
         q *= 2
+    if rank is not None:
+        return vecs[:, :rank].contiguous(), vals[:rank]
     frac = torch.cumsum(vals.double(), 0) / total
     m = min(int(torch.searchsorted(frac, torch.tensor([variance], dtype=frac.dtype)).item()) + 1, len(vals))
     return vecs[:, :m].contiguous(), vals[:m]
@@ -61,8 +65,37 @@ def _flatten_batch(x: torch.Tensor, downsample: int) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).double()
 
 
+def fit_class(batches, d: int, *, reg: float, pca_variance: float, full: bool, rank: int | None = None,
+              seed: int = 0, who: str = "class", device=None) -> dict[str, torch.Tensor | int | None]:
+    """One class's statistics from its ``(n, D)`` float64 batches: exact sums ``sum x`` and
+    ``sum x x^T`` (``D x D`` float64: 708 MB at 56x56x3), then mean, diagonal, trace, leading
+    eigenpairs (``rank`` of them, or up to ``pca_variance``) and, when ``full``, the Cholesky factor.
+    ``device``: where the sums and the eigen-solver run (results come back to the CPU)."""
+    s1 = torch.zeros(d, dtype=torch.float64, device=device)
+    s2 = torch.zeros(d, d, dtype=torch.float64, device=device)
+    n = 0
+    for xb in batches:
+        xb = xb.to(s1.device)
+        s1 += xb.sum(0)
+        s2.addmm_(xb.T, xb)
+        n += xb.shape[0]
+    if n < 2:
+        raise ValueError(f"{who} has {n} image(s); class statistics need at least 2 per class")
+    mu = s1 / n
+    cov = s2.sub_(torch.outer(mu, mu), alpha=n).div_(n - 1)
+    cov = (cov + cov.T) / 2
+    del s2
+    vecs, vals = _top_eigen(cov, pca_variance, n, seed=seed, rank=rank)
+    out = {"mean": mu.float().cpu(), "diag": cov.diagonal().clamp_min(0).float().cpu(), "total_var": float(cov.trace()),
+           "count": n, "eigvecs": vecs.float().cpu(), "eigvals": vals.float().cpu(), "chol": None}
+    if full:
+        cov.diagonal().add_(reg)
+        out["chol"] = torch.linalg.cholesky(cov).float().cpu()
+    return out
+
+
 def _fit(batches_per_class, shape: tuple[int, int, int], num_classes: int, *, reg: float, pca_variance: float,
-         full: bool = True) -> dict[str, torch.Tensor]:
+         full: bool = True, rank: int | None = None) -> dict[str, torch.Tensor]:
     d = int(np.prod(shape))
     mean = torch.zeros(num_classes, d)
     diag = torch.zeros(num_classes, d)
@@ -71,26 +104,13 @@ def _fit(batches_per_class, shape: tuple[int, int, int], num_classes: int, *, re
     chol = torch.zeros(num_classes, d, d) if full else None
     vecs_l, vals_l = [], []
     for k in range(num_classes):
-        s1 = torch.zeros(d, dtype=torch.float64)
-        s2 = torch.zeros(d, d, dtype=torch.float64)
-        n = 0
-        for xb in batches_per_class(k):
-            s1 += xb.sum(0)
-            s2.addmm_(xb.T, xb)
-            n += xb.shape[0]
-        if n < 2:
-            raise ValueError(f"class {k} has {n} image(s); class statistics need at least 2 per class")
-        mu = s1 / n
-        cov = (s2 - n * torch.outer(mu, mu)) / (n - 1)
-        cov = (cov + cov.T) / 2
-        mean[k], diag[k], total[k], counts[k] = mu.float(), cov.diagonal().clamp_min(0).float(), float(cov.trace()), n
-        vecs, vals = _top_eigen(cov, pca_variance, n, seed=k)
-        vecs_l.append(vecs.float())
-        vals_l.append(vals.float())
+        c = fit_class(batches_per_class(k), d, reg=reg, pca_variance=pca_variance, full=full, rank=rank, seed=k,
+                      who=f"class {k}")
+        mean[k], diag[k], total[k], counts[k] = c["mean"], c["diag"], c["total_var"], c["count"]
+        vecs_l.append(c["eigvecs"])
+        vals_l.append(c["eigvals"])
         if chol is not None:
-            cov.diagonal().add_(reg)
-            chol[k] = torch.linalg.cholesky(cov).float()
-        del s2, cov
+            chol[k] = c["chol"]
     r = max(v.shape[1] for v in vecs_l)
     eigvecs = torch.zeros(num_classes, d, r)
     eigvals = torch.zeros(num_classes, r)
@@ -114,6 +134,7 @@ def class_stats(
     num_classes: int | None = None,
     full: bool = True,
     batch_size: int = 1000,
+    rank: int | None = None,
 ) -> ClassStats:
     """Fit per-class Gaussian/PCA statistics of an image set.
 
@@ -136,12 +157,14 @@ def class_stats(
         full: also factor each full covariance (Cholesky; ~K*D*D*4 bytes). ``False`` skips it and
             returns low-rank + diagonal statistics holding every component up to ``pca_variance``.
         batch_size: images per accumulation step.
+        rank: keep exactly the top ``rank`` components per class (randomized subspace iteration at that
+            size; ``pca_variance`` is then ignored), as the ImageNet statistics do (:mod:`ebmlens.stats.sharded`).
 
     Returns:
         :class:`ClassStats` (with the Cholesky factor when ``full``); ``.compact(rank)`` for the
         shippable form.
     """
-    from ..data import ImageData, cache_dir, load_data
+    from ..data import ImageSet, cache_dir, load_data
 
     if not (isinstance(downsample, int) and downsample >= 1):
         raise ValueError(f"downsample must be an int >= 1, got {downsample!r}")
@@ -149,7 +172,9 @@ def class_stats(
         raise ValueError(f"reg must be >= 0, got {reg!r}")
     if not 0 < pca_variance <= 1:
         raise ValueError(f"pca_variance must be in (0, 1], got {pca_variance!r}")
-    if isinstance(source, (str, Path)) and str(source).endswith(".safetensors"):
+    if rank is not None and not (isinstance(rank, int) and rank >= 1):
+        raise ValueError(f"rank must be a positive int or None, got {rank!r}")
+    if isinstance(source, (str, Path)) and (str(source).endswith(".safetensors") or Path(source, "meta.json").is_file()):
         return ClassStats.load(source)
     if isinstance(source, torch.Tensor):
         return _from_tensors(source, labels, num_classes=num_classes, downsample=downsample, reg=reg,
@@ -158,13 +183,14 @@ def class_stats(
         raise TypeError("labels= is only for tensor images; a data spec or ImageData carries its own labels")
     if isinstance(source, (str, Path)):
         data = load_data(str(source), split, default_split="train")
-    elif isinstance(source, ImageData):
+    elif isinstance(source, ImageSet):
         data = source
     else:
         raise TypeError(f"class_stats source must be a data spec like 'cifar10:PATH', an ImageData, a "
                         f".safetensors file or an image tensor, got {type(source).__name__}")
     idx = np.arange(len(data)) if n is None else data.strided(int(n))
     key_src = f"{data.fingerprint}|{n}|{downsample}|{reg}|{pca_variance}|{full}|v{_ALGO_VERSION}"
+    key_src += "" if rank is None else f"|rank{rank}"
     key = fingerprint(key_src)
     fname = cache_dir() / "stats" / f"class-stats-{key}.safetensors"
     if cache and fname.exists():
@@ -175,16 +201,16 @@ def class_stats(
             log.warning("cached statistics %s unreadable; recomputing", fname)
     labels_np = data.labels[idx]
     k_classes = data.num_classes
-    h, w, c = (int(s) for s in data.images.shape[1:])
+    h, w, c = data.image_shape
     shape = _pooled_shape((c, h, w), downsample)
 
     def per_class(k: int):
         members = idx[labels_np == k]
-        for s in range(0, len(members), batch_size):
-            yield _flatten_batch(data.tensor(members[s:s + batch_size]), downsample)
+        for xb, _ in data.batches(batch_size, members):  # streamed sets: one batch in memory at a time
+            yield _flatten_batch(xb, downsample)
 
     log.info("fitting class statistics on %d images of %s", len(idx), data.source)
-    fit = _fit(per_class, shape, k_classes, reg=reg, pca_variance=pca_variance, full=full)
+    fit = _fit(per_class, shape, k_classes, reg=reg, pca_variance=pca_variance, full=full, rank=rank)
     src, _, sp = data.source.rpartition("@")
     stats = ClassStats(**fit, shape=shape, reg=reg, source=(src if sp in ("train", "test") else data.source)
                        + ("" if n is None else f"[strided {n}]"), split=sp if sp in ("train", "test") else None,
@@ -227,7 +253,9 @@ def coerce_stats(stats: Any, who: str) -> ClassStats:
     if isinstance(stats, ClassStats):
         return stats
     if isinstance(stats, (str, Path)):
-        return ClassStats.load(stats) if str(stats).endswith(".safetensors") else class_stats(str(stats))
+        if str(stats).endswith(".safetensors") or Path(stats, "meta.json").is_file():  # a file or a per-class directory
+            return ClassStats.load(stats)
+        return class_stats(str(stats))
     raise missing_stats_error(who) if stats is None else TypeError(
         f"{who} expects ClassStats (from ebmlens.class_stats), got {type(stats).__name__}")
 

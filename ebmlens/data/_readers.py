@@ -1,22 +1,6 @@
-"""Image datasets from local files, decoded once and cached as arrays. Never downloads.
+"""Readers of image files, archives and arrays, and the decode cache (``cache_dir()/data``).
 
-One grammar for every command (a *data spec*):
-
-* ``cifar10:PATH[@train|@test]`` - PATH is the ``cifar10-jpeg.tar.xz`` archive, a folder in
-  ImageFolder layout with ``train/`` and ``test/`` (``<split>/<class>/*.jpg|png``), or
-  torchvision's ``cifar-10-batches-py`` folder (or its parent). ``cifar100:`` likewise for
-  torchvision's ``cifar-100-python``.
-* ``folder:PATH`` - an ImageFolder (``PATH/<class>/<image>``), or a flat folder of images
-  (label 0), or an ebmlens samples folder (its ``samples.npz`` is read).
-* ``npz:PATH`` - arrays ``images`` (N x H x W x C uint8, or N x C x H x W) and optional ``labels``.
-
-Images are held as ``uint8`` arrays ``(N, H, W, C)`` (the image-file convention); tensors handed
-to models are float ``(N, C, H, W)`` in [0, 1].
-
->>> import numpy as np
->>> ds = ImageData(np.zeros((4, 8, 8, 3), np.uint8), np.arange(4) % 2, ["a", "b"], "toy")
->>> ds.tensor([0, 1]).shape
-torch.Size([2, 3, 8, 8])
+Private: the data sources in :mod:`ebmlens.data.sources` call these.
 """
 
 from __future__ import annotations
@@ -26,19 +10,16 @@ import logging
 import os
 import pickle
 import tarfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ._io import atomic_save_npz, fingerprint
+from .._io import atomic_save_npz, fingerprint
+from ..energy import Preprocess
+from .memory import ImageData
 
-__all__ = ["ImageData", "load_data", "as_image_data", "to_uint8_images", "parse_data_spec", "cache_dir",
-           "CIFAR10_CLASSES", "default_cifar10_path", "atomic_save_npz"]
-
-log = logging.getLogger(__name__)
+log = logging.getLogger("ebmlens.data")
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -64,110 +45,6 @@ def default_cifar10_path() -> Path | None:
     return None
 
 
-@dataclass(frozen=True, eq=False)
-class ImageData:
-    """Decoded images with labels.
-
-    Attributes:
-        images: ``uint8`` array ``(N, H, W, C)``.
-        labels: ``int64`` array ``(N,)``.
-        class_names: names of the classes.
-        source: the spec or description it came from.
-        fingerprint: sha256 of the arrays (first 16 hex digits), for provenance records.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    class_names: list[str]
-    source: str
-    fingerprint: str = field(default="")
-
-    def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise ValueError(f"ImageData.images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}")
-        if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"{self.labels.shape[0] if self.labels.ndim else 0} labels for {self.images.shape[0]} images")
-        if not self.fingerprint:
-            object.__setattr__(self, "fingerprint", fingerprint(self.images, self.labels.astype(np.int64)))
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def tensor(self, idx: Sequence[int] | slice | None = None, device=None) -> torch.Tensor:
-        """Float ``(n, C, H, W)`` in [0, 1] of the selected images."""
-        arr = self.images if idx is None else self.images[idx]
-        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div_(255.0)
-        return t.to(device) if device is not None else t
-
-    def label_tensor(self, idx: Sequence[int] | slice | None = None, device=None) -> torch.Tensor:
-        arr = self.labels if idx is None else self.labels[idx]
-        return torch.as_tensor(np.asarray(arr), dtype=torch.long, device=device)
-
-    def strided(self, n: int) -> np.ndarray:
-        """Indices of ``n`` images spread evenly over the set (members are sorted by class:
-        never take the first ``n``)."""
-        if n <= 0 or n > len(self):
-            raise ValueError(f"asked for {n} images but the dataset {self.source} has {len(self)}")
-        return np.floor(np.arange(n) * (len(self) / n)).astype(np.int64)
-
-    def batches(self, batch_size: int, indices: Sequence[int] | None = None, device=None
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Stream ``(images, labels)`` batches in the given index order."""
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {batch_size}")
-        idx = np.arange(len(self)) if indices is None else np.asarray(indices)
-        for s in range(0, len(idx), batch_size):
-            b = idx[s:s + batch_size]
-            yield self.tensor(b, device), self.label_tensor(b, device)
-
-
-# --------------------------------------------------------------------------- specs
-def parse_data_spec(spec: str) -> tuple[str, str, str | None]:
-    """``"cifar10:PATH@test"`` -> ``("cifar10", "PATH", "test")``."""
-    if not isinstance(spec, (str, os.PathLike)):
-        raise TypeError(f"data spec must be a string like 'cifar10:PATH@test', got {type(spec).__name__}")
-    spec = str(spec)
-    kind, sep, rest = spec.partition(":")
-    if not sep or kind not in ("cifar10", "cifar100", "folder", "npz"):
-        if Path(spec).suffix == ".npz":
-            kind, rest = "npz", spec
-        elif Path(spec).is_dir():
-            kind, rest = "folder", spec
-        else:
-            raise ValueError(f"unknown data spec {spec!r}; use cifar10:PATH[@train|@test], folder:PATH or npz:PATH")
-    split = None
-    if "@" in rest:
-        path, _, split = rest.rpartition("@")
-        if split not in ("train", "test"):
-            raise ValueError(f"unknown split {split!r} in data spec {spec!r}; use @train or @test")
-        rest = path
-    if not rest:
-        raise ValueError(f"data spec {spec!r} names no path")
-    return kind, rest, split
-
-
-def load_data(spec: str | ImageData, split: str | None = None, *, default_split: str = "test") -> ImageData:
-    """Load a dataset from a data spec (see module docs). ``split`` overrides the spec's ``@split``;
-    without either, ``default_split`` is used (statistics use train, analysis and metrics test)."""
-    if isinstance(spec, ImageData):
-        return spec
-    kind, path_s, spec_split = parse_data_spec(spec)
-    split = split or spec_split or default_split
-    path = Path(path_s).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"data path {str(path)!r} does not exist (from spec {spec!r}); "
-                                "point it at the CIFAR-10 archive or folder")
-    if kind in ("cifar10", "cifar100"):
-        return _load_cifar(kind, path, split, str(spec))
-    if kind == "npz":
-        return _load_npz(path, str(spec))
-    return _load_folder(path, str(spec))
-
-
 def _cache_key(path: Path, extra: str) -> str:
     st = path.stat()
     h = fingerprint(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}|{extra}")
@@ -187,16 +64,26 @@ def _cached(path: Path, extra: str, build) -> tuple[np.ndarray, np.ndarray, list
     return images, labels, names
 
 
-def _decode(data: bytes, where: str) -> np.ndarray:
-    """Decode one image file's bytes to uint8 RGB; an unreadable file is named (``where``)."""
+def _decode(data: bytes, where: str, preprocess: Preprocess | None = None) -> np.ndarray:
+    """Decode one image file's bytes to uint8 RGB ``(H, W, 3)``, preprocessed (resize, crop) when
+    ``preprocess`` is given; an unreadable file is named (``where``)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            im = im.convert("RGB")
+            return np.asarray(preprocess(im) if preprocess is not None else im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as e:
+        if isinstance(e, ValueError) and "center-crop" in str(e):
+            raise ValueError(f"{where}: {e}") from None
         why = "not a readable image file" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
         raise ValueError(f"cannot decode image {where} ({why}); remove or replace that file") from None
+
+
+def decode_file(path: str | Path, preprocess: Preprocess | None = None) -> np.ndarray:
+    """One image file as uint8 ``(H, W, 3)`` (see :func:`_decode`)."""
+    with open(path, "rb") as fh:
+        return _decode(fh.read(), str(path), preprocess)
 
 
 def _load_cifar(kind: str, path: Path, split: str, spec: str) -> ImageData:
@@ -245,7 +132,9 @@ def _decode_tar(path: Path, split: str, class_order: list[str] | None):
     return np.stack(images), np.asarray(labels, dtype=np.int64), names
 
 
-def _decode_folder(path: Path):
+def list_folder(path: Path) -> dict[str, list[Path]]:
+    """``{class: sorted image files}`` of an ImageFolder (``PATH/<class>/<image>``), or ``{"0": files}``
+    of a flat folder of images."""
     files_by_class: dict[str, list[Path]] = {}
     subdirs = sorted(p for p in path.iterdir() if p.is_dir())
     if subdirs:
@@ -259,16 +148,25 @@ def _decode_folder(path: Path):
             files_by_class["0"] = fs
     if not files_by_class:
         raise ValueError(f"no images found in {path} (looked for {', '.join(_IMAGE_EXT)})")
+    return files_by_class
+
+
+def decode_files(files_by_class: dict[str, list[Path]], where: Path, preprocess: Preprocess | None = None):
+    """Decode every file of :func:`list_folder` into one ``(N, H, W, C)`` array, labels, class names."""
     names = sorted(files_by_class)
     images, labels = [], []
     for k, c in enumerate(names):
         for f in files_by_class[c]:
-            images.append(_decode(f.read_bytes(), str(f)))
+            images.append(decode_file(f, preprocess))
             labels.append(k)
     shapes = {a.shape for a in images}
     if len(shapes) > 1:
-        raise ValueError(f"images in {path} have different sizes {sorted(shapes)[:4]}; resize them to one size first")
+        raise ValueError(f"images in {where} have different sizes {sorted(shapes)[:4]}; resize them to one size first")
     return np.stack(images), np.asarray(labels, dtype=np.int64), names
+
+
+def _decode_folder(path: Path, preprocess: Preprocess | None = None):
+    return decode_files(list_folder(path), path, preprocess)
 
 
 def _find_torchvision_dir(path: Path, kind: str) -> Path | None:
@@ -308,43 +206,6 @@ def _load_npz(path: Path, spec: str) -> ImageData:
     if names is None:
         names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 1)]
     return ImageData(images, labels, names, spec)
-
-
-def _load_folder(path: Path, spec: str) -> ImageData:
-    if path.is_dir() and (path / "samples.npz").exists():
-        return _load_npz(path / "samples.npz", spec)
-    if not path.is_dir():
-        raise ValueError(f"folder:{path} is not a directory")
-    images, labels, names = _decode_folder(path)
-    return ImageData(images, labels, names, spec)
-
-
-# --------------------------------------------------------------------------- images from anything
-def as_image_data(x: object, what: str = "images", *, default_split: str = "test") -> ImageData:
-    """An :class:`ImageData` from what a user hands in: an ImageData; a batch (see
-    :func:`to_uint8_images`; labels 0); a folder (an ebmlens samples folder or image files); an
-    ``.npz``; or a data spec (without ``@split``: ``default_split``). ``what`` names it in errors."""
-    if isinstance(x, ImageData):
-        data = x
-    elif isinstance(x, (torch.Tensor, np.ndarray)):
-        data = ImageData(to_uint8_images(x, what), np.zeros(len(x), np.int64), ["0"], f"{what} array {tuple(x.shape)}")
-    elif isinstance(x, (str, os.PathLike)):
-        p = Path(x).expanduser()
-        if p.is_dir():
-            data = load_data(f"folder:{p}")
-        elif p.suffix == ".npz" and p.is_file():
-            data = load_data(f"npz:{p}")
-        elif ":" not in str(x):
-            raise FileNotFoundError(f"{what} {str(x)!r} does not exist; give a samples or image folder, an .npz, "
-                                    "or a data spec like cifar10:PATH@train")
-        else:
-            data = load_data(str(x), default_split=default_split)
-    else:
-        raise TypeError(f"{what} must be images (a tensor or array), an ImageData, a folder, an .npz or a data spec "
-                        f"like 'cifar10:PATH@train', got {type(x).__name__}")
-    if len(data) == 0:
-        raise ValueError(f"{what} ({data.source}) holds no images")
-    return data
 
 
 def to_uint8_images(x: torch.Tensor | np.ndarray, what: str = "images", *, strict: bool = True) -> np.ndarray:
