@@ -143,12 +143,12 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpo
 
     model = load_model_from_cli(model_spec, model_dir=model_dir, dataset=dataset, threat_model=threat_model, arch=arch,
                                 trust_checkpoint=trust_checkpoint)
-    resolve_classes(wanted, model.num_classes, model.class_names)  # out-of-range classes fail before any fitting
+    order = resolve_classes(wanted, model.num_classes, model.class_names)  # bad classes fail before any fitting
     stats: Any = None
     if stats_path is not None:
         from ..stats import ClassStats
 
-        stats = ClassStats.load(stats_path)
+        stats = ClassStats.load(stats_path, classes=order)  # a per-class directory: only the classes sampled
     elif data is None:
         stats = bundled_stats(model)
     pipe = presets.get(preset, stats=stats, data=data, dataset=model.dataset, **opts)

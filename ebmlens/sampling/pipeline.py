@@ -86,12 +86,12 @@ def draw_labels(n: int, prior: torch.Tensor | Sequence[float], generator: rng.Ge
 
 def _config_value(v: Any) -> Any:
     """Statistics, image sets and tensors as fingerprints; nested stages as their configs."""
-    from ..data import ImageData
+    from ..data import ImageSet
     from ..stats import ClassStats
 
     if isinstance(v, ClassStats):
         return v.fingerprint
-    if isinstance(v, ImageData):
+    if isinstance(v, ImageSet):
         return {"source": v.source, "count": len(v), "sha256": v.fingerprint}
     if isinstance(v, torch.Tensor):
         return {"tensor": list(v.shape), "sha256": fingerprint(v.float())}
