@@ -7,7 +7,7 @@ the ``N`` predictions into ``B`` bins and take
 
 ``acc_b`` and ``conf_b`` the mean correctness and confidence in bin ``b``. Equal-width bins are
 ``((b-1)/B, b/B]`` (confidence 0 goes to the first); equal-mass bins split the predictions sorted by
-confidence into ``B`` groups of (nearly) equal size. :func:`calibration_report` measures both on the
+confidence into ``B`` groups of (nearly) equal size, equal confidences kept in one bin. :func:`calibration_report` measures both on the
 natural images and, with ``attack=``, on adversarial versions of the same images made by a
 registered attack (:func:`ebmlens.attacks.get_attack`), and draws the reliability diagrams.
 
@@ -54,11 +54,11 @@ def reliability_bins(conf: np.ndarray, correct: np.ndarray, bins: int = 15, *,
         raise ValueError("confidences must be probabilities in [0, 1]")
     if equal_mass:
         order = np.argsort(c, kind="stable")
-        groups = np.array_split(order, bins)
+        by_rank = np.arange(c.size) * bins // c.size  # bin of the r-th smallest prediction
+        _, first, inverse = np.unique(c[order], return_index=True, return_inverse=True)
         which = np.empty(c.size, dtype=np.int64)
-        for b, g in enumerate(groups):
-            which[g] = b
-        edges = np.array([0.0] + [float(c[g].max()) if g.size else np.nan for g in groups])
+        which[order] = by_rank[first][inverse.ravel()]  # equal confidences share the bin of the first
+        edges = np.array([0.0] + [float(c[which == b].max()) if (which == b).any() else np.nan for b in range(bins)])
     else:
         which = np.clip(np.ceil(c * bins).astype(np.int64) - 1, 0, bins - 1)
         edges = np.linspace(0.0, 1.0, bins + 1)
