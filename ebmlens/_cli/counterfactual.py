@@ -31,7 +31,8 @@ def parse_target(text: str) -> str | int:
 @click.option("--target", default="next", show_default=True, help="next | random | least-likely | <class index>.")
 @click.option("--eps", default="2", show_default=True, help="Radius of the ball in [0,1] pixels (e.g. 2, or 8/255).")
 @click.option("--attack-threat-model", default=None,
-              help="Move in this geometry (L2, Linf) instead of the model's threat model.")
+              help="Move in this geometry (L2, Linf) instead of the model's threat model (default: the model's own, "
+                   "else L2).")
 @click.option("--steps", default=100, show_default=True, type=int)
 @click.option("--step-size", default=None, help="PGD step (default 2.5*eps/steps).")
 @click.option("--batch-size", default=16, show_default=True, type=int)
@@ -65,7 +66,8 @@ def counterfactual_cmd(model_spec, model_dir, dataset, threat_model, arch, trust
     dev = _dist.resolve_device(device)
     model = load_model_from_cli(model_spec, model_dir=model_dir, dataset=dataset, threat_model=threat_model,
                                 arch=arch, trust_checkpoint=trust_checkpoint, device=dev)
-    tm, eps_a = attack_geometry(model, attack_threat_model, threat_model, eps_v)
+    own = model.threat_model if model.threat_model in ("L2", "Linf") else "L2"  # counterfactuals: L2 by default
+    tm, eps_a = attack_geometry(model, attack_threat_model, threat_model or own, eps_v)
     cf = counterfactuals(model, data, target=tgt, eps=eps_a, threat_model=tm, steps=steps, step_size=size, n=n,
                          batch_size=batch_size, seed=seed, device=dev)
     from .._io import atomic_write_text

@@ -3,7 +3,7 @@ classifier's own gradients, inside a small ball (Santurkar et al. 2019; DAT, Mir
 
 For each image ``x`` (label ``a``) and target ``b != a``, targeted PGD (:func:`ebmlens.attacks.pgd`,
 the project's one loop) descends the cross-entropy ``-log p(b | x')`` inside ``||x' - x|| <= eps``
-(L2 or Linf; default: the model's own threat model) and records, at every iterate ``x_k``
+(L2 or Linf; default: the model's own threat model, else L2) and records, at every iterate ``x_k``
 (``k = 0 .. steps``), the energies ``E(x_k)``, ``E(x_k, b)`` and the prediction. The *flip step* is
 the first ``k`` with ``argmax f(x_k) = b``; an image whose final iterate is not predicted ``b`` is
 "not flipped" (the ball is too small for this model and image).
@@ -161,7 +161,7 @@ def counterfactuals(
         target: ``"next"``, ``"random"``, ``"least-likely"`` or a class index (see the module docs).
         eps: the radius in [0, 1] pixels (``None``: the model's own eps, see
             :func:`~ebmlens.analysis.calibration.model_geometry`).
-        threat_model: ``"L2"`` or ``"Linf"`` (``None``: the model's own, else Linf).
+        threat_model: ``"L2"`` or ``"Linf"`` (``None``: the model's own, else L2).
         steps, step_size: PGD steps and step length (default :func:`ebmlens.attacks.default_step_size`).
         n: images, spread evenly over the set (over the images not of the target class for an int).
         batch_size, seed, device: memory, the per-image random streams of ``"random"``, placement.
@@ -175,7 +175,11 @@ def counterfactuals(
     for name, v in (("steps", steps), ("n", n), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    tm, e = model_geometry(model, threat_model, eps)
+    own = model.threat_model if model.threat_model in ("L2", "Linf") else None
+    tm, e = model_geometry(model, threat_model or own or "L2", eps)
+    if tm == "Linf" and e >= 1.0:
+        raise ValueError(f"a Linf ball of eps {e:g} holds every image in [0, 1]; give a Linf eps such as 8/255 "
+                         "or threat_model='L2'")
     size = default_step_size(e, steps) if step_size is None else float(step_size)
     if not size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size!r}")

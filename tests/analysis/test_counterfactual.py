@@ -73,3 +73,11 @@ def test_targets_and_errors():
         counterfactuals(model, data, eps=-1.0)
     cf = counterfactuals(model, data, eps=None, steps=1, n=1)  # the model's own geometry
     assert (cf.config["threat_model"], cf.config["eps"]) == ("L2", 0.5)
+
+
+def test_geometry_defaults_to_l2_and_refuses_a_whole_cube_linf_ball():
+    model, data = _toy()
+    model.threat_model, model.eps = None, None
+    assert counterfactuals(model, data, steps=1, n=1).config["threat_model"] == "L2"
+    with pytest.raises(ValueError, match="Linf ball of eps 2"):
+        counterfactuals(model, data, threat_model="Linf", steps=1, n=1)
