@@ -19,7 +19,8 @@ print("HEAVY", ",".join(heavy))
 
 
 @pytest.mark.parametrize("args", [[], ["--help"], ["sample", "--help"], ["energy", "--help"], ["evaluate", "--help"],
-                                  ["accuracy", "--help"], ["train", "--help"], ["models", "--help"]])
+                                  ["accuracy", "--help"], ["train", "--help"], ["models", "--help"],
+                                  ["ood", "--help"], ["calibration", "--help"], ["counterfactual", "--help"]])
 def test_cli_help_imports_no_torch(args):
     code = "import ebmlens.cli, sys; print('HEAVY', 'torch' in sys.modules)" if not args else PROBE.format(args=args)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
