@@ -14,7 +14,7 @@ Every score is "higher = more in-distribution", computed per image from the logi
 
 :func:`ood_report` scores an in-distribution set and each OOD set (an ImageData or any data spec,
 including the constructed ``synthetic:``, ``interp:`` and ``corrupt:`` sets of
-:mod:`~ebmlens.analysis.ood_sets`) batch by batch, keeping only per-image scores: results do not
+:mod:`~ebmlens.data.constructed`) batch by batch, keeping only per-image scores: results do not
 depend on the batch size. Under ``torchrun`` each rank scores every K-th batch and rank 0 assembles
 the report (as :func:`~ebmlens.analysis.energy_report` does). Metrics and intervals:
 :mod:`ebmlens.analysis._ood_metrics` (AUROC, AUPR-in/out, FPR@95%TPR, in = positive).
@@ -35,7 +35,7 @@ from ..energy import EnergyModel
 from ._ood_metrics import bootstrap_ood_metrics
 from .energies import as_energy_model, as_image_data
 from .ood_results import OODReport, OODResult
-from .ood_sets import resolve_ood
+from ..data.constructed import resolve_ood
 
 __all__ = ["ood_report", "score_batch", "SCORES", "OODReport", "OODResult"]
 
@@ -138,7 +138,7 @@ def ood_report(
         in_data: the in-distribution images: an ImageData or a data spec (test split by default).
         ood: ``{name: ImageData or spec}``, or a list of specs (each its own name); specs include
             ``synthetic:uniform``, ``interp:SPEC``, ``corrupt:contrast@3:SPEC`` (see
-            :mod:`~ebmlens.analysis.ood_sets`) and every :func:`ebmlens.load_data` spec.
+            :mod:`~ebmlens.data.constructed`) and every :func:`ebmlens.load_data` spec.
         scores: names from :data:`SCORES` and/or callables ``(model, x) -> (N,)`` (higher = in).
         n: images per set, spread evenly over it (``None``: all); ``synthetic:`` sets get as many
             as the in-set contributes.

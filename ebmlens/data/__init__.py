@@ -35,6 +35,7 @@ from .memory import ImageData, ImageSet
 from .sources import (DataSpec, as_image_data, data_sources, in_memory_max, load_data, parse_data_spec,
                       register_data_source)
 from .streamed import StreamedImages, data_workers
+from . import constructed  # noqa: F401  (registers synthetic:, interp:, corrupt:)
 
 __all__ = ["ImageSet", "ImageData", "StreamedImages", "Preprocess", "load_data", "as_image_data",
            "to_uint8_images", "parse_data_spec", "cache_dir", "register_data_source", "data_sources", "DataSpec",

@@ -53,16 +53,20 @@ class DataSpec:
 class _Source:
     fn: Callable[[DataSpec, Preprocess | None], ImageSet]
     splits: tuple[str, ...]
+    raw: bool = False
 
 
 _SOURCES: dict[str, _Source] = {}
 
 
 def register_data_source(kind: str, fn: Callable[[DataSpec, Preprocess | None], ImageSet], *,
-                         splits: tuple[str, ...] = ("train", "test"), overwrite: bool = False) -> None:
+                         splits: tuple[str, ...] = ("train", "test"), overwrite: bool = False,
+                         raw: bool = False) -> None:
     """Make ``kind:PATH`` specs load through ``fn(spec, preprocess) -> ImageSet``.
 
     ``splits`` are the ``@split`` names ``fn`` accepts (``spec.split`` is ``None`` or one of them).
+    ``raw``: ``fn`` reads the whole text after ``kind:`` itself (``spec.path``; its own ``?`` options and
+    ``@``s, e.g. ``corrupt:contrast@3:cifar10:PATH``); no split or option parsing here.
     """
     if not (isinstance(kind, str) and kind.isidentifier()):
         raise ValueError(f"data source kind must be an identifier like 'imagenet', got {kind!r}")
@@ -70,7 +74,7 @@ def register_data_source(kind: str, fn: Callable[[DataSpec, Preprocess | None], 
         raise TypeError(f"data source {kind!r} needs a callable fn(spec, preprocess), got {type(fn).__name__}")
     if kind in _SOURCES and not overwrite:
         raise ValueError(f"data source {kind!r} is already registered; pass overwrite=True to replace it")
-    _SOURCES[kind] = _Source(fn, tuple(splits))
+    _SOURCES[kind] = _Source(fn, tuple(splits), bool(raw))
 
 
 def data_sources() -> list[str]:
@@ -101,6 +105,8 @@ def _parse(spec: str) -> DataSpec:
             hint = f"; did you mean {', '.join(c + ':' for c in close)}?" if close else ""
             raise ValueError(f"unknown data spec {text!r}{hint} Known kinds: {', '.join(data_sources())} "
                              "(cifar10:PATH[@train|@test], imagenet:PATH[@train|@val], folder:PATH, npz:PATH)")
+    if _SOURCES[kind].raw:
+        return DataSpec(kind, rest, None, {}, text)
     options: dict[str, str] = {}
     if "?" in rest:
         rest, _, query = rest.rpartition("?")
@@ -138,6 +144,8 @@ def load_data(spec: str | ImageSet, split: str | None = None, *, default_split: 
         return spec
     d = _parse(spec)
     src = _SOURCES[d.kind]
+    if src.raw:
+        return src.fn(d, preprocess)
     want = split or d.split or default_split
     if want not in src.splits and not (split or d.split):
         want = src.splits[-1]  # e.g. imagenet has no "test": its "val" is the held-out split

@@ -10,7 +10,7 @@ import torch
 from ebmlens.analysis import OODReport, ood_report
 from ebmlens.analysis._ood_metrics import auroc, average_precision, bootstrap_ood_metrics, fpr_at_tpr, ood_metrics
 from ebmlens.analysis.ood import score_batch
-from ebmlens.analysis.ood_sets import CORRUPTIONS, corrupt_data, interp_data, resolve_ood, synthetic_data
+from ebmlens.data.constructed import CORRUPTIONS, corrupt_data, interp_data, resolve_ood, synthetic_data
 from ebmlens.data import ImageData
 
 from .conftest import make_image_data, make_linear_model
@@ -175,3 +175,16 @@ def test_contrast_and_corrupt_errors():
         corrupt_data("corrupt:contrast@6:toy", base=base)
     with pytest.raises(ValueError, match="corrupt:NAME@SEVERITY:SPEC"):
         corrupt_data("corrupt:contrast", base=base)
+
+
+def test_constructed_sets_are_data_specs(cifar_spec):
+    from ebmlens.data import data_sources, load_data
+
+    assert {"synthetic", "interp", "corrupt"} <= set(data_sources())
+    u = load_data("synthetic:uniform?n=6&seed=1")
+    assert u.images.shape == (6, 32, 32, 3) and u.images.dtype.name == "uint8"
+    assert (load_data("synthetic:uniform?n=6&seed=1").images == u.images).all()
+    c = load_data(f"corrupt:contrast@5:{cifar_spec}@test?n=4")
+    plain = load_data(f"{cifar_spec}@test")
+    idx = plain.strided(4)
+    assert len(c) == 4 and c.images.std() < plain.images[idx].std()  # lower contrast

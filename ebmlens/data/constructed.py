@@ -30,7 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import ImageData, load_data, to_uint8_images
+from ._readers import to_uint8_images
+from .memory import ImageData
+from .sources import load_data, register_data_source
 
 __all__ = ["synthetic_data", "interp_data", "corrupt_data", "resolve_ood", "CORRUPTIONS", "OOD_KINDS"]
 
@@ -250,3 +252,9 @@ def resolve_ood(spec: ImageData | str, in_data: ImageData | None = None, model=N
     if kind in OOD_KINDS:
         return OOD_KINDS[kind](spec, n=n)
     return load_data(spec, default_split="test")
+
+
+# Registered as data specs: load_data("synthetic:uniform?n=100"), "interp:cifar10:PATH?lambda=0.5", ...
+register_data_source("synthetic", lambda spec, preprocess: synthetic_data(spec.text), raw=True)
+register_data_source("interp", lambda spec, preprocess: interp_data(spec.text), raw=True)
+register_data_source("corrupt", lambda spec, preprocess: corrupt_data(spec.text), raw=True)
