@@ -100,12 +100,14 @@ def summarize(trace: Sequence[StageRecord]) -> list[dict[str, Any]]:
 
 
 def with_sources(entries: Sequence[Mapping[str, Any]], pipeline: Any) -> list[dict[str, Any]]:
-    """:func:`summarize` entries with each point's ``"source"`` as the pipeline plans it
-    (``pipeline.record_points()``; entries of other pipelines keep theirs). The runner's merged trace comes
-    from shard files, which hold energies only."""
+    """:func:`summarize` entries of a merged run with each point's ``"index"`` and ``"source"`` as the
+    pipeline plans them (``pipeline.record_points()``): shard files hold energies only, keyed by the
+    record's position in the trace. Entries of other pipelines (or that do not match the plan) are kept."""
     points = getattr(pipeline, "record_points", None)
-    planned = points() if callable(points) else {}
-    return [{**e, "source": planned.get(int(e["index"]), e.get("source", "record"))} for e in entries]
+    planned = sorted(points().items()) if callable(points) else []
+    if len(planned) != len(entries):
+        return [dict(e) for e in entries]
+    return [{**e, "index": i, "source": src} for e, (i, src) in zip(entries, planned)]
 
 
 def trace_to_cpu(trace: Sequence[StageRecord]) -> tuple[StageRecord, ...]:

@@ -114,9 +114,10 @@ def test_record_points_follow_the_input_range(small_stats):
 
 def test_run_json_sources_come_from_the_plan():
     pipe = S.Pipeline(S.NoiseInit(), [S.SGLD(step_size=0.1, noise=0.0, steps=1), S.Clamp()])
-    entries = [{"index": 0, "stage": "NoiseInit"}, {"index": 2, "stage": "Clamp"}]
-    assert [e["source"] for e in with_sources(entries, pipe)] == ["pass", "record"]
-    assert [e["source"] for e in with_sources(entries, object())] == ["record", "record"]
+    # shards key records by their position in the trace: the plan gives back the point indices
+    entries = [{"index": 0, "stage": "NoiseInit", "source": "record"}, {"index": 1, "stage": "Clamp", "source": "record"}]
+    assert [(e["index"], e["source"]) for e in with_sources(entries, pipe)] == [(0, "pass"), (2, "record")]
+    assert with_sources(entries, object()) == entries
 
 
 def test_trace_to_cpu_moves_a_trace_in_one_copy(monkeypatch):
