@@ -25,6 +25,7 @@ L2Ball(eps=0.5)
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -83,11 +84,12 @@ class TargetedPGD:
         xt = self._clamp(geom.random_start(x0, generator) if self.random_start else x0.clone())
         best = None  # (x, -loss) of each sample's best iterate so far
         keep: list = []
-        loss_fn = self.loss if callback is None else _keeping_logits(keep, self.loss, model)
+        with_logits = callback is not None and _takes_logits(callback)
+        loss_fn = _keeping_logits(keep, self.loss, model) if with_logits else self.loss
         for i in range(self.steps):
             loss, grad = loss_and_grad(model, xt, y, loss_fn)  # (N,), (N, C, H, W)
             if callback is not None:
-                callback(i, loss, logits=keep[0])
+                callback(i, loss, logits=keep[0]) if with_logits else callback(i, loss)
             if self.keep_best:
                 best = keep_better(best, xt, -loss)
             xt = self._clamp(geom.project(geom.step(xt, -grad, self.step_size), x0))  # descend toward y
@@ -105,6 +107,15 @@ class TargetedPGD:
         ``x`` (no clamp, or an input known to lie in [0, 1] inside a clamp range that holds [0, 1])."""
         fits = self.clamp is None or (unit_range and self.clamp[0] <= 0 and self.clamp[1] >= 1)
         return self.steps > 0 and not self.random_start and fits
+
+
+def _takes_logits(callback) -> bool:
+    """Whether ``callback`` accepts ``logits=`` (older callbacks ``callback(step, loss)`` still work)."""
+    try:
+        params = inspect.signature(callback).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == "logits" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _keeping_logits(keep: list, loss: str, model):
