@@ -199,7 +199,7 @@ def run_model(spec: str, bs: int, steps: dict[str, int], args, log) -> dict:
                 cands = {f"{ref_name} {dtype}": run_ref, f"ebmlens {label}": run_ours}
                 if label == "fast":
                     cands = {f"ebmlens {label}": run_ours}
-                times = interleaved(cands, repeats=args.repeats, warmup=1, device=dev)
+                times = interleaved(cands, repeats=args.repeats, warmup=0 if args.quick else 1, device=dev)
                 sec = times[f"ebmlens {label}"].median
                 peak, source = peak_for(dev, label)
                 tflops = flops * passes * bs / sec / 1e12
@@ -258,8 +258,10 @@ def main(argv=None) -> dict:
         lines.append(s)
 
     log(f"machine: {machine()}")
-    log(f"device {args.device}; steps {steps}; repeats {args.repeats} (+1 warm-up); clock: "
+    log(f"device {args.device}; steps {steps}; repeats {args.repeats} (+{0 if args.quick else 1} warm-up); clock: "
         f"{'wall after cuda.synchronize' if args.device.startswith('cuda') else 'CPU time of this process'}")
+    if args.quick:
+        log("--quick: a smoke run of the whole benchmark (1 repeat, no warm-up): its times are not measurements")
     if not args.device.startswith("cuda"):
         log("fast path skipped: it does nothing on the CPU (ebmlens sample --fast); GPU numbers: not measured here")
     out = {"machine": machine(), "device": args.device, "quick": args.quick, "steps": steps, "models": {}}
