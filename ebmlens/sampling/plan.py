@@ -150,8 +150,8 @@ class RunPlan:
             f = fast_settings(device, dtype=self.dtype, channels_last=self.channels_last, compile=self.compile)
             if device.type != "cuda":
                 log.info("fast=True changes nothing on %s (measured on the CPU: torch.compile costs ~21 s and runs "
-                         "12%% slower, channels_last gains nothing; dtype='bfloat16' is the CPU's gain, 1.76x)",
-                         device.type)
+                         "12%% slower, channels_last gains nothing; bfloat16 gained 1.76x on one CPU, nothing on "
+                         "another)", device.type)
             plan = dataclasses.replace(self, **f)
         if plan.channels_last or plan.compile:
             plan = dataclasses.replace(plan, model=prepare_model(plan.model, channels_last=plan.channels_last,

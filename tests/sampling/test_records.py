@@ -62,7 +62,8 @@ def test_forward_counts_per_batch(small_stats, small_data):
         (0, "GaussianInit", "pass"), (1, "TargetedPGD", "record"), (2, "Contrast", "pass"), (4, "Clamp", "record")]
     for records, want in (("final", 1), ("none", 0), ("all", 3)):
         m, c = _counting_model()
-        out = dataclasses.replace(pipes["robust-jem"], records=records)(m, y, generator=torch.Generator().manual_seed(0))
+        pipe = dataclasses.replace(pipes["robust-jem"], records=records)
+        out = pipe(m, y, generator=torch.Generator().manual_seed(0))
         assert (c.grad, c.nograd) == (65, want), records
         assert len(out.trace) == {"final": 1, "none": 0, "all": 5}[records]
 
@@ -115,7 +116,8 @@ def test_record_points_follow_the_input_range(small_stats):
 def test_run_json_sources_come_from_the_plan():
     pipe = S.Pipeline(S.NoiseInit(), [S.SGLD(step_size=0.1, noise=0.0, steps=1), S.Clamp()])
     # shards key records by their position in the trace: the plan gives back the point indices
-    entries = [{"index": 0, "stage": "NoiseInit", "source": "record"}, {"index": 1, "stage": "Clamp", "source": "record"}]
+    entries = [{"index": 0, "stage": "NoiseInit", "source": "record"},
+               {"index": 1, "stage": "Clamp", "source": "record"}]
     assert [(e["index"], e["source"]) for e in with_sources(entries, pipe)] == [(0, "pass"), (2, "record")]
     assert with_sources(entries, object()) == entries
 
