@@ -227,7 +227,7 @@ class Pipeline:
                 src = points.get(i - 1)           # the record of point i - 1 (this stage's input), if kept
                 if src == "record":
                     trace.append(_record(model, x, y, i - 1, producer, seconds, steps))
-                first = _FirstPass() if src == "pass" else None
+                first = _FirstPass(model, y) if src == "pass" else None
                 steps_i = _Steps() if self.trace_steps else None
                 t0 = time.perf_counter()
                 x_in, x = x, _run_stage(stage, model, x, y, generator, _callback(steps_i, first))
@@ -255,19 +255,22 @@ class _Steps:
 
 
 class _FirstPass:
-    """A :class:`StepCallback` that keeps the logits of step 0 (the stage's input, see ``first_pass_at_input``)."""
+    """A :class:`StepCallback` that takes the energies of step 0's logits (the stage's input, see
+    ``first_pass_at_input``) at once: under CUDA graphs a later replay may overwrite the logits' memory."""
 
-    def __init__(self) -> None:
-        self.logits: torch.Tensor | None = None
+    def __init__(self, model, y: torch.Tensor) -> None:
+        self.model, self.y = model, y
+        self.energies: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, step: int, value: torch.Tensor, *, logits: torch.Tensor | None = None) -> None:
         if step == 0 and logits is not None:
-            self.logits = logits.detach()
+            lg = logits.detach()
+            self.energies = (self.model.energy_from_logits(lg), self.model.joint_energy_from_logits(lg, self.y))
 
     def record(self, model, x, y, index: int, stage, seconds: float, steps: _Steps | None) -> StageRecord:
-        if self.logits is None:  # the stage did not hand its first pass back: measure the point after all
+        if self.energies is None:  # the stage did not hand its first pass back: measure the point after all
             return _record(model, x, y, index, stage, seconds, steps)
-        return _make_record(model, self.logits, y, index, stage, seconds, steps, "pass")
+        return _make_record(self.energies, y, index, stage, seconds, steps, "pass")
 
 
 def _callback(*parts: Any) -> Callable | None:
@@ -294,11 +297,11 @@ def _run_stage(stage, model, x, y, generator, callback) -> torch.Tensor:
                         "without steps may ignore it)") from e
 
 
-def _make_record(model, logits, y, index: int, stage, seconds: float, steps: _Steps | None,
-                 source: str) -> StageRecord:
-    """Energies in float32 from ``logits`` (also under autocast); they stay on the device."""
-    return StageRecord(stage=_stage_name(stage), index=index, energy=model.energy_from_logits(logits).detach(),
-                       joint_energy=model.joint_energy_from_logits(logits, y).detach(), seconds=seconds,
+def _make_record(energies: tuple[torch.Tensor, torch.Tensor], y, index: int, stage, seconds: float,
+                 steps: _Steps | None, source: str) -> StageRecord:
+    """``(E(x), E(x, y))``, float32 (``*_from_logits`` also under autocast), kept on the device."""
+    return StageRecord(stage=_stage_name(stage), index=index, energy=energies[0].detach(),
+                       joint_energy=energies[1].detach(), seconds=seconds,
                        steps=steps.stacked(y.shape[0]) if steps is not None else None,
                        source=source)  # type: ignore[arg-type]
 
@@ -308,7 +311,8 @@ def _record(model, x, y, index: int, stage, seconds: float, steps: _Steps | None
     t0 = time.perf_counter()
     with torch.no_grad():
         logits = model(x)  # unchecked: stages may leave [0, 1] between steps
-    return _make_record(model, logits, y, index, stage, seconds + time.perf_counter() - t0, steps, "record")
+        energies = (model.energy_from_logits(logits), model.joint_energy_from_logits(logits, y))
+    return _make_record(energies, y, index, stage, seconds + time.perf_counter() - t0, steps, "record")
 
 
 def _pixel_map(stage: Any) -> bool:
