@@ -63,13 +63,15 @@ def set_threads(n: int = 1) -> None:
 
 def build_model(spec: str, device: str, seed: int = 0):
     """``"resnet-small"`` / ``"convnet-small"`` (random weights, seeded), ``"resnet-tiny"`` (ResNetSmall
-    with widths (16, 32, 64, 128), for ``--quick``) or any :func:`ebmlens.load_model` spec
+    with widths (16, 32, 64, 128), for ``--quick``), ``"wrn-28-10"`` / ``"resnet50"`` (:func:`_big_model`) or any :func:`ebmlens.load_model` spec
     (``file:PATH``, ``ebmlens:NAME``, ...). Returns an :class:`ebmlens.EnergyModel` in eval mode on ``device``."""
     from ebmlens.energy import EnergyModel
     from ebmlens.models.archs import ConvNetSmall, ResNetSmall
 
     builders = {"resnet-small": lambda: ResNetSmall(10), "convnet-small": lambda: ConvNetSmall(10),
                 "resnet-tiny": lambda: ResNetSmall(10, widths=(16, 32, 64, 128))}
+    if spec in ("wrn-28-10", "resnet50"):
+        return _big_model(spec, device, seed)
     if spec in builders:
         torch.manual_seed(seed)  # a benchmark script is the top level: seeding here is ours to do
         net = builders[spec]()
@@ -79,6 +81,28 @@ def build_model(spec: str, device: str, seed: int = 0):
         import ebmlens
 
         model = ebmlens.load_model(spec)
+    return model.to(device).eval()
+
+
+def _big_model(spec: str, device: str, seed: int):
+    """``"wrn-28-10"``: the RobustBench zoo's WideResNet-28-10 (CIFAR-10, 32x32; needs robustbench, imported
+    offline through :func:`ebmlens.models.robustbench.import_zoo`); ``"resnet50"``: torchvision's ResNet-50
+    at 224x224, 1,000 classes. Random weights (seeded), RobustBench-style (normalization inside: none here)."""
+    from ebmlens.energy import EnergyModel
+
+    torch.manual_seed(seed)  # a benchmark script is the top level: seeding here is ours to do
+    if spec == "wrn-28-10":
+        from ebmlens.models.robustbench import import_zoo
+
+        import_zoo()
+        from robustbench.model_zoo.architectures.wide_resnet import WideResNet
+
+        net, shape, k = WideResNet(depth=28, widen_factor=10, num_classes=10), (3, 32, 32), 10
+    else:
+        import torchvision
+
+        net, shape, k = torchvision.models.resnet50(weights=None), (3, 224, 224), 1000
+    model = EnergyModel(net, input_shape=shape, num_classes=k, source="random", name=spec)
     return model.to(device).eval()
 
 

@@ -20,6 +20,8 @@ Default mode also times the pipeline with the runner's per-sample random streams
     python benchmarks/overhead.py --quick            # < 40 s on a 2-core CPU
     python benchmarks/overhead.py                    # ResNetSmall, batch 16, full robust-jem
     python benchmarks/overhead.py --device cuda --batch-size 256 --model file:ckpt.pt
+    python benchmarks/overhead.py --model wrn-28-10 --batch-size 8 --preset dat2025 --sgld-steps 3 \
+        --records none --repeats 3                  # production run of short chains vs the bare loop
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def make_pipeline(args, stats):
     pipe = presets.get(args.preset, stats=stats, **over)
     from dataclasses import replace
 
-    return replace(pipe, trace_steps=True)
+    # records="none" is a production run: no energy records and no per-step traces either
+    return replace(pipe, trace_steps=args.records != "none", records=args.records)
 
 
 def bare_loop(model, x0: torch.Tensor, y: torch.Tensor, passes: int) -> torch.Tensor:
@@ -67,7 +70,8 @@ def main(argv=None) -> float:
     p.add_argument("--quick", action="store_true", help="small model and batch, few repeats (< 40 s on 2 CPU cores)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=None, help="default 16 (quick: 8)")
-    p.add_argument("--model", default=None, help="resnet-small | resnet-tiny | convnet-small | any load_model spec "
+    p.add_argument("--model", default=None, help="resnet-small | resnet-tiny | convnet-small | wrn-28-10 | resnet50 | "
+                   "any load_model spec "
                    "(default resnet-small; quick: resnet-tiny)")
     p.add_argument("--preset", default="robust-jem")
     p.add_argument("--pgd-steps", type=int, default=None, help="override the preset's attack steps")
@@ -75,6 +79,8 @@ def main(argv=None) -> float:
     p.add_argument("--repeats", type=int, default=None, help="counted runs per side (default 5; quick 3)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None, help="fit class statistics on this data spec (default: synthetic)")
+    p.add_argument("--records", default="stages", choices=["stages", "all", "final", "none"],
+                   help="the pipeline's energy records (none: also no per-step traces, a production run)")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
     set_threads(args.threads)
@@ -96,7 +102,8 @@ def main(argv=None) -> float:
 
     print(f"machine: {machine()}")
     print(f"model {model_spec} on {args.device}, batch {bs}, preset {args.preset} "
-          f"({' -> '.join(type(s).__name__ for s in (pipe.init, *pipe.stages))}), trace_steps on")
+          f"({' -> '.join(type(s).__name__ for s in (pipe.init, *pipe.stages))}), records {pipe.records}, "
+          f"trace_steps {'on' if pipe.trace_steps else 'off'}")
     print(f"passes per pipeline run: {passes} forward+backward (input gradient), {nograd} no-grad trace/keep-best")
     try:
         from ebmlens._perf import input_grad_flops

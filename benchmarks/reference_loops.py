@@ -91,7 +91,7 @@ def jempp_reference(f: USpaceNet, u: torch.Tensor, y: torch.Tensor, *, n_steps: 
             tmp = torch.clamp(tmp.detach() + lr * g.clamp(-1, 1), -1, 1)
         u = tmp.detach()
         if std > 0:
-            u = u + std * torch.randn(u.shape, generator=generator)
+            u = u + std * torch.randn(u.shape, generator=generator, device=u.device)
     return u.detach()
 
 
@@ -106,7 +106,7 @@ def mirza_reference(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eta: fl
         energy = -net(xk).gather(1, y.view(-1, 1)).sum()       # E(x, y)
         (g,) = torch.autograd.grad(energy, xk)
         v = zeta * v - eta / 2 * g
-        noise = math.sqrt(2 * eta) * sigma * torch.randn(x.shape, generator=generator)
+        noise = math.sqrt(2 * eta) * sigma * torch.randn(x.shape, generator=generator, device=x.device)
         x = torch.clamp(xk.detach() + torch.clamp(v + noise, -1, 1), 0, 1)
     return x.detach()
 

@@ -4,7 +4,9 @@ The cost of every sampler is the classifier's forward + backward pass with respe
 these helpers make that pass cheaper or fill the device with more of them:
 
 * :func:`prepare_model` - ``channels_last`` memory format (faster convolutions on tensor-core GPUs)
-  and optional :func:`torch.compile` of the classifier;
+  and optional :func:`torch.compile` of the classifier (in place, or on a copy: the runner's way);
+* :func:`fast_settings` - what ``--fast`` turns on for a device type (:data:`FAST_CUDA`; nothing on
+  the CPU) and :func:`matmul_precision`, the float32 matmul policy as a context;
 * :func:`autocast_context` - bf16 / fp16 autocast around a pipeline (energies stay float32: the
   :class:`~ebmlens.EnergyModel` computes them from ``logits.float()``);
 * :func:`auto_batch_size` - the largest batch that runs without running out of CUDA memory
@@ -23,16 +25,17 @@ torch.float32
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import logging
 import math
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 from torch import nn
 
 __all__ = ["prepare_model", "autocast_context", "auto_batch_size", "peak_memory_per_image", "input_grad_flops",
-           "AUTOCAST_DTYPES"]
+           "AUTOCAST_DTYPES", "FAST_CUDA", "fast_settings", "matmul_precision", "MATMUL_PRECISIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,75 @@ AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": t
                                                   "float16": torch.float16}
 
 
-def prepare_model(model: nn.Module, *, channels_last: bool = False, compile: bool = False) -> nn.Module:
-    """Put a model on the fast path, **in place**, and return it.
+#: ``fast=True`` on CUDA: bf16 autocast (float32 energies), channels-last weights, torch.compile in
+#: ``"reduce-overhead"`` mode (CUDA graphs; ``dynamic=False``: a partial last batch compiles once more),
+#: TF32 float32 matmuls. On the CPU nothing (compile is slower there, channels_last gains nothing).
+FAST_CUDA: dict[str, Any] = {"dtype": "bfloat16", "channels_last": True, "compile": True,
+                             "compile_mode": "reduce-overhead", "matmul_precision": "high"}
+
+#: :func:`torch.set_float32_matmul_precision` values.
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def fast_settings(device: str | torch.device, *, dtype: str = "float32", channels_last: bool = False,
+                  compile: bool = False) -> dict[str, Any]:
+    """The settings ``fast=True`` gives on ``device``: :data:`FAST_CUDA` on CUDA (an fp16 dtype asked for is
+    kept), elsewhere the ones passed in.
+
+    >>> fast_settings("cpu")["compile_mode"], fast_settings("cuda", dtype="float16")["dtype"]
+    (None, 'float16')
+    """
+    dev = _device(device, "fast_settings")
+    if dev.type != "cuda":
+        return {"dtype": dtype, "channels_last": channels_last, "compile": compile, "compile_mode": None,
+                "matmul_precision": None}
+    return {**FAST_CUDA, "dtype": FAST_CUDA["dtype"] if dtype == "float32" else dtype}
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str | None) -> Iterator[str]:
+    """A block under ``torch.set_float32_matmul_precision(precision)`` (``None``: as it is), restored after;
+    yields the policy in effect (what run.json records)."""
+    if precision is not None and precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul precision must be one of {', '.join(MATMUL_PRECISIONS)} or None, got {precision!r}")
+    old = torch.get_float32_matmul_precision()
+    if precision is not None:
+        torch.set_float32_matmul_precision(precision)
+    try:
+        yield torch.get_float32_matmul_precision()
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+class _CudaGraphSteps(nn.Module):
+    """A classifier compiled in ``"reduce-overhead"`` mode that marks a new step before every call (the
+    samplers' forward + input-gradient passes have no optimizer step to mark it; CUDA-graph trees)."""
+
+    def __init__(self, compiled: Any) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mark = getattr(getattr(torch, "compiler", None), "cudagraph_mark_step_begin", None)
+        if mark is not None:
+            mark()
+        return self.compiled(x)
+
+
+def _shallow_copy(model: nn.Module) -> nn.Module:
+    """A new module sharing the weights, with its own submodule table (replacing ``.classifier`` leaves
+    ``model`` as it was)."""
+    out = copy.copy(model)
+    out._modules = dict(model._modules)  # type: ignore[assignment]
+    out._parameters = dict(model._parameters)  # type: ignore[assignment]
+    out._buffers = dict(model._buffers)  # type: ignore[assignment]
+    return out
+
+
+def prepare_model(model: nn.Module, *, channels_last: bool = False, compile: bool = False,
+                  compile_mode: str | None = None, inplace: bool = True) -> nn.Module:
+    """Put a model on the fast path and return it: **in place** by default, or with ``inplace=False`` on
+    a copy, leaving ``model`` as it was (the runner's way: the user's model is never changed).
 
     Args:
         model: an :class:`~ebmlens.EnergyModel` (its ``classifier`` is compiled) or any ``nn.Module``
@@ -51,24 +121,39 @@ def prepare_model(model: nn.Module, *, channels_last: bool = False, compile: boo
             also run channels-last on NCHW inputs. Outputs are unchanged up to float rounding.
         compile: wrap the classifier in :func:`torch.compile` (compiled at the first call, per batch
             shape; worth it for long runs on a GPU).
+        compile_mode: :func:`torch.compile`'s ``mode`` (``None``: its default). ``"reduce-overhead"``
+            captures CUDA graphs, compiles with ``dynamic=False`` (one graph per batch shape) and marks
+            a new step before every call.
+        inplace: convert ``model`` itself (default) or a copy: a deep copy for ``channels_last`` (new
+            weight tensors), else a shallow one sharing the weights.
 
     Returns:
-        ``model`` itself (same object), for chaining.
+        ``model`` itself (``inplace=True``) or the copy.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare_model expects an nn.Module (e.g. an ebmlens.EnergyModel), got {type(model).__name__}")
     for name, flag in (("channels_last", channels_last), ("compile", compile)):
         if not isinstance(flag, bool):
             raise TypeError(f"prepare_model {name} must be True or False, got {flag!r}")
+    if not inplace and (channels_last or compile):
+        model = copy.deepcopy(model) if channels_last else _shallow_copy(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if compile:
         if not hasattr(torch, "compile"):
             raise ImportError("prepare_model(compile=True) needs torch >= 2.0 (torch.compile)")
+        graphs = compile_mode == "reduce-overhead"
+        kw: dict[str, Any] = {**({} if compile_mode is None else {"mode": compile_mode}),
+                              **({"dynamic": False} if graphs else {})}
+
+        def compiled(mod: nn.Module) -> nn.Module:
+            out = torch.compile(mod, **kw)
+            return _CudaGraphSteps(out) if graphs else out  # type: ignore[return-value]
+
         if isinstance(getattr(model, "classifier", None), nn.Module):
-            model.classifier = torch.compile(model.classifier)  # type: ignore[assignment]
+            model.classifier = compiled(model.classifier)  # type: ignore[assignment]
         else:
-            model = torch.compile(model)  # type: ignore[assignment]
+            model = compiled(model)
     return model
 
 

@@ -78,7 +78,11 @@ def test_default_model_and_shipped_stats(bundled, tmp_path):
     assert "<array" not in json.dumps(run["pipeline"])
     assert sorted(p.parent.name for p in out.glob("*/*.png")) == ["airplane"] * 4 + ["cat"] * 4 + ["truck"] * 4
     assert (out / "grid.png").exists()
-    assert [r["stage"] for r in run["energy"]] == ["GaussianInit", *names]  # after the init and each stage
+    # --records stages (default): the init, each stage feeding the next, the final point; not the point after
+    # SGLD (only Clamp follows); the init's and the Contrast's energies come from the next stage's first pass
+    assert [(r["index"], r["stage"], r["source"]) for r in run["energy"]] == [
+        (0, "GaussianInit", "pass"), (1, "TargetedPGD", "record"), (2, "Contrast", "pass"), (4, "Clamp", "record")]
+    assert run["records"] == "stages" and run["fast"] is False
 
     # --resume on a finished run re-merges, samples nothing, and gives the same images
     r2 = _invoke(["--n", "12", "--classes", "0,cat,9", "--batch-size", "4", "--out", str(out), "--resume",
@@ -88,6 +92,20 @@ def test_default_model_and_shipped_stats(bundled, tmp_path):
     assert run2["timings"]["images_sampled"] == 0 and run2["timings"]["images_resumed"] == 12
     with np.load(out / "samples.npz") as z:
         assert z["labels"].tolist() == [0, 3, 9] * 4
+
+
+def test_records_none_and_fast_on_the_cpu(bundled, tmp_path):
+    out = tmp_path / "prod"
+    r = _invoke(["--n", "4", "--batch-size", "4", "--out", str(out), "--no-png", "--no-grid", "--records", "none",
+                 "--fast", "--device", "cpu", *QUICK])
+    assert r.exit_code == 0, r.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["records"] == "none" and run["energy"] == []
+    # --fast changes nothing on the CPU and says so in run.json's resolved settings
+    assert run["fast"] is True and run["dtype"] == "float32" and run["channels_last"] is False
+    assert run["compile"] is False and run["compile_mode"] is None
+    bad = CliRunner().invoke(main, ["sample", "--records", "some", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "--records" in bad.output
 
 
 def test_file_model_with_stats_file_and_dtype(tmp_path):

@@ -183,3 +183,35 @@ def test_input_grad_flops_counts_convs_and_linears():
         _perf.input_grad_flops(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="batch_size"):
         _perf.input_grad_flops(m, 0)
+
+
+def test_prepare_model_on_a_copy_leaves_the_model(tiny_model, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda mod, **kw: torch.nn.Sequential(mod))
+    orig = tiny_model.classifier
+    out = _perf.prepare_model(tiny_model, compile=True, inplace=False)
+    assert out is not tiny_model and tiny_model.classifier is orig and out.classifier[0] is orig  # weights shared
+    out = _perf.prepare_model(tiny_model, channels_last=True, inplace=False)
+    conv = next(m for m in out.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(p.is_contiguous() for p in tiny_model.parameters()) and tiny_model.classifier is orig
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda mod, **kw: seen.update(kw) or mod)
+    wrapped = _perf.prepare_model(tiny_model, compile=True, compile_mode="reduce-overhead", inplace=False)
+    assert seen == {"mode": "reduce-overhead", "dynamic": False}     # one CUDA graph per batch shape
+    assert isinstance(wrapped.classifier, _perf._CudaGraphSteps) and tiny_model.classifier is orig
+
+
+def test_fast_settings_and_matmul_precision():
+    assert _perf.fast_settings("cpu", dtype="float32") == {"dtype": "float32", "channels_last": False,
+                                                           "compile": False, "compile_mode": None,
+                                                           "matmul_precision": None}
+    assert _perf.fast_settings("cuda") == _perf.FAST_CUDA
+    assert _perf.fast_settings("cuda:1", dtype="float16")["dtype"] == "float16"
+    before = torch.get_float32_matmul_precision()
+    other = "medium" if before != "medium" else "high"
+    with _perf.matmul_precision(other) as p:
+        assert p == other == torch.get_float32_matmul_precision()
+    assert torch.get_float32_matmul_precision() == before
+    with pytest.raises(ValueError, match="matmul precision"):
+        with _perf.matmul_precision("fastest"):
+            pass

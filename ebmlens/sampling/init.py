@@ -45,6 +45,30 @@ def _check_model_stats(model, stats: ClassStats, who: str) -> None:
                          f"{model.num_classes}; fit them on the model's dataset")
 
 
+#: bytes of per-row class matrices gathered at once on an accelerator (:func:`_per_class_matmul`).
+_GATHER_BYTES = 256 * 2**20
+
+
+def _per_class_matmul(z: torch.Tensor, mats: torch.Tensor, y: torch.Tensor, gather: bool | None = None) -> torch.Tensor:
+    """Row ``n``: ``mats[y[n]] @ z[n]``; ``z (N, J)``, ``mats (K, D, J)`` -> ``(N, D)``.
+
+    On the CPU a loop over the classes present (``torch.unique(y)`` reads host memory: no sync, one
+    matrix product per class). Elsewhere no host sync: the rows gather their class's matrix by indexing
+    with ``y`` (in chunks of at most ``_GATHER_BYTES``), then one batched product. Each row depends on
+    its own ``z`` and class only (per-sample invariance); the two paths agree to float rounding.
+    ``gather`` forces a path (tests)."""
+    n = z.shape[0]
+    if not (y.device.type != "cpu" if gather is None else gather):
+        out = z.new_zeros(n, mats.shape[1])
+        for k in torch.unique(y).tolist():
+            rows = torch.nonzero(y == k).flatten()
+            out[rows] = (z[rows] @ mats[k].T).to(out.dtype)  # bf16 under autocast
+        return out
+    chunk = max(1, _GATHER_BYTES // max(1, mats[0].numel() * mats.element_size()))
+    return torch.cat([torch.bmm(mats[y[a:a + chunk]], z[a:a + chunk].unsqueeze(2)).squeeze(2)
+                      for a in range(0, n, chunk)]) if n else z.new_zeros(0, mats.shape[1])
+
+
 @dataclass(frozen=True)
 class GaussianInit:
     """Class-conditional Gaussian seeds: ``x = clamp(mu_y + A_y z, 0, 1)``, ``z ~ N(0, I)``.
@@ -99,17 +123,12 @@ class GaussianInit:
         mean = s.on(dev, "mean")
         x = mean[y].clone()                                                    # (N, D)
         if full:
-            chol = s.on(dev, "chol")
-            for k in torch.unique(y).tolist():
-                rows = torch.nonzero(y == k).flatten()
-                x[rows] += self.scale * (z[rows] @ chol[k].T)
+            x += self.scale * _per_class_matmul(z, s.on(dev, "chol"), y)
         else:
             vecs, vals = s.on(dev, "eigvecs")[:, :, :r], s.on(dev, "eigvals")[:, :r]
             sd = s.on(dev, f"lowrank_diag:{r}").sqrt()
-            for k in torch.unique(y).tolist():
-                rows = torch.nonzero(y == k).flatten()
-                low = (z[rows, :r] * vals[k].clamp_min(0).sqrt()) @ vecs[k].T
-                x[rows] += self.scale * (low + z[rows, r:] * sd[k])
+            low = _per_class_matmul(z[:, :r] * vals.clamp_min(0).sqrt()[y], vecs, y)
+            x += self.scale * (low + z[:, r:] * sd[y])
         x = _resize(x.view(n, *s.shape), model, self.upsample)
         return x.clamp(0, 1) if self.clamp else x
 
@@ -159,14 +178,19 @@ class PCAInit:
         n = y.shape[0]
         z = rng.randn(generator, n, (s.rank,), device=dev)                     # (N, r)
         x = s.on(dev, "mean")[y].clone()                                       # (N, D)
-        vecs, vals = s.on(dev, "eigvecs"), s.on(dev, "eigvals")
-        for k in torch.unique(y).tolist():
-            rows = torch.nonzero(y == k).flatten()
+        x += _per_class_matmul(self.sigma * self._singular_values(s, dev)[y] * z, s.on(dev, "eigvecs"), y)
+        return _resize(x.view(n, *s.shape), model, "nearest").clamp(0, 1)
+
+    def _singular_values(self, s: ClassStats, dev) -> torch.Tensor:
+        """``(K, r)`` ``s_i`` of each class, zero past its ``m`` retained components (host-side, per call:
+        ``K x r`` numbers)."""
+        sv = torch.zeros(s.num_classes, s.rank)
+        vals = s.eigvals.float()
+        for k in range(s.num_classes):
             m = s.retained_components(k, self.variance)
             nk = self.n_images if self.n_images is not None else int(s.counts[k])
-            sv = (vals[k, :m].clamp_min(0) * (nk - 1)).sqrt()                 # singular values s_i
-            x[rows] += (self.sigma * sv * z[rows, :m]) @ vecs[k, :, :m].T
-        return _resize(x.view(n, *s.shape), model, "nearest").clamp(0, 1)
+            sv[k, :m] = (vals[k, :m].clamp_min(0) * (nk - 1)).sqrt()
+        return sv.to(dev)
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,18 @@ L2Ball(eps=0.5)
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from .. import rng
 from ..attacks import Geometry, attack_loss
 from ..attacks.core import keep_better, loss_and_grad
+
+if TYPE_CHECKING:
+    from .pipeline import StepCallback
 
 __all__ = ["TargetedPGD"]
 
@@ -75,14 +79,17 @@ class TargetedPGD:
             raise ValueError(f"TargetedPGD loss must be 'ce', 'joint' or 'marginal', got {self.loss!r}")
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, *, generator: rng.GeneratorLike = None,
-                 callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+                 callback: StepCallback | None = None) -> torch.Tensor:
         geom, x0 = self.geometry, x.detach()
         xt = self._clamp(geom.random_start(x0, generator) if self.random_start else x0.clone())
         best = None  # (x, -loss) of each sample's best iterate so far
+        keep: list = []
+        with_logits = callback is not None and _takes_logits(callback)
+        loss_fn = _keeping_logits(keep, self.loss, model) if with_logits else self.loss
         for i in range(self.steps):
-            loss, grad = loss_and_grad(model, xt, y, self.loss)  # (N,), (N, C, H, W)
+            loss, grad = loss_and_grad(model, xt, y, loss_fn)  # (N,), (N, C, H, W)
             if callback is not None:
-                callback(i, loss)
+                callback(i, loss, logits=keep[0]) if with_logits else callback(i, loss)
             if self.keep_best:
                 best = keep_better(best, xt, -loss)
             xt = self._clamp(geom.project(geom.step(xt, -grad, self.step_size), x0))  # descend toward y
@@ -93,3 +100,27 @@ class TargetedPGD:
 
     def _clamp(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.clamp is None else x.clamp(*self.clamp)
+
+    def first_pass_at_input(self, unit_range: bool) -> bool:
+        """Whether step 0's gradient pass is at the stage's input ``x`` itself (then the pipeline takes the
+        previous point's energies from its logits): no random start, and the start ``clamp(x)`` equals
+        ``x`` (no clamp, or an input known to lie in [0, 1] inside a clamp range that holds [0, 1])."""
+        fits = self.clamp is None or (unit_range and self.clamp[0] <= 0 and self.clamp[1] >= 1)
+        return self.steps > 0 and not self.random_start and fits
+
+
+def _takes_logits(callback) -> bool:
+    """Whether ``callback`` accepts ``logits=`` (older callbacks ``callback(step, loss)`` still work)."""
+    try:
+        params = inspect.signature(callback).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == "logits" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _keeping_logits(keep: list, loss: str, model):
+    """``attack_loss`` that also leaves each pass's logits (detached) in ``keep[0]``: same computation."""
+    def fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        keep[:] = [logits.detach()]
+        return attack_loss(logits, y, loss, model)  # type: ignore[arg-type]
+    return fn

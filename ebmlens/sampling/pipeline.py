@@ -5,20 +5,30 @@
         x = stage(model, x, y, generator=g)
 
 That is the whole loop (:meth:`Pipeline.__call__`). Around it the pipeline puts the model in its
-sampling mode (BatchNorm eval or train, recorded), and after the init and after every stage runs
-one no-grad forward pass to record ``E(x)`` and ``E(x, y)`` per sample: one :class:`StageRecord`
-per point in ``Samples.trace``. With ``trace_steps=True`` every stage also gets a per-step
-``callback`` (the :class:`StepCallback` of the Stage protocol; no extra passes) and its values
-are kept in the record's ``steps``. Progress is reported only to a ``progress`` callback.
+sampling mode (BatchNorm eval or train, recorded) and records ``E(x)`` and ``E(x, y)`` per sample at
+the *points* its ``records`` option keeps (after the init = point 0, after stage ``i`` = point ``i``):
+one :class:`StageRecord` per kept point in ``Samples.trace``. ``records="stages"`` (default) keeps the
+init, every stage's output that a later stage takes as its input, and the final point; points
+followed only by pixel maps (Contrast, Clamp) are dropped, since the final record differs from them
+only by that map. ``"all"``: every point; ``"final"``: the last one; ``"none"``: no records.
+
+A record costs no pass when the next stage's first gradient pass is at that point (SGLD, MomentumSGLD,
+TargetedPGD without random start; ``first_pass_at_input``): its energies are taken from that pass's
+logits through the Stage protocol's :class:`StepCallback` (``source="pass"``). Otherwise (the final
+point, a point before a pixel map) one no-grad forward runs (``source="record"``). With
+``trace_steps=True`` every stage gets a per-step ``callback`` and its values are kept in its record's
+``steps``. Progress is reported only to a ``progress`` callback.
 
 >>> import torch
 >>> from ebmlens.energy import EnergyModel
->>> from ebmlens.sampling import NoiseInit, Clamp
+>>> from ebmlens.sampling import NoiseInit, Clamp, SGLD
 >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
 >>> m = EnergyModel(net, input_shape=(3, 2, 2), num_classes=3)
 >>> out = Pipeline(NoiseInit(), [Clamp()])(m, torch.arange(3), generator=torch.Generator().manual_seed(0))
 >>> out.images.shape, [r.stage for r in out.trace], out.trace[1].energy.shape
 (torch.Size([3, 3, 2, 2]), ['NoiseInit', 'Clamp'], torch.Size([3]))
+>>> Pipeline(NoiseInit(), [SGLD(step_size=0.1, noise=0.0, steps=2), Clamp()]).record_points()
+{0: 'pass', 2: 'record'}
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import torch
 from .. import rng
 from .._io import fingerprint, jsonable
 from ..energy import validate_labels
-from .records import Samples, StageRecord
+from .records import RECORDS, Samples, StageRecord
 
 __all__ = ["Stage", "StepCallback", "Initializer", "Pipeline", "Samples", "StageRecord", "draw_labels",
            "stage_config"]
@@ -116,7 +126,7 @@ def _stage_name(stage: Any) -> str:
 
 @dataclass(frozen=True)
 class Pipeline:
-    """``Pipeline(init, stages, mode=None, trace_steps=False)``.
+    """``Pipeline(init, stages, mode=None, trace_steps=False, records="stages")``.
 
     Args:
         init: an :class:`Initializer`.
@@ -125,7 +135,9 @@ class Pipeline:
             the batch is then coupled and saved BN buffers are restored); ``None`` = the model's
             ``sampling_mode``.
         trace_steps: pass every stage a :class:`StepCallback` and keep its per-step values
-            (``StageRecord.steps``).
+            (``StageRecord.steps``; of the kept points only: ``records="all"`` keeps every stage's).
+        records: which points get an energy record: ``"stages"`` | ``"all"`` | ``"final"`` | ``"none"``
+            (module doc; :meth:`record_points` lists them with their source).
 
     Call: ``pipe(model, y, *, generator=None, progress=None) -> Samples`` with ``y`` a ``(N,)`` label
     tensor, or an int ``N`` for unconditional sampling with labels drawn from the class prior (the
@@ -137,6 +149,7 @@ class Pipeline:
     stages: tuple = ()
     mode: Literal["eval", "train"] | None = field(default=None, kw_only=True)
     trace_steps: bool = field(default=False, kw_only=True)
+    records: Literal["stages", "all", "final", "none"] = field(default="stages", kw_only=True)
 
     def __post_init__(self) -> None:
         if not callable(self.init):
@@ -148,12 +161,34 @@ class Pipeline:
         object.__setattr__(self, "stages", stages)
         if self.mode not in (None, "eval", "train"):
             raise ValueError(f"Pipeline mode must be 'eval', 'train' or None, got {self.mode!r}")
+        if self.records not in RECORDS:
+            raise ValueError(f"Pipeline records must be one of {', '.join(map(repr, RECORDS))}, got {self.records!r}")
 
     def config(self) -> dict[str, Any]:
         """JSON-able description (for run.json): the init and stages as their fields, statistics and
-        seed images as fingerprints, the BN mode (``None``: the model's own) and ``trace_steps``."""
-        return {"init": stage_config(self.init), "stages": [stage_config(s) for s in self.stages],
-                "mode": self.mode, "trace_steps": self.trace_steps}
+        seed images as fingerprints, the BN mode (``None``: the model's own), ``trace_steps`` and, when not
+        the default ``"stages"``, ``records``."""
+        cfg = {"init": stage_config(self.init), "stages": [stage_config(s) for s in self.stages],
+               "mode": self.mode, "trace_steps": self.trace_steps}
+        if self.records != "stages":  # the default stays out: runs made before the option resume
+            cfg["records"] = self.records
+        return cfg
+
+    def record_points(self) -> dict[int, str]:
+        """``{point index: source}`` of the records this pipeline keeps: ``"pass"`` (taken from the next
+        stage's first gradient pass) or ``"record"`` (one no-grad forward)."""
+        last = len(self.stages)
+        if self.records == "none":
+            return {}
+        if self.records == "final":
+            keep = [last]
+        elif self.records == "all":
+            keep = list(range(last + 1))
+        else:  # drop points after which only pixel maps (Contrast, Clamp) follow
+            keep = [0] + [i for i in range(1, last) if not all(_pixel_map(s) for s in self.stages[i:])] + [last]
+        unit = _unit_ranges(self.init, self.stages)
+        return {i: "pass" if i < last and _first_pass_at_input(self.stages[i], unit[i]) else "record"
+                for i in sorted(set(keep))}
 
     def prior(self, num_classes: int) -> torch.Tensor:
         stats = getattr(self.init, "stats", None)
@@ -177,23 +212,32 @@ class Pipeline:
                 raise ValueError(f"number of samples must be > 0, got {y}")
             y = draw_labels(y, self.prior(model.num_classes), generator, device=device)
         y = validate_labels(y, model.num_classes).to(device)   # samples live on the model's device
+        steps: _Steps | None = None
         mode = self.mode or model.sampling_mode
-        total = 1 + len(self.stages)
+        total, points = 1 + len(self.stages), self.record_points()
         trace: list[StageRecord] = []
         with model.mode(mode):
             t0 = time.perf_counter()
             x = self.init(model, y, generator=generator)
             _check_init(x, y, model, self.init)
-            trace.append(_record(model, x, y, 0, self.init, t0, None))
+            producer, seconds = self.init, time.perf_counter() - t0
             if progress is not None:
-                progress(1, total, trace[-1].stage)
+                progress(1, total, _stage_name(self.init))
             for i, stage in enumerate(self.stages, start=1):
-                steps = _Steps() if self.trace_steps else None
+                src = points.get(i - 1)           # the record of point i - 1 (this stage's input), if kept
+                if src == "record":
+                    trace.append(_record(model, x, y, i - 1, producer, seconds, steps))
+                first = _FirstPass(model, y) if src == "pass" else None
+                steps_i = _Steps() if self.trace_steps else None
                 t0 = time.perf_counter()
-                x = _run_stage(stage, model, x, y, generator, steps)
-                trace.append(_record(model, x, y, i, stage, t0, steps))
+                x_in, x = x, _run_stage(stage, model, x, y, generator, _callback(steps_i, first))
+                if first is not None:             # from the first gradient pass, else a record pass after all
+                    trace.append(first.record(model, x_in, y, i - 1, producer, seconds, steps))
+                producer, seconds, steps = stage, time.perf_counter() - t0, steps_i
                 if progress is not None:
-                    progress(i + 1, total, trace[-1].stage)
+                    progress(i + 1, total, _stage_name(stage))
+            if len(self.stages) in points:
+                trace.append(_record(model, x, y, len(self.stages), producer, seconds, steps))
         return Samples(images=x.detach(), labels=y, trace=tuple(trace), mode=mode)
 
 
@@ -210,11 +254,41 @@ class _Steps:
         return torch.stack(self.values) if self.values else torch.empty(0, n)
 
 
-def _run_stage(stage, model, x, y, generator, steps: _Steps | None) -> torch.Tensor:
-    if steps is None:
+class _FirstPass:
+    """A :class:`StepCallback` that takes the energies of step 0's logits (the stage's input, see
+    ``first_pass_at_input``) at once: under CUDA graphs a later replay may overwrite the logits' memory."""
+
+    def __init__(self, model, y: torch.Tensor) -> None:
+        self.model, self.y = model, y
+        self.energies: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, step: int, value: torch.Tensor, *, logits: torch.Tensor | None = None) -> None:
+        if step == 0 and logits is not None:
+            lg = logits.detach()
+            self.energies = (self.model.energy_from_logits(lg), self.model.joint_energy_from_logits(lg, self.y))
+
+    def record(self, model, x, y, index: int, stage, seconds: float, steps: _Steps | None) -> StageRecord:
+        if self.energies is None:  # the stage did not hand its first pass back: measure the point after all
+            return _record(model, x, y, index, stage, seconds, steps)
+        return _make_record(self.energies, y, index, stage, seconds, steps, "pass")
+
+
+def _callback(*parts: Any) -> Callable | None:
+    live = [p for p in parts if p is not None]
+    if len(live) <= 1:
+        return live[0] if live else None
+
+    def both(step: int, value: torch.Tensor, *, logits: torch.Tensor | None = None) -> None:
+        for p in live:
+            p(step, value, logits=logits)
+    return both
+
+
+def _run_stage(stage, model, x, y, generator, callback) -> torch.Tensor:
+    if callback is None:
         return stage(model, x, y, generator=generator)
     try:
-        return stage(model, x, y, generator=generator, callback=steps)
+        return stage(model, x, y, generator=generator, callback=callback)
     except TypeError as e:
         if "unexpected keyword argument 'callback'" not in str(e):
             raise
@@ -223,14 +297,53 @@ def _run_stage(stage, model, x, y, generator, steps: _Steps | None) -> torch.Ten
                         "without steps may ignore it)") from e
 
 
-@torch.no_grad()
-def _record(model, x, y, index: int, stage, t0: float, steps: _Steps | None) -> StageRecord:
-    """The record pass: one no-grad forward at the point ``x``."""
-    logits = model(x)  # unchecked: stages may leave [0, 1] between steps
-    return StageRecord(stage=_stage_name(stage), index=index, energy=model.energy_from_logits(logits).cpu(),
-                       joint_energy=model.joint_energy_from_logits(logits, y).cpu(),
-                       seconds=time.perf_counter() - t0,
-                       steps=steps.stacked(x.shape[0]) if steps is not None else None)
+def _make_record(energies: tuple[torch.Tensor, torch.Tensor], y, index: int, stage, seconds: float,
+                 steps: _Steps | None, source: str) -> StageRecord:
+    """``(E(x), E(x, y))``, float32 (``*_from_logits`` also under autocast), kept on the device."""
+    return StageRecord(stage=_stage_name(stage), index=index, energy=energies[0].detach(),
+                       joint_energy=energies[1].detach(), seconds=seconds,
+                       steps=steps.stacked(y.shape[0]) if steps is not None else None,
+                       source=source)  # type: ignore[arg-type]
+
+
+def _record(model, x, y, index: int, stage, seconds: float, steps: _Steps | None) -> StageRecord:
+    """The record pass: one no-grad forward at the point ``x`` (its time is added to the stage's)."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        logits = model(x)  # unchecked: stages may leave [0, 1] between steps
+        energies = (model.energy_from_logits(logits), model.joint_energy_from_logits(logits, y))
+    return _make_record(energies, y, index, stage, seconds + time.perf_counter() - t0, steps, "record")
+
+
+def _pixel_map(stage: Any) -> bool:
+    from .transforms import Clamp, Contrast
+
+    return isinstance(stage, (Clamp, Contrast))
+
+
+def _first_pass_at_input(stage: Any, unit_range: bool) -> bool:
+    hook = getattr(stage, "first_pass_at_input", None)
+    return bool(hook(unit_range)) if callable(hook) else False
+
+
+def _unit_ranges(init: Any, stages: Sequence[Any]) -> list[bool]:
+    """Per point: whether its images are known to lie in [0, 1] (what TargetedPGD's start clamp keeps)."""
+    from .init import DataInit, GaussianInit, NoiseInit, PCAInit
+    from .transforms import Clamp, Contrast
+
+    inside = lambda lo, hi: lo >= 0 and hi <= 1  # noqa: E731
+    unit = isinstance(init, (PCAInit, NoiseInit, DataInit)) or (isinstance(init, GaussianInit) and init.clamp)
+    out = [bool(unit)]
+    for s in stages:
+        if isinstance(s, Clamp):
+            unit = inside(s.lo, s.hi)
+        elif isinstance(s, Contrast):  # m + c (x - m) with c <= 1 and m in [0, 1] stays in [0, 1]
+            unit = unit and s.c <= 1
+        else:
+            clamp = getattr(s, "clamp", None)
+            unit = clamp is not None and inside(*clamp) and hasattr(s, "first_pass_at_input")
+        out.append(bool(unit))
+    return out
 
 
 def _check_init(x: Any, y: torch.Tensor, model, init: Any) -> None:

@@ -51,7 +51,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, Union
 
@@ -61,13 +61,13 @@ import torch
 from .. import _dist
 from .._io import atomic_save_npz, atomic_write_bytes, atomic_write_json, create_json, jsonable, versions
 from .._lock import RunLock
-from .._perf import AUTOCAST_DTYPES, autocast_context
+from .._perf import AUTOCAST_DTYPES, autocast_context, matmul_precision
 from ..rng import SampleStreams
 from .labels import balanced_labels, resolve_classes
 from .outputs import GRID_PER_CLASS, make_grid, png_bytes, to_uint8_nhwc, write_pngs
 from . import shards
 from .plan import Dtype, RunPlan
-from .records import summarize
+from .records import summarize, trace_to_cpu, with_sources
 
 __all__ = ["sample", "run", "RunPlan", "SampleRun", "balanced_labels", "resolve_classes", "make_grid", "DTYPES",
            "GRID_PER_CLASS", "record_evaluation"]
@@ -120,6 +120,8 @@ def sample(
     grid: bool = True,
     channels_last: bool = False,
     compile: bool = False,
+    fast: bool = False,
+    records: str | None = None,
 ) -> SampleRun:
     """Draw ``n`` samples with ``pipeline`` from ``model`` into ``out_dir``.
 
@@ -154,14 +156,17 @@ def sample(
             the model is converted in place). Each forward pass equals the default one up to float
             rounding, but sign steps and long chains amplify rounding, so images differ from a
             contiguous-memory run (same distribution, not the same pixels); recorded in run.json.
-        compile: wrap the classifier in :func:`torch.compile` (in place; pays off on long GPU runs).
+        compile: wrap the classifier in :func:`torch.compile` (of a copy; pays off on long GPU runs).
+        fast: on CUDA bf16 autocast, channels_last, compile with CUDA graphs, TF32 matmuls
+            (:data:`ebmlens._perf.FAST_CUDA`, on a copy of the model); nothing on the CPU. In run.json.
+        records: the Pipeline's energy records (``"stages"``, ``"all"``, ``"final"``, ``"none"``; ``None``: its own).
 
     Returns:
         :class:`SampleRun` (on every rank under torchrun, after rank 0 has merged).
     """
     plan = RunPlan.build(model, pipeline, n, out_dir, batch_size=batch_size, seed=seed, classes=classes,
                          labels=labels, resume=resume, device=device, dtype=dtype, save_png=save_png, grid=grid,
-                         channels_last=channels_last, compile=compile)
+                         channels_last=channels_last, compile=compile, fast=fast, records=records)
     return run(plan, progress=progress)
 
 
@@ -177,13 +182,10 @@ def run(plan: RunPlan, *, progress: Progress = False) -> SampleRun:
         if plan.batch_size == "auto" and dev.type != "cuda":
             raise ValueError(f"batch_size='auto' needs a CUDA device, got {str(dev)!r}: on the CPU pass a number "
                              "(e.g. --batch-size 64)")
+        plan = plan.for_device(dev)  # --fast resolved; channels_last / compile on a copy of the model
         autocast_context(dev, plan.dtype)  # refuses a dtype the device cannot run, before any file is written
-        if plan.channels_last or plan.compile:
-            from .._perf import prepare_model
-
-            plan = replace(plan, model=prepare_model(plan.model, channels_last=plan.channels_last,
-                                                     compile=plan.compile))
-        return _run(plan, progress, d, dev, t_start)
+        with matmul_precision(plan.matmul_precision):
+            return _run(plan, progress, d, dev, t_start)
     finally:
         d.close()
 
@@ -288,8 +290,9 @@ def _sample_batches(plan: RunPlan, model, mine: list[np.ndarray], dev: torch.dev
                 raise ValueError(f"the pipeline returned {type(images).__name__} "
                                  f"{tuple(getattr(images, 'shape', ()))} for a batch of {idx.size}; "
                                  "a pipeline must return Samples with images (B, C, H, W)")
+            trace = trace_to_cpu(() if out is images else getattr(out, "trace", ()))  # one copy per batch
             shards.write(plan.out_dir / "shards", idx, plan.labels[idx], to_uint8_nhwc(images),
-                         time.perf_counter() - t0, d.rank, () if out is images else getattr(out, "trace", ()))
+                         time.perf_counter() - t0, d.rank, trace)
             n_done += idx.size
             if bar is not None:
                 bar.update(idx.size)
@@ -355,7 +358,8 @@ def _run_record(plan: RunPlan, meta: dict, facts: dict, energy: list[dict], batc
         "dtype": plan.dtype,
         "channels_last": plan.channels_last,
         "compile": plan.compile,
-        "device": facts["device"],
+        "fast": plan.fast, "compile_mode": plan.compile_mode, "matmul_precision": torch.get_float32_matmul_precision(),
+        "records": getattr(plan.pipeline, "records", None), "device": facts["device"],
         "world_size": facts["world_size"],
         "sampling_mode": plan.mode,
         "batch_coupled": plan.batch_coupled,
@@ -379,7 +383,7 @@ def _run_record(plan: RunPlan, meta: dict, facts: dict, energy: list[dict], batc
             "images_resumed": facts["n_resumed"],
             "images_per_s": round(n_new / sampling_s, 4) if sampling_s > 0 and n_new else None,
         },
-        "energy": energy,
+        "energy": with_sources(energy, plan.pipeline),
     })
 
 

@@ -115,6 +115,11 @@ class SGLD:
                     x = x.clamp(*self.clamp)
         return x
 
+    def first_pass_at_input(self, unit_range: bool) -> bool:
+        """Step 0's gradient pass is at the stage's input (``steps > 0``): its logits, handed to the
+        callback, give the previous point's energies."""
+        return self.steps > 0
+
 
 @dataclass(frozen=True)
 class MomentumSGLD:
@@ -178,3 +183,8 @@ class MomentumSGLD:
             if self.clamp is not None:
                 x = x.clamp(*self.clamp)
         return x
+
+    def first_pass_at_input(self, unit_range: bool) -> bool:
+        """Step 0's gradient pass is at the stage's input (``steps > 0``): its logits, handed to the
+        callback, give the previous point's energies."""
+        return self.steps > 0

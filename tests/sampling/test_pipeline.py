@@ -15,13 +15,19 @@ from .conftest import SMALL_K, SMALL_SHAPE, make_small_model
 
 def test_trace_records_energies_after_init_and_every_stage(small_model, small_stats):
     pipe = S.Pipeline(S.GaussianInit(small_stats),
-                      [S.TargetedPGD(S.L2Ball(1.0), steps=4, step_size=0.3, loss="joint"), S.Contrast(0.9), S.Clamp()])
+                      [S.TargetedPGD(S.L2Ball(1.0), steps=4, step_size=0.3, loss="joint"), S.Contrast(0.9), S.Clamp()],
+                      records="all")
     y = torch.arange(8) % SMALL_K
     out = pipe(small_model, y, generator=torch.Generator().manual_seed(0))
     assert isinstance(out, S.Samples) and out.images.shape == (8, *SMALL_SHAPE) and torch.equal(out.labels, y)
     assert isinstance(out.trace, tuple) and all(isinstance(r, S.StageRecord) for r in out.trace)
     assert [r.stage for r in out.trace] == ["GaussianInit", "TargetedPGD", "Contrast", "Clamp"]
-    assert [r.index for r in out.trace] == [0, 1, 2, 3] and {r.source for r in out.trace} == {"record"}
+    assert [r.index for r in out.trace] == [0, 1, 2, 3]
+    assert [r.source for r in out.trace] == ["pass", "record", "record", "record"]  # the init's from PGD's step 0
+    # the default keeps the init and the final point (the rest is followed by pixel maps only)
+    short = dataclasses.replace(pipe, records="stages")(small_model, y, generator=torch.Generator().manual_seed(0))
+    assert [(r.index, r.source) for r in short.trace] == [(0, "pass"), (3, "record")]
+    assert torch.equal(short.trace[-1].joint_energy, out.trace[-1].joint_energy)
     with torch.no_grad():
         logits = small_model.logits(out.images)
     last = out.trace[-1]
@@ -51,7 +57,7 @@ def test_summary_skips_non_finite_values():
                       joint_energy=torch.tensor([float("inf"), float("nan"), 5.0]), seconds=1.23456)
     (s,) = S.Samples(torch.zeros(3, 1, 1, 1), torch.zeros(3), trace=[r]).summary()
     assert s == {"index": 0, "stage": "X", "energy": {"mean": 2.0, "std": 1.0}, "n": 1,
-                 "joint_energy": {"mean": 5.0, "std": 0.0}, "seconds": 1.2346}
+                 "joint_energy": {"mean": 5.0, "std": 0.0}, "seconds": 1.2346, "source": "record"}
     empty = S.StageRecord("Y", 1, energy=torch.full((2,), float("nan")), joint_energy=torch.zeros(0), seconds=0.0)
     assert S.Samples(torch.zeros(2, 1, 1, 1), torch.zeros(2), trace=[empty]).summary()[0]["joint_energy"] == \
         {"mean": None, "std": None}
@@ -60,10 +66,12 @@ def test_summary_skips_non_finite_values():
 def test_trace_steps_counts_model_passes_once(small_model, small_stats):
     calls = {"n": 0}
     hook = small_model.classifier.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
-    pipe = S.Pipeline(S.NoiseInit(), [S.SGLD(step_size=0.01, noise=0.0, steps=5), S.Clamp()], trace_steps=True)
+    pipe = S.Pipeline(S.NoiseInit(), [S.SGLD(step_size=0.01, noise=0.0, steps=5), S.Clamp()], trace_steps=True,
+                      records="all")
     out = pipe(small_model, torch.arange(3), generator=torch.Generator().manual_seed(0))
     hook.remove()
-    assert calls["n"] == 5 + 3           # 5 gradient passes + one no-grad forward per trace point
+    assert calls["n"] == 5 + 2           # 5 gradient passes + a no-grad forward per point after a stage
+    assert [r.source for r in out.trace] == ["pass", "record", "record"]
     assert out.trace[1].steps.shape == (5, 3)
     assert "steps" in out.trace[2] and out.trace[2].steps.numel() == 0   # Clamp reports no steps
     assert out.trace[0].steps is None    # the initializer takes no callback

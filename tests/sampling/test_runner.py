@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from ebmlens import rng
+from ebmlens import _perf, rng
 from ebmlens.data import CIFAR10_CLASSES
 from ebmlens.energy import EnergyModel
 from ebmlens.models.archs import ConvNetSmall
@@ -152,8 +153,11 @@ def test_run_json_content(reference):
     t = run["timings"]
     assert t["images_sampled"] == N and t["images_per_s"] > 0 and t["total_s"] >= t["sampling_s"] > 0
     e = run["energy"]
-    assert [(r["index"], r["stage"]) for r in e] == [(0, "GaussianInit"), (1, "TargetedPGD"), (2, "Contrast"),
-                                                      (3, "SGLD"), (4, "Clamp")]
+    # records="stages": the point after SGLD differs from the final one only by Clamp and is not kept
+    assert [(r["index"], r["stage"], r["source"]) for r in e] == [
+        (0, "GaussianInit", "pass"), (1, "TargetedPGD", "record"), (2, "Contrast", "pass"), (4, "Clamp", "record")]
+    assert run["records"] == "stages" and run["fast"] is False and run["compile_mode"] is None
+    assert run["matmul_precision"] in ("highest", "high", "medium")
     for r in e:
         assert r["n"] == N and r["seconds"] >= 0
         for q in ("energy", "joint_energy"):
@@ -193,14 +197,34 @@ def test_bfloat16_autocast_runs_and_is_recorded(reference, tmp_path):
 
 
 def test_channels_last_runs_and_is_recorded(tmp_path, stats):
-    model = _tiny_model()  # its own copy: the runner converts the model in place
+    model = _tiny_model()
+    classifier, weights = model.classifier, {k: v.clone() for k, v in model.state_dict().items()}
     r = _run(model, tmp_path / "cl", n=6, batch_size=6, channels_last=True, save_png=False)
     assert r.run["channels_last"] is True and r.run["compile"] is False
-    assert model.classifier.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
-    # each forward equals the contiguous one up to rounding
+    # the caller's model is unchanged: the runner converted a copy
+    assert model.classifier is classifier
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    # the copy's forwards equal the contiguous ones up to rounding
     x = torch.rand(4, *SHAPE, generator=torch.Generator().manual_seed(3))
-    assert torch.allclose(model.logits(x), _tiny_model().logits(x), atol=1e-4)
+    fast = _perf.prepare_model(model, channels_last=True, inplace=False)
+    assert fast is not model and fast.classifier.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(fast.logits(x), model.logits(x), atol=1e-4)
     assert r.load()[0].shape == (6, 16, 16, 3)
+
+
+def test_fast_does_nothing_on_the_cpu_and_is_recorded(reference, tmp_path, caplog):
+    model, ref = reference
+    with caplog.at_level(logging.INFO, logger="ebmlens.sampling.plan"):
+        r = _run(model, tmp_path / "fast", fast=True, records="final", batch_size=16, save_png=False, grid=False)
+    assert "changes nothing on cpu" in caplog.text
+    assert r.run["fast"] is True and r.run["dtype"] == "float32" and r.run["channels_last"] is False
+    assert r.run["compile"] is False and r.run["records"] == "final"
+    assert [(e["index"], e["source"]) for e in r.run["energy"]] == [(4, "record")]
+    assert r.run["energy"][0] == {**ref.run["energy"][-1], "seconds": r.run["energy"][0]["seconds"]}
+    np.testing.assert_array_equal(r.load()[0], ref.load()[0])
+    with pytest.raises(TypeError, match="needs an ebmlens Pipeline"):
+        _run(model, tmp_path / "own", pipeline=_noise, records="none")
 
 
 def test_any_callable_pipeline(reference, tmp_path):
