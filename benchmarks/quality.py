@@ -220,11 +220,10 @@ def main(argv=None) -> dict:
             m["energy"] = float(model.joint_energy_from_logits(model(x), yt).mean())
         per_run.append({"row": "real test images", "factor": None, "seed": s, **{k: v for k, v in m.items() if k != "features"}})
     keep: dict[str, dict] = {}
-    for name in names:
-        for f in factors:
-            pipe = pipeline(name, f, stats)
-            for s in seeds:
-                r = draw(model, pipe, y, s, a.batch_size)
+    for s in seeds:   # seed-major: a killed run still leaves whole seeds in runs_partial.json
+        for name in names:
+            for f in factors:
+                r = draw(model, pipeline(name, f, stats), y, s, a.batch_size)
                 u8 = to_uint8_nhwc(r["images"])
                 m = judge_measures(judge, u8, y_np, manifold_ref[s], train_mom)
                 if f == main_factor and s == 0:
@@ -236,6 +235,7 @@ def main(argv=None) -> dict:
                       f"P {rec['precision']:.3f} R {rec['recall']:.3f} D {rec['density']:.3f} C {rec['coverage']:.3f} "
                       f"div {rec['diversity']:.3f} E {rec['energy']:.2f} grads {rec['grad_evals']:.1f} "
                       f"{rec['seconds']:.1f}s", flush=True)
+                atomic_write_json(out / "runs_partial.json", jsonable(per_run))
 
     def summary(row: str, factor) -> dict:
         runs = [r for r in per_run if r["row"] == row and r["factor"] == factor]
