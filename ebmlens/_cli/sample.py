@@ -114,7 +114,8 @@ def bundled_stats(model) -> Any:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a preset option (repeatable), e.g. --set steps=20 --set eps=8/255.")
 @click.option("--evaluate", "eval_metrics", default=None, metavar="METRICS",
-              help="After sampling, measure the samples: is, fid, kid or a comma list (ebmlens.metrics.evaluate); "
+              help="After sampling, measure the samples: is, fid, kid, precision, recall, density, coverage, "
+                   "diversity or a comma list (ebmlens.metrics.evaluate); "
                    "written to OUT/metrics.json and run.json.")
 @click.option("--ref", default=None, help="Reference images or statistics .npz for FID/KID (default: --data's train split).")
 @click.option("--inception-weights", default=None, type=click.Path(dir_okay=False),
@@ -145,9 +146,10 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpo
 
         metrics = parse_metrics(eval_metrics)
         ref_spec = ref or (default_ref(data) if data else None)
-        if ref_spec is None and ("fid" in metrics or "kid" in metrics):
-            raise ValueError("--evaluate fid/kid needs a reference: --ref cifar10:PATH@train (or a statistics "
-                             ".npz), or --data; or evaluate 'is' only")
+        needs_ref = [m for m in metrics if m not in ("is", "diversity")]
+        if ref_spec is None and needs_ref:
+            raise ValueError(f"--evaluate {'/'.join(needs_ref)} needs a reference: --ref cifar10:PATH@train (or a "
+                             "statistics .npz), or --data; or evaluate 'is' / 'diversity' only")
     wanted = parse_classes(classes)
     if stats_path is not None and not os.path.exists(stats_path):
         raise FileNotFoundError(f"--stats file {stats_path!r} does not exist; save one with "

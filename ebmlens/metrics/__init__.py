@@ -18,6 +18,9 @@ own :func:`inception_score`, :func:`frechet_distance` and :func:`kernel_distance
   ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^{1/2})``.
 * Kernel distance (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel
   ``k(a, b) = (a.b / d + 1)^3``, averaged over random subsets.
+* Precision / recall (Kynkaanniemi et al. 2019, k = 3), density / coverage (Naeem et al. 2020, k = 5)
+  and within-class diversity (mean ``1 - cos`` of features over pairs of one class): fidelity and
+  diversity as separate numbers (:mod:`ebmlens.metrics.manifold`; ``metrics="precision,recall,..."``).
 * Robust accuracy: the fraction of images classified correctly both as they are and after an
   untargeted attack (:func:`robust_accuracy`).
 
@@ -30,7 +33,8 @@ One module per concern:
 * ``_math``       - the formulas on features and logits (no networks, no files);
 * ``features``    - the feature networks (standard Inception, any ``nn.Module``) and batched extraction;
 * ``reference``   - reference statistics files;
-* ``quality``     - :func:`evaluate`: IS / FID / KID as a sequence of per-metric calls;
+* ``manifold``    - precision / recall (k-NN manifolds), density / coverage, within-class diversity;
+* ``quality``     - :func:`evaluate`: IS / FID / KID and those as a sequence of per-metric calls;
 * ``conditional`` - per-class measures of conditional samples;
 * ``accuracy``    - :func:`robust_accuracy`.
 
@@ -46,9 +50,13 @@ from __future__ import annotations
 from ._math import feature_stats, frechet_distance, inception_score, kernel_distance
 from .accuracy import RobustAccuracy, robust_accuracy
 from .conditional import ClassMeasure, class_diversity, conditional_accuracy
+from .manifold import (ClassDiversity, DensityCoverage, PrecisionRecall, density_coverage, knn_radii,
+                       precision_recall, within_class_diversity)
 from .quality import EvalResult, evaluate, parse_metrics
 from .reference import ReferenceStats, load_reference_stats, reference_stats
 
 __all__ = ["evaluate", "EvalResult", "reference_stats", "ReferenceStats", "load_reference_stats",
            "inception_score", "frechet_distance", "kernel_distance", "feature_stats",
-           "conditional_accuracy", "class_diversity", "ClassMeasure", "robust_accuracy", "RobustAccuracy", "parse_metrics"]
+           "conditional_accuracy", "class_diversity", "ClassMeasure", "robust_accuracy", "RobustAccuracy", "parse_metrics",
+           "precision_recall", "PrecisionRecall", "density_coverage", "DensityCoverage", "within_class_diversity",
+           "ClassDiversity", "knn_radii"]

@@ -1,5 +1,5 @@
-"""Sample quality: IS / FID / KID of a set of images against a reference, as a short sequence of
-per-metric calls (:func:`evaluate`).
+"""Sample quality: IS / FID / KID, precision / recall / density / coverage and within-class diversity
+of a set of images against a reference, as a short sequence of per-metric calls (:func:`evaluate`).
 
 In the standard Inception the numbers are torch-fidelity's own functions on its features; in any
 other network ebmlens's formulas (:mod:`ebmlens.metrics._math`) under names that say the network
@@ -22,6 +22,7 @@ from .. import _dist
 from .._io import versions
 from ..data import ImageSet
 from ._math import frechet_distance, inception_score, kernel_distance
+from .manifold import density_coverage, precision_recall, within_class_diversity
 from .features import INCEPTION_NETWORK, extract, extractor, rgb_images, slug
 from .reference import ReferenceStats, check_stats, is_stats_file, load_reference_stats
 
@@ -29,6 +30,9 @@ __all__ = ["evaluate", "EvalResult"]
 
 log = logging.getLogger(__name__)
 _METRICS = ("is", "fid", "kid")
+#: Measures that separate fidelity from diversity (:mod:`ebmlens.metrics.manifold`); not in the default set.
+_MANIFOLD = ("precision", "recall", "density", "coverage")
+_ALL = _METRICS + _MANIFOLD + ("diversity",)
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,10 @@ def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
     known metrics; an unknown name fails with the choices."""
     items = metrics.split(",") if isinstance(metrics, str) else list(metrics)
     out = tuple(dict.fromkeys(str(m).strip().lower() for m in items if str(m).strip()))
-    bad = [m for m in out if m not in _METRICS]
+    bad = [m for m in out if m not in _ALL]
     if bad or not out:
-        raise ValueError(f"unknown metrics {bad or list(items)}; choose from is, fid, kid (e.g. 'is,fid,kid')")
+        raise ValueError(f"unknown metrics {bad or list(items)}; choose from {', '.join(_ALL)} (e.g. 'is,fid,kid' "
+                         "or 'fid,precision,recall,density,coverage,diversity')")
     return out
 
 
@@ -97,8 +102,10 @@ def evaluate(images: object, ref: object = None, metrics: str | Sequence[str] = 
              *, inception_weights: str | os.PathLike | None = None, layer: str | None = None, arch: str | None = None,
              feature_name: str | None = None, batch_size: int = 100, device: str | torch.device | None = None,
              splits: int = 10, trust_checkpoint: bool = False, kid_subsets: int = 100,
-             kid_subset_size: int | None = None, seed: int = 2020, progress: bool = False) -> EvalResult:
-    """IS / FID / KID of ``images`` against ``ref`` in the standard Inception or another feature network.
+             kid_subset_size: int | None = None, seed: int = 2020, progress: bool = False,
+             labels: object = None, prc_k: int = 3, dc_k: int = 5) -> EvalResult:
+    """IS / FID / KID (and the fidelity / diversity measures) of ``images`` against ``ref`` in the standard
+    Inception or another feature network.
 
     Args:
         images: float ``(N, 3, H, W)`` in [0, 1] or uint8 ``(N, H, W, 3)`` images, an ImageData, a
@@ -107,7 +114,12 @@ def evaluate(images: object, ref: object = None, metrics: str | Sequence[str] = 
         ref: the reference for FID/KID: the same kinds of input, or a statistics .npz from
             :func:`reference_stats` (KID then needs one saved with ``keep_features=True``).
             A data spec without ``@split`` means the test split; the convention is ``@train``.
-        metrics: any of ``"is"``, ``"fid"``, ``"kid"`` (a sequence or ``"is,fid"``).
+        metrics: any of ``"is"``, ``"fid"``, ``"kid"``, ``"precision"``, ``"recall"`` (k-NN manifolds,
+            ``prc_k`` = 3), ``"density"``, ``"coverage"`` (``dc_k`` = 5), ``"diversity"`` (within-class
+            mean ``1 - cos`` of the features, by ``labels``; per class too), a sequence or ``"is,fid"``;
+            see :mod:`ebmlens.metrics.manifold`. Keys: ``precision``... in the standard Inception
+            (precision/recall by torch-fidelity's ``prc``), ``precision_<net>``... in another network.
+        labels: ``(N,)`` target classes for ``"diversity"`` (default: the labels stored with the images).
         feature_model: ``None`` - torch-fidelity's Inception with the weights file
             ``inception_weights`` (see :func:`ebmlens.metrics.features.find_inception_weights`);
             or an ``nn.Module`` / EnergyModel / model name (``"ebmlens:cifar10-l2-small"``,
@@ -134,11 +146,12 @@ def evaluate(images: object, ref: object = None, metrics: str | Sequence[str] = 
     ext = extractor(feature_model, inception_weights=inception_weights, layer=layer, arch=arch, device=device,
                     trust_checkpoint=trust_checkpoint, feature_name=feature_name)
     if stats is not None:
-        check_stats(stats, ext, "kid" in metrics)
+        check_stats(stats, ext, "kid" in metrics or any(m in _MANIFOLD for m in metrics))
     feats, logits, mom = extract(ext, data, batch_size, progress, "features")
     ref_out = None  # every rank extracts its share of the reference (collective under torchrun)
     if ref_data is not None:
-        ref_out = extract(ext, ref_data, batch_size, progress, "reference features", keep="kid" in metrics)
+        ref_out = extract(ext, ref_data, batch_size, progress, "reference features",
+                          keep="kid" in metrics or any(m in _MANIFOLD for m in metrics))
 
     def finish() -> EvalResult:  # rank 0 (or the single process): the metrics on the gathered features
         scores: list[_Score] = []
@@ -151,6 +164,8 @@ def evaluate(images: object, ref: object = None, metrics: str | Sequence[str] = 
         if "kid" in metrics:
             size = int(kid_subset_size) if kid_subset_size is not None else min(1000, len(feats), len(r.features))
             scores.append(_kernel(ext, feats, r, kid_subsets, size, seed))
+        if any(m in _MANIFOLD or m == "diversity" for m in metrics):
+            scores.append(_manifold(ext, feats, r, metrics, prc_k, dc_k, data.labels if labels is None else labels))
         values = {k: float(v) for sc in scores for k, v in sc.values.items()}
         w = ext.weights
         log.info("evaluated %d images in %s (%s): %s", len(data), ext.network, ext.layer, values)
@@ -171,11 +186,11 @@ def evaluate(images: object, ref: object = None, metrics: str | Sequence[str] = 
 
 def _reference_input(ref: object, metrics: tuple[str, ...]) -> tuple[ReferenceStats | None, ImageSet | None]:
     """What FID/KID compare against: saved statistics, or images to extract (neither for IS only)."""
-    if "fid" not in metrics and "kid" not in metrics:
+    if not any(m in ("fid", "kid") + _MANIFOLD for m in metrics):
         return None, None
     if ref is None:
-        raise ValueError("FID/KID need a reference: ref='cifar10:PATH@train' (CLI --ref) or a statistics file "
-                         "(CLI --ref-stats FILE.npz); or ask for metrics='is' only")
+        raise ValueError(f"{'/'.join(m for m in metrics if m not in ('is', 'diversity'))} need a reference: ref='cifar10:PATH@train' (CLI --ref) or a statistics file "
+                         "(CLI --ref-stats FILE.npz); or ask for metrics='is' or 'diversity' only")
     if isinstance(ref, ReferenceStats):
         return ref, None
     if is_stats_file(ref):
@@ -263,3 +278,38 @@ def _kernel(ext, feats: torch.Tensor, ref: _Reference, subsets: int, size: int, 
     m, s = kernel_distance(feats, ref.features, subsets, size, seed=seed)
     return _Score({f"kd_{net}_mean": m, f"kd_{net}_std": s},
                   {f"kd_{net}": f"ebmlens.metrics.kernel_distance (poly kernel, degree 3) on {ext.network} {ext.layer}"})
+
+
+def _manifold(ext, feats: torch.Tensor, ref: _Reference | None, metrics: tuple[str, ...], prc_k: int, dc_k: int,
+              labels: object) -> _Score:
+    """Precision / recall (torch-fidelity's ``prc`` in the standard Inception), density / coverage and
+    within-class diversity (ours, :mod:`ebmlens.metrics.manifold`)."""
+    sfx = "" if ext.standard else f"_{slug(ext.key_name)}"
+    where = f"on {ext.network} {ext.layer}"
+    values: dict[str, float] = {}
+    impl: dict[str, str] = {}
+    if "precision" in metrics or "recall" in metrics:
+        if ext.standard:
+            from torch_fidelity.metric_prc import prc_features_to_metric
+
+            r = prc_features_to_metric(feats.double(), ref.features.double(), prc_neighborhood=prc_k,
+                                       prc_batch_size=1024, save_cpu_ram=True, verbose=False)
+            pr, how = (r["precision"], r["recall"]), f"{_tf(ext)} prc_features_to_metric (k={prc_k}) {where}"
+        else:
+            p = precision_recall(feats, ref.features, prc_k)
+            pr, how = (p.precision, p.recall), f"ebmlens.metrics.precision_recall (k={prc_k}) {where}"
+        for name, v in zip(("precision", "recall"), pr):
+            if name in metrics:
+                values[name + sfx], impl[name + sfx] = float(v), how
+    if "density" in metrics or "coverage" in metrics:
+        d = density_coverage(feats, ref.features, dc_k)
+        for name in ("density", "coverage"):
+            if name in metrics:
+                values[name + sfx] = getattr(d, name)
+                impl[name + sfx] = f"ebmlens.metrics.density_coverage (k={dc_k}) {where}"
+    if "diversity" in metrics:
+        dv = within_class_diversity(feats, labels)
+        values["diversity" + sfx] = dv.overall
+        values.update({f"diversity{sfx}_class{c}": v for c, v in dv.per_class.items()})
+        impl["diversity" + sfx] = f"ebmlens.metrics.within_class_diversity (mean 1 - cos over pairs of a class) {where}"
+    return _Score(values, impl)

@@ -122,5 +122,6 @@ def check_stats(stats: ReferenceStats, ext, need_features: bool) -> None:
         raise ValueError(f"the reference statistics were computed with other weights of {stats.network} "
                          f"({stats.network_fingerprint} vs {ext.fingerprint()}); recompute them")
     if need_features and stats.features is None:
-        raise ValueError("KID needs the reference features, and this statistics file holds only mu/sigma; rebuild "
-                         "it with keep_features=True (CLI --keep-features) or drop 'kid' from metrics")
+        raise ValueError("KID needs the reference features (so do precision, recall, density, coverage), and "
+                         "this statistics file holds only mu/sigma; rebuild "
+                         "it with keep_features=True (CLI --keep-features) or drop those from metrics")
