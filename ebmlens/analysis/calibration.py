@@ -18,7 +18,6 @@ registered attack (:func:`ebmlens.attacks.get_attack`), and draws the reliabilit
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -29,13 +28,13 @@ import numpy as np
 import torch
 
 from .. import rng
-from .._io import atomic_write_text, jsonable, save_figure
+from .._io import jsonable, save_figure
 from .._validate import validate_images
 from ..attacks import choose_targets
 from ..data import ImageData
 from ..energy import EnergyModel
 from .energies import as_energy_model, as_image_data, build_attacks
-from .report import require_matplotlib
+from .report import report_json, require_matplotlib
 
 __all__ = ["expected_calibration_error", "reliability_bins", "calibration_report", "CalibrationReport",
            "KindCalibration", "model_geometry"]
@@ -125,10 +124,7 @@ class CalibrationReport:
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         d = {"format": "ebmlens.calibration_report/1", "model": dict(self.model), "data": dict(self.data),
              "config": jsonable(dict(self.config)), "kinds": [jsonable(asdict(k), finite_floats=False) for k in self.kinds]}
-        text = json.dumps(d, indent=1, allow_nan=True)
-        if path is not None:
-            atomic_write_text(path, text)
-        return text
+        return report_json(d, path)
 
     def plot(self, path: str | os.PathLike) -> Path:
         """Reliability diagrams (accuracy per confidence bin against the diagonal), one per kind."""

@@ -16,7 +16,6 @@ Targets (``target=``): ``"next"`` = ``(a + 1) mod K``; ``"random"`` = uniform ov
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from .. import rng
-from .._io import atomic_write_bytes, atomic_write_text, jsonable
+from .._io import atomic_write_bytes, jsonable
 from .._validate import validate_images
 from ..attacks import choose_targets, default_step_size, make_geometry, pgd
 from ..data import ImageData
 from ..energy import EnergyModel
 from .calibration import model_geometry
 from .energies import as_energy_model, as_image_data
+from .report import report_json
 
 __all__ = ["counterfactuals", "Counterfactuals", "Target"]
 
@@ -96,10 +96,7 @@ class Counterfactuals:
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         d = {"format": "ebmlens.counterfactuals/1", "model": dict(self.model), "data": dict(self.data),
              "config": jsonable(dict(self.config)), "flip_rate": self.flip_rate, "images": self.rows()}
-        text = json.dumps(d, indent=1)
-        if path is not None:
-            atomic_write_text(path, text)
-        return text
+        return report_json(d, path)
 
     def table(self) -> str:
         lines = ["| index | label -> target | status | flip step | L2 | Linf | E(x) start -> end | E(x,b) start -> end |",

@@ -16,7 +16,6 @@ Example (checkpoints of an ``ebmlens train`` run)::
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,8 +27,8 @@ import numpy as np
 from ..data import ImageSet
 from ..energy import EnergyModel
 from .energies import as_image_data, energy_report
-from .._io import atomic_write_text, save_figure
-from .report import EnergyReport, require_matplotlib, rows_to_csv
+from .._io import save_figure
+from .report import EnergyReport, report_json, require_matplotlib, rows_to_csv
 
 __all__ = ["dynamics", "DynamicsReport", "resolve_checkpoints"]
 
@@ -139,10 +138,7 @@ class DynamicsReport:
                 "reports": [r.to_dict(per_sample=per_sample) for r in self.reports]}
 
     def to_json(self, path: str | os.PathLike | None = None, *, per_sample: bool = False) -> str:
-        text = json.dumps(self.to_dict(per_sample=per_sample), indent=1)
-        if path is not None:
-            atomic_write_text(path, text)
-        return text
+        return report_json(self.to_dict(per_sample=per_sample), path)
 
     def plot(self, path: str | os.PathLike) -> Path:
         """``ΔE(x)`` per epoch (with intervals) per attack, and clean/adversarial accuracy."""

@@ -10,7 +10,6 @@ AUPR-in, AUPR-out and FPR@95%TPR with bootstrap intervals; a Markdown table, JSO
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .._io import atomic_write_text, jsonable, save_figure
-from .report import Interval, require_matplotlib
+from .._io import jsonable, save_figure
+from .report import Interval, read_report_json, report_json, require_matplotlib
 
 __all__ = ["OODResult", "OODReport"]
 
@@ -99,18 +98,12 @@ class OODReport:
 
     def to_json(self, path: str | os.PathLike | None = None, *, per_sample: bool = True) -> str:
         """The report as JSON text; written atomically to ``path`` when given."""
-        text = json.dumps(self.to_dict(per_sample=per_sample), indent=1, allow_nan=True)
-        if path is not None:
-            atomic_write_text(path, text)
-        return text
+        return report_json(self.to_dict(per_sample=per_sample), path)
 
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike) -> "OODReport":
         """Read a report written by :meth:`to_json` (a path or the JSON text)."""
-        p = Path(path_or_text) if not str(path_or_text).lstrip().startswith("{") else None
-        d = json.loads(p.read_text() if p is not None else str(path_or_text))
-        if d.get("format") != FORMAT:
-            raise ValueError(f"{path_or_text!s:.80} is not an ebmlens OOD report (format {d.get('format')!r})")
+        d = read_report_json(path_or_text, FORMAT, "OOD report")
         res = tuple(OODResult(r["set"], r["score"], *(Interval(**r[k]) for k in ("auroc", "aupr_in", "aupr_out", "fpr95")))
                     for r in d["results"])
         values = {k: {s: np.asarray(v, dtype=np.float64) for s, v in vals.items()} for k, vals in d.get("values", {}).items()}

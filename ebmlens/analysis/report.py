@@ -42,6 +42,24 @@ VALUE_FIELDS = ("energy", "joint_true", "joint_adv")
 
 
 # --------------------------------------------------------------------------- small pieces
+def report_json(d: Mapping[str, Any], path: str | os.PathLike | None = None) -> str:
+    """A report's dict as JSON text (indent 1; NaN kept as in every report); written atomically to
+    ``path`` when given. Returns the text."""
+    text = json.dumps(d, indent=1, allow_nan=True)
+    if path is not None:
+        atomic_write_text(path, text)
+    return text
+
+
+def read_report_json(path_or_text: str | os.PathLike, fmt: str, what: str) -> dict[str, Any]:
+    """The dict of a report written by :func:`report_json` (a path or the JSON text), checked to be ``fmt``."""
+    p = Path(path_or_text) if not str(path_or_text).lstrip().startswith("{") else None
+    d = json.loads(p.read_text() if p is not None else str(path_or_text))
+    if d.get("format") != fmt:
+        raise ValueError(f"{path_or_text!s:.80} is not an ebmlens {what} (format {d.get('format')!r})")
+    return d
+
+
 def rows_to_csv(rows: list[dict[str, Any]], path: str | os.PathLike | None = None) -> str:
     """Rows of equal keys as CSV text; also written atomically to ``path`` when given."""
     buf = io.StringIO()
@@ -296,18 +314,12 @@ class EnergyReport:
 
     def to_json(self, path: str | os.PathLike | None = None, *, per_sample: bool = True) -> str:
         """The report as JSON text; written atomically to ``path`` when given."""
-        text = json.dumps(self.to_dict(per_sample=per_sample), indent=1, allow_nan=True)
-        if path is not None:
-            atomic_write_text(path, text)
-        return text
+        return report_json(self.to_dict(per_sample=per_sample), path)
 
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike) -> "EnergyReport":
         """Read a report written by :meth:`to_json` (a path or the JSON text)."""
-        p = Path(path_or_text) if not str(path_or_text).lstrip().startswith("{") else None
-        d = json.loads(p.read_text() if p is not None else str(path_or_text))
-        if d.get("format") != "ebmlens.energy_report/1":
-            raise ValueError(f"{path_or_text!s:.80} is not an ebmlens energy report (format {d.get('format')!r})")
+        d = read_report_json(path_or_text, "ebmlens.energy_report/1", "energy report")
         values = {kind: {k: np.asarray(v, dtype=np.float64 if k in VALUE_FIELDS else np.int64) for k, v in vals.items()}
                   for kind, vals in d.get("values", {}).items()}
         return cls(tuple(KindSummary.from_dict(k) for k in d["kinds"]), values,
