@@ -7,7 +7,7 @@ One grammar for every command (a *data spec*):
   torchvision's ``cifar-10-batches-py`` folder (or its parent). ``cifar100:`` likewise for
   torchvision's ``cifar-100-python``.
 * ``folder:PATH`` - an ImageFolder (``PATH/<class>/<image>``), or a flat folder of images
-  (label 0), or an ebmlens samples folder (its ``samples.npz`` is read).
+  (label 0), or an ebmlens samples folder (its ``images.npy`` memory-mapped, else ``samples.npz``).
 * ``npz:PATH`` - arrays ``images`` (N x H x W x C uint8, or N x C x H x W) and optional ``labels``.
 
 Images are held as ``uint8`` arrays ``(N, H, W, C)`` (the image-file convention); tensors handed
@@ -311,6 +311,12 @@ def _load_npz(path: Path, spec: str) -> ImageData:
 
 
 def _load_folder(path: Path, spec: str) -> ImageData:
+    if path.is_dir() and (path / "images.npy").exists() and (path / "labels.npy").exists():
+        # an ebmlens samples folder: images memory-mapped (read batch by batch), fingerprinted in chunks
+        images, labels = np.load(path / "images.npy", mmap_mode="r"), np.load(path / "labels.npy")
+        chunks = (images[s:s + 1024] for s in range(0, len(images), 1024))
+        names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 1)]
+        return ImageData(images, labels.astype(np.int64), names, spec, fingerprint(*chunks, labels.astype(np.int64)))
     if path.is_dir() and (path / "samples.npz").exists():
         return _load_npz(path / "samples.npz", spec)
     if not path.is_dir():
