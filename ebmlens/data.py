@@ -313,7 +313,7 @@ def _load_npz(path: Path, spec: str) -> ImageData:
 def _load_folder(path: Path, spec: str) -> ImageData:
     if path.is_dir() and (path / "images.npy").exists() and (path / "labels.npy").exists():
         # an ebmlens samples folder: images memory-mapped (read batch by batch), fingerprinted in chunks
-        images, labels = np.load(path / "images.npy", mmap_mode="r"), np.load(path / "labels.npy")
+        images, labels = np.load(path / "images.npy", mmap_mode="c"), np.load(path / "labels.npy")
         chunks = (images[s:s + 1024] for s in range(0, len(images), 1024))
         names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 1)]
         return ImageData(images, labels.astype(np.int64), names, spec, fingerprint(*chunks, labels.astype(np.int64)))

@@ -1,4 +1,4 @@
-"""The files of a finished run, written in flat memory: the shards stream, one at a time, into
+"""The files of a finished run (:class:`SampleRun` reopens them), written in flat memory: the shards stream, one at a time, into
 
 * ``images.npy``: uint8 ``(N, H, W, C)`` in index order, a plain ``.npy`` (read it with
   ``np.load(path, mmap_mode="r")``: nothing is read until it is indexed);
@@ -21,8 +21,11 @@ sample and pipeline point (the run.json energy summary).
 from __future__ import annotations
 
 import io
+import json
+import os
 import shutil
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -33,9 +36,52 @@ from . import shards
 from .outputs import GRID_PER_CLASS, make_grid, png_bytes, write_pngs
 from .records import StageRecord
 
-__all__ = ["NPZ_MAX_BYTES", "npy_header", "write_run_files"]
+__all__ = ["NPZ_MAX_BYTES", "SampleRun", "npy_header", "write_run_files"]
 
 NPZ_MAX_BYTES = 2 * 1024 ** 3
+
+
+@dataclass(frozen=True)
+class SampleRun:
+    """What :func:`sample` wrote (reopen a finished run folder with :meth:`open`).
+
+    Attributes:
+        out_dir: the run folder.
+        n: number of samples.
+        images: path of ``samples.npz`` (``images`` uint8 ``(N, H, W, C)``, ``labels`` int64 ``(N,)``),
+            or of ``images.npy`` when no ``samples.npz`` was written (over 2 GiB) or for a job-array task.
+        grid: path of ``grid.png`` or ``None``.
+        run: the content of ``run.json`` (for a job-array task: its ``shards/task-i-of-K.json`` record).
+    """
+
+    out_dir: Path
+    n: int
+    images: Path
+    grid: Path | None
+    run: dict
+
+    @classmethod
+    def open(cls, out_dir: str | os.PathLike) -> "SampleRun":
+        """The finished run in ``out_dir`` (its ``run.json``)."""
+        out = Path(out_dir)
+        if not (out / "run.json").is_file():
+            raise FileNotFoundError(f"{out} holds no finished sampling run (no run.json); a job array is merged "
+                                    f"with `ebmlens merge {out}`")
+        record = json.loads((out / "run.json").read_text())
+        npz = out / "samples.npz"
+        grid = out / "grid.png"
+        return cls(out_dir=out, n=int(record["n"]), images=npz if npz.exists() else out / "images.npy",
+                   grid=grid if grid.exists() else None, run=record)
+
+    def load(self, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``(images uint8 (N, H, W, C), labels int64 (N,))``: from ``images.npy`` / ``labels.npy`` when
+        present (memory-mapped copy-on-write with ``mmap=True``: pages are read as they are indexed),
+        else from ``samples.npz``."""
+        pair = self.out_dir / "images.npy", self.out_dir / "labels.npy"
+        if pair[0].exists() and pair[1].exists():
+            return np.load(pair[0], mmap_mode="c" if mmap else None), np.load(pair[1])
+        with np.load(self.out_dir / "samples.npz") as z:
+            return z["images"], z["labels"]
 
 
 def npy_header(shape: tuple[int, ...], dtype=np.uint8) -> bytes:

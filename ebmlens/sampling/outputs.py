@@ -19,15 +19,24 @@ import torch
 
 from .._io import atomic_write_bytes
 
-__all__ = ["GRID_PER_CLASS", "to_uint8_nhwc", "safe_name", "make_grid", "png_bytes", "png_path", "write_pngs"]
+__all__ = ["GRID_PER_CLASS", "to_uint8_nhwc", "to_uint8", "nhwc_numpy", "safe_name", "make_grid", "png_bytes", "png_path", "write_pngs"]
 
 GRID_PER_CLASS = 10
 
 
 def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
     """Float ``(N, C, H, W)`` in [0, 1] -> uint8 ``(N, H, W, C)`` (rounded, clamped)."""
-    x = x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return nhwc_numpy(to_uint8(x))
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float ``(N, C, H, W)`` in [0, 1] -> uint8 ``(N, C, H, W)`` on the same device (rounded, clamped)."""
+    return x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def nhwc_numpy(u8: torch.Tensor) -> np.ndarray:
+    """uint8 ``(N, C, H, W)`` (any device) -> a numpy ``(N, H, W, C)`` array (the device-to-host copy)."""
+    return u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 def safe_name(name: str) -> str:

@@ -71,7 +71,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, Union
 
@@ -83,7 +83,7 @@ from .._io import atomic_write_json, jsonable, versions
 from .._lock import RunLock
 from .._perf import AUTOCAST_DTYPES, autocast_context
 from . import jobs, shards
-from .flat import write_run_files
+from .flat import SampleRun, write_run_files
 from .labels import balanced_labels, resolve_classes
 from .outputs import GRID_PER_CLASS, make_grid
 from .plan import Dtype, RunPlan
@@ -97,49 +97,6 @@ log = logging.getLogger(__name__)
 
 DTYPES = AUTOCAST_DTYPES  # run dtypes: "float32" (no autocast), "bfloat16", "float16"
 Progress = Union[bool, Callable[[int, int], Any]]
-
-
-@dataclass(frozen=True)
-class SampleRun:
-    """What :func:`sample` wrote (reopen a finished run folder with :meth:`open`).
-
-    Attributes:
-        out_dir: the run folder.
-        n: number of samples.
-        images: path of ``samples.npz`` (``images`` uint8 ``(N, H, W, C)``, ``labels`` int64 ``(N,)``),
-            or of ``images.npy`` when no ``samples.npz`` was written (over 2 GiB) or for a job-array task.
-        grid: path of ``grid.png`` or ``None``.
-        run: the content of ``run.json`` (for a job-array task: its ``shards/task-i-of-K.json`` record).
-    """
-
-    out_dir: Path
-    n: int
-    images: Path
-    grid: Path | None
-    run: dict
-
-    @classmethod
-    def open(cls, out_dir: str | os.PathLike) -> "SampleRun":
-        """The finished run in ``out_dir`` (its ``run.json``)."""
-        out = Path(out_dir)
-        if not (out / "run.json").is_file():
-            raise FileNotFoundError(f"{out} holds no finished sampling run (no run.json); a job array is merged "
-                                    f"with `ebmlens merge {out}`")
-        record = json.loads((out / "run.json").read_text())
-        npz = out / "samples.npz"
-        grid = out / "grid.png"
-        return cls(out_dir=out, n=int(record["n"]), images=npz if npz.exists() else out / "images.npy",
-                   grid=grid if grid.exists() else None, run=record)
-
-    def load(self, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """``(images uint8 (N, H, W, C), labels int64 (N,))``: from ``images.npy`` / ``labels.npy`` when
-        present (memory-mapped copy-on-write with ``mmap=True``: pages are read as they are indexed),
-        else from ``samples.npz``."""
-        pair = self.out_dir / "images.npy", self.out_dir / "labels.npy"
-        if pair[0].exists() and pair[1].exists():
-            return np.load(pair[0], mmap_mode="c" if mmap else None), np.load(pair[1])
-        with np.load(self.out_dir / "samples.npz") as z:
-            return z["images"], z["labels"]
 
 
 def sample(
