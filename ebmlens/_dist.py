@@ -8,6 +8,17 @@ keeps rank order, so rank 0 can restore index order. Only rank 0 writes files an
 
 Without torchrun (``WORLD_SIZE`` unset or 1) every function here is a cheap no-op, so library code
 calls them unconditionally.
+
+SLURM. ``srun ebmlens <command> ...`` (one task per GPU) works without torchrun: when ``WORLD_SIZE``
+is unset, SLURM's variables are mapped, but only inside a job step launched by srun
+(``SLURM_STEP_ID`` set) with ``SLURM_NTASKS > 1``, so that a plain command in an sbatch script
+(which sees ``SLURM_NTASKS`` too) runs alone and never waits for peers: rank = ``SLURM_PROCID``,
+world = ``SLURM_NTASKS``, local rank = ``SLURM_LOCALID``, master = the first host of
+``SLURM_NODELIST`` (:func:`expand_nodelist`), port = ``MASTER_PORT``, else
+``29500 + SLURM_JOB_ID % 1000``. This is the one place that reads these variables.
+
+>>> expand_nodelist("n[01-03,07],m5")
+['n01', 'n02', 'n03', 'n07', 'm5']
 """
 
 from __future__ import annotations
@@ -23,7 +34,8 @@ from typing import Any
 import torch
 
 __all__ = ["DistInfo", "dist_env", "init_if_needed", "barrier", "gather_to_rank0", "broadcast_from_rank0",
-           "is_rank0", "is_nccl", "run_on_rank0", "shard", "parse_device", "resolve_device"]
+           "is_rank0", "is_nccl", "run_on_rank0", "shard", "parse_device", "resolve_device", "expand_nodelist",
+           "slurm_env", "local_world_size"]
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +78,26 @@ def _group() -> bool:
 
 
 def dist_env() -> DistInfo:
-    """Rank, world size and local rank from an existing process group, else from torchrun's environment.
+    """Rank, world size and local rank from an existing process group, else from torchrun's environment
+    (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), else from srun's (:func:`slurm_env`).
 
     Does not initialise anything. ``world > 1`` means distributed.
 
     Raises:
         ValueError: ``WORLD_SIZE > 1`` without ``RANK`` (not launched by torchrun).
     """
-    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
     if _group():
         import torch.distributed as dist
 
+        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        slurm = slurm_env()
+        if "LOCAL_RANK" not in os.environ and slurm is not None:
+            local = slurm[0].local_rank
         return DistInfo(dist.get_rank(), dist.get_world_size(), local, False)
+    if "WORLD_SIZE" not in os.environ:
+        slurm = slurm_env()
+        return slurm[0] if slurm is not None else DistInfo()
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
     try:
         world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     except ValueError as e:
@@ -91,6 +111,91 @@ def dist_env() -> DistInfo:
     return DistInfo(int(os.environ["RANK"]), world, local, False)
 
 
+def _slurm_int(name: str, default: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        if default is None:
+            raise ValueError(f"srun set SLURM_STEP_ID but not {name}; launch with srun (or torchrun)")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer; launch with srun or unset it") from None
+
+
+def slurm_env() -> tuple[DistInfo, str, int] | None:
+    """``(DistInfo, master host, port)`` inside an srun step of more than one task, else ``None``.
+
+    A command that only runs inside an sbatch allocation (no ``SLURM_STEP_ID``), or a step of one task,
+    gets ``None``: it runs alone."""
+    if "SLURM_STEP_ID" not in os.environ or _slurm_int("SLURM_NTASKS", 1) <= 1:
+        return None
+    world = _slurm_int("SLURM_NTASKS")
+    nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
+    if not nodes:
+        raise ValueError("srun set SLURM_STEP_ID but no SLURM_NODELIST: cannot find the master host")
+    port = os.environ.get("MASTER_PORT")
+    d = DistInfo(_slurm_int("SLURM_PROCID"), world, _slurm_int("SLURM_LOCALID", 0), False)
+    return d, os.environ.get("MASTER_ADDR") or expand_nodelist(nodes)[0], \
+        int(port) if port else 29500 + _slurm_int("SLURM_JOB_ID", 0) % 1000
+
+
+def expand_nodelist(text: str) -> list[str]:
+    """SLURM's compressed host list in full: ``"n[01-03,07],m5"`` -> ``n01 n02 n03 n07 m5``.
+
+    Commas outside brackets separate entries; ``[a-b,c]`` ranges keep the zero padding of their
+    first bound; several bracket groups in one name combine (``r[1-2]n[1-2]`` -> 4 names).
+
+    >>> expand_nodelist("gpu[8-10]"), expand_nodelist("r[1-2]n[1-2]")
+    (['gpu8', 'gpu9', 'gpu10'], ['r1n1', 'r1n2', 'r2n1', 'r2n2'])
+    """
+    items, depth, cur = [], 0, ""
+    for ch in str(text).strip():
+        depth += (ch == "[") - (ch == "]")
+        if depth < 0 or depth > 1:
+            raise ValueError(f"cannot read the SLURM node list {text!r}: unbalanced brackets")
+        if ch == "," and depth == 0:
+            items.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if depth:
+        raise ValueError(f"cannot read the SLURM node list {text!r}: unbalanced brackets")
+    items.append(cur)
+    out: list[str] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            raise ValueError(f"cannot read the SLURM node list {text!r}: an empty entry")
+        out += _expand_one(item, text)
+    return out
+
+
+def _expand_one(item: str, text: str) -> list[str]:
+    if "[" not in item:
+        return [item]
+    head, _, rest = item.partition("[")
+    body, _, tail = rest.partition("]")
+    names = []
+    for part in body.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or (dash and int(hi) < int(lo)):
+            raise ValueError(f"cannot read the SLURM node list {text!r}: bad range {part!r}")
+        names += [f"{head}{k:0{len(lo)}d}" for k in range(int(lo), int(hi if dash else lo) + 1)]
+    return [n + t for n in names for t in _expand_one(tail, text)] if tail else names
+
+
+def local_world_size() -> int:
+    """Processes on this machine: torchrun's ``LOCAL_WORLD_SIZE``, else srun's tasks on this node
+    (``SLURM_STEP_TASKS_PER_NODE``'s first entry, e.g. ``4(x2)``), else 1."""
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        return int(os.environ["LOCAL_WORLD_SIZE"] or 1)
+    if slurm_env() is None:
+        return 1
+    raw = os.environ.get("SLURM_STEP_TASKS_PER_NODE") or os.environ.get("SLURM_TASKS_PER_NODE") or "1"
+    first = raw.split(",")[0].split("(")[0]
+    return int(first) if first.isdigit() else 1
+
+
 def _destroy_at_exit() -> None:
     if _group():
         import torch.distributed as dist
@@ -102,7 +207,7 @@ def _destroy_at_exit() -> None:
 
 
 def init_if_needed(device: str | torch.device | None = None) -> DistInfo:
-    """Join torchrun's process group when ``WORLD_SIZE > 1``; idempotent.
+    """Join torchrun's process group when ``WORLD_SIZE > 1`` (or srun's, see the module docs); idempotent.
 
     Args:
         device: the device the caller will use; CUDA (or ``None``/``"auto"`` with CUDA present)
@@ -122,6 +227,10 @@ def init_if_needed(device: str | torch.device | None = None) -> DistInfo:
     use_cuda = torch.cuda.is_available() and (hint in (None, "auto") or hint.startswith("cuda"))
     backend = "nccl" if use_cuda else "gloo"
     kwargs: dict = {"backend": backend, "timeout": datetime.timedelta(minutes=60)}
+    slurm = slurm_env() if "WORLD_SIZE" not in os.environ else None
+    if slurm is not None:  # srun: rendezvous at the first host of the node list
+        _, host, port = slurm
+        kwargs.update(init_method=f"tcp://{host}:{port}", rank=d.rank, world_size=d.world)
     if use_cuda:
         torch.cuda.set_device(d.local_rank)
         kwargs["device_id"] = torch.device("cuda", d.local_rank)

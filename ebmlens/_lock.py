@@ -29,7 +29,7 @@ try:  # POSIX
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RunLock", "LockHeld", "read_holder", "holder_alive"]
+__all__ = ["RunLock", "LockHeld", "read_holder", "holder_alive", "held_by"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,34 @@ def holder_alive(rec: dict | None) -> bool | None:
     except (PermissionError, KeyError, ValueError, TypeError):
         return True
     return True
+
+
+def held_by(path: str | os.PathLike) -> dict | None:
+    """Whether a live process holds the lock ``path``, without taking it: the holder's record (``{}``
+    when unreadable), or ``None`` when the lock is free. Probes with a shared ``flock``, so several
+    processes may check at once without refusing each other."""
+    path = Path(path)
+    if fcntl is None:  # pragma: no cover - Windows: the file exists while held
+        rec = read_holder(path)
+        return None if not path.exists() or holder_alive(rec) is False else (rec or {})
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return read_holder(path) or {}
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def describe_holder(path: Path, rec: dict | None) -> str:
+    """``OUT is in use by pid P on HOST (since T, what)``: the words of a refusal."""
+    return _describe(path, rec)
 
 
 def _describe(path: Path, rec: dict | None) -> str:

@@ -70,8 +70,10 @@ def setup_runtime(device: str | None, threads: int | None) -> str:
 
         torch.set_num_threads(threads)
     else:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-        if local > 1:  # torchrun: share the cores among the processes of this machine
+        from .._dist import local_world_size
+
+        local = local_world_size()
+        if local > 1:  # torchrun / srun: share the cores among the processes of this machine
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))

@@ -6,8 +6,10 @@ The command is :func:`ebmlens.sample` with a preset::
     pipe = ebmlens.sampling.presets.get("robust-jem", stats=stats, **overrides)
     ebmlens.sample(model, pipe, n=64, out_dir="samples/", batch_size=256, seed=0)
 
-Under ``torchrun --nproc_per_node=K -m ebmlens sample ...`` the sample indices are split across
-the K processes and rank 0 merges the shards (see :mod:`ebmlens.sampling.runner`).
+Under ``torchrun --nproc_per_node=K -m ebmlens sample ...`` (or ``srun``) the sample indices are split
+across the K processes and rank 0 merges the shards (see :mod:`ebmlens.sampling.runner`). In a job
+array, ``--shard i/K`` (or ``--shard auto`` from SLURM's array variables) samples task i's block of
+indices only; ``ebmlens merge OUT`` merges after the last task.
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ def bundled_stats(model) -> Any:
 @click.option("--seed", default=0, show_default=True, type=int, help="Sample i uses stream (seed, i).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--resume", is_flag=True, help="Continue a killed run in --out.")
+@click.option("--shard", default=None, metavar="i/K|auto",
+              help="Be task i (0-based) of a K-task job array: sample only its index block, no merge (then "
+                   "`ebmlens merge OUT`); 'auto': SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT.")
 @runtime_options()
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]),
               help="Autocast precision of the model passes (energies stay float32). CPU bfloat16: same energies, "
@@ -124,11 +129,12 @@ def bundled_stats(model) -> Any:
               help="Measure in another network (e.g. ebmlens:cifar10-l2-small): non-standard fd_/kd_/is_ scores.")
 @friendly_errors
 def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpoint, data, stats_path, preset, n,
-               classes, batch_size, channels_last, compile_model, fast, records, seed, out, resume, device, threads,
-               dtype, no_png, no_grid, overrides, eval_metrics, ref, inception_weights, feature_model) -> None:
+               classes, batch_size, channels_last, compile_model, fast, records, seed, out, resume, shard, device,
+               threads, dtype, no_png, no_grid, overrides, eval_metrics, ref, inception_weights, feature_model) -> None:
     """Draw class-conditional samples with a preset; writes PNGs, samples.npz, grid.png and run.json."""
     from ..sampling import presets
     from ..sampling.labels import resolve_classes
+    from ..sampling.jobs import parse_shard
     from ..sampling.plan import RunPlan, check_options
     from ..sampling.runner import run as run_plan
     from .._dist import dist_env
@@ -136,6 +142,10 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpo
     # cheap checks first (the plan's own checks, in the flags' names): no model is loaded for a typo
     batch_size = int(batch_size) if batch_size.strip().lstrip("-").isdigit() else batch_size
     check_options(n, batch_size, seed, dtype, device=device, flags=FLAGS)
+    task = parse_shard(shard)
+    if task is not None and eval_metrics is not None:
+        raise ValueError(f"--evaluate needs the merged run, not one task: after the job array run `ebmlens merge {out}` "
+                         f"then `ebmlens evaluate {out} --metrics {eval_metrics}`")
     setup_runtime(device, threads)
     if preset not in presets.names():
         presets.get(preset)  # raises the error with close matches
@@ -168,9 +178,15 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpo
     pipe = presets.get(preset, stats=stats, data=data, dataset=model.dataset, **opts)
     plan = RunPlan.build(model, pipe, n, out, batch_size=batch_size, seed=seed, classes=wanted, resume=resume,
                          device=device, dtype=dtype, save_png=not no_png, grid=not no_grid,
-                         channels_last=channels_last, compile=compile_model, fast=fast, records=records, flags=FLAGS)
+                         channels_last=channels_last, compile=compile_model, fast=fast, records=records, shard=task,
+                         flags=FLAGS)
     run = run_plan(plan, progress=True)
     if dist_env().rank != 0:
+        return
+    if task is not None:
+        lo, hi = run.run["indices"]
+        click.echo(f"shard {task[0]}/{task[1]}: {run.run['images_sampled']} new samples (indices {lo}..{hi - 1}) "
+                   f"in {run.out_dir}/shards; after every task: ebmlens merge {run.out_dir}")
         return
     t = run.run["timings"]
     ips = f", {t['images_per_s']:.2f} images/s" if t.get("images_per_s") else ""

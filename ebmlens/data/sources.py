@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .._io import fingerprint
 from ..energy import Preprocess
 from ._readers import _load_cifar, _load_npz, decode_files, list_folder, to_uint8_images
 from .memory import ImageData, ImageSet
@@ -174,6 +175,12 @@ def _npz(spec: DataSpec, preprocess: Preprocess | None) -> ImageSet:
 
 def _folder(spec: DataSpec, preprocess: Preprocess | None) -> ImageSet:
     path = _existing(spec, "a folder of images")
+    if path.is_dir() and (path / "images.npy").exists() and (path / "labels.npy").exists():
+        # an ebmlens samples folder: images memory-mapped (read batch by batch), fingerprinted in chunks
+        images, labels = np.load(path / "images.npy", mmap_mode="c"), np.load(path / "labels.npy").astype(np.int64)
+        chunks = (images[s:s + 1024] for s in range(0, len(images), 1024))
+        names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 1)]
+        return ImageData(images, labels, names, spec.text, fingerprint(*chunks, labels))
     if path.is_dir() and (path / "samples.npz").exists():
         return _load_npz(path / "samples.npz", spec.text)
     if not path.is_dir():

@@ -19,15 +19,24 @@ import torch
 
 from .._io import atomic_write_bytes
 
-__all__ = ["GRID_PER_CLASS", "to_uint8_nhwc", "safe_name", "make_grid", "png_bytes", "write_pngs"]
+__all__ = ["GRID_PER_CLASS", "to_uint8_nhwc", "to_uint8", "nhwc_numpy", "safe_name", "make_grid", "png_bytes", "png_path", "write_pngs"]
 
 GRID_PER_CLASS = 10
 
 
 def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
     """Float ``(N, C, H, W)`` in [0, 1] -> uint8 ``(N, H, W, C)`` (rounded, clamped)."""
-    x = x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return nhwc_numpy(to_uint8(x))
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float ``(N, C, H, W)`` in [0, 1] -> uint8 ``(N, C, H, W)`` on the same device (rounded, clamped)."""
+    return x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def nhwc_numpy(u8: torch.Tensor) -> np.ndarray:
+    """uint8 ``(N, C, H, W)`` (any device) -> a numpy ``(N, H, W, C)`` array (the device-to-host copy)."""
+    return u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 def safe_name(name: str) -> str:
@@ -61,13 +70,29 @@ def png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_pngs(out: Path, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> None:
-    """``out/<class_name>/<index>.png`` for every image (index zero-padded to at least 6 digits)."""
-    width = max(6, len(str(len(images) - 1)))
-    dirs: dict[int, Path] = {}
-    for i in range(len(images)):
-        k = int(labels[i])
-        if k not in dirs:
-            dirs[k] = out / safe_name(class_names[k])
-            dirs[k].mkdir(exist_ok=True)
-        atomic_write_bytes(dirs[k] / f"{i:0{width}d}.png", png_bytes(images[i]))
+def png_path(out: Path, index: int, label: int, class_names: Sequence[str], n: int) -> Path:
+    """``out/<class_name>/<index>.png``, the index zero-padded to at least 6 digits (``n`` samples)."""
+    width = max(6, len(str(n - 1)))
+    return out / safe_name(class_names[label]) / f"{index:0{width}d}.png"
+
+
+def write_pngs(out: Path, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *,
+               indices: np.ndarray | None = None, n: int | None = None, overwrite: bool = True) -> int:
+    """``out/<class_name>/<index>.png`` for every image (:func:`png_path`); ``indices`` are the images'
+    sample indices (default ``0..len-1``) of a run of ``n`` (default ``len(images)``). With
+    ``overwrite=False`` existing files are left alone (a resumed run never rewrites a finished PNG).
+    Returns the number of files written."""
+    indices = np.arange(len(images)) if indices is None else np.asarray(indices)
+    n = len(images) if n is None else n
+    made: set[Path] = set()
+    written = 0
+    for pos, (i, k) in enumerate(zip(indices.tolist(), np.asarray(labels).tolist())):
+        path = png_path(out, i, k, class_names, n)
+        if not overwrite and path.exists():
+            continue
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.add(path.parent)
+        atomic_write_bytes(path, png_bytes(images[pos]))
+        written += 1
+    return written

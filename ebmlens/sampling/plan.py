@@ -28,6 +28,7 @@ import torch
 from .._dist import parse_device
 from .._io import jsonable
 from .._perf import AUTOCAST_DTYPES, fast_settings, prepare_model
+from .jobs import parse_shard
 from .labels import run_labels
 from .records import RECORDS
 
@@ -85,6 +86,8 @@ class RunPlan:
         resume, dtype, device, save_png, grid, channels_last, compile, fast: as :func:`ebmlens.sample`.
         mode: the BatchNorm mode of sampling (the pipeline's, else the model's ``sampling_mode``).
         compile_mode, matmul_precision: set by :meth:`for_device` (``fast`` on CUDA); ``None``: torch's.
+        shard: ``(i, K)``: this process is task ``i`` of a ``K``-task job array (its index block only,
+            no merge; :mod:`.jobs`); ``None``: the whole run.
     """
 
     model: torch.nn.Module
@@ -107,6 +110,7 @@ class RunPlan:
     fast: bool = False
     compile_mode: str | None = None
     matmul_precision: str | None = None
+    shard: tuple[int, int] | None = None
 
     @classmethod
     def build(cls, model: torch.nn.Module, pipeline: Callable, n: int, out_dir: Any, *,
@@ -115,7 +119,8 @@ class RunPlan:
               labels: Sequence[int] | np.ndarray | torch.Tensor | None = None, resume: bool = False,
               device: str | torch.device | None = None, dtype: Dtype = "float32", save_png: bool = True,
               grid: bool = True, channels_last: bool = False, compile: bool = False, fast: bool = False,
-              records: str | None = None, flags: Mapping[str, str] | None = None) -> "RunPlan":
+              records: str | None = None, shard: str | tuple[int, int] | None = None,
+              flags: Mapping[str, str] | None = None) -> "RunPlan":
         """Check every option (before any file or process group is touched) and resolve the labels;
         ``records`` (not ``None``) replaces the pipeline's ``records``."""
         n, batch_size, seed = check_options(n, batch_size, seed, dtype, channels_last=channels_last,
@@ -136,10 +141,11 @@ class RunPlan:
         names = tuple(getattr(model, "class_names", None) or [str(i) for i in range(num_classes)])
         y, order = run_labels(n, num_classes, names, classes, labels)
         mode = getattr(pipeline, "mode", None) or getattr(model, "sampling_mode", "eval")
+        shard = parse_shard(shard)
         return cls(model=model, pipeline=pipeline, n=n, out_dir=Path(out_dir), labels=y, classes=tuple(order),
                    class_names=names, batch_size=batch_size, seed=seed, resume=bool(resume), dtype=dtype,
                    device=None if device is None else str(device), save_png=bool(save_png), grid=bool(grid),
-                   channels_last=channels_last, compile=compile, mode=mode, fast=fast)
+                   channels_last=channels_last, compile=compile, mode=mode, fast=fast, shard=shard)
 
     def for_device(self, device: torch.device) -> "RunPlan":
         """The plan as it runs on ``device``: ``fast`` resolved (:func:`ebmlens._perf.fast_settings`; it changes
@@ -158,6 +164,27 @@ class RunPlan:
                                                                  compile=plan.compile, compile_mode=plan.compile_mode,
                                                                  inplace=False))
         return plan
+
+    @classmethod
+    def from_meta(cls, out_dir: Path, meta: dict, labels: np.ndarray) -> "RunPlan":
+        """The plan of a run recorded in ``shards/meta.json`` (for ``ebmlens merge``): no model and no
+        pipeline, only what the merge and run.json need (``meta["run"]``, :meth:`facts`)."""
+        run = meta.get("run")
+        if not isinstance(run, dict):
+            raise ValueError(f"{out_dir}/shards/meta.json was written by an older ebmlens (no 'run' entry); merge "
+                             "it by resuming the run: ebmlens sample ... --resume")
+        return cls(model=None, pipeline=None, n=int(meta["n"]), out_dir=Path(out_dir), labels=labels,  # type: ignore[arg-type]
+                   classes=tuple(run["classes"]), class_names=tuple(run["class_names"]),
+                   batch_size=run["batch_size"], seed=int(meta["seed"]), dtype=meta["dtype"],
+                   save_png=bool(run["save_png"]), grid=bool(run["grid"]), channels_last=bool(run["channels_last"]),
+                   compile=bool(run["compile"]), mode=run["mode"], fast=bool(run.get("fast", False)),
+                   compile_mode=run.get("compile_mode"))
+
+    def facts(self) -> dict[str, Any]:
+        """What ``shards/meta.json`` records beside the identity, so that a merge needs no model."""
+        return {"classes": list(self.classes), "class_names": list(self.class_names), "batch_size": self.batch_size,
+                "save_png": self.save_png, "grid": self.grid, "channels_last": self.channels_last,
+                "compile": self.compile, "mode": self.mode, "fast": self.fast, "compile_mode": self.compile_mode}
 
     @property
     def batch_coupled(self) -> bool:

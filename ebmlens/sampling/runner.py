@@ -1,44 +1,62 @@
-"""Many samples: batches, seeds by sample index, shard files, resume, torchrun.
+"""Many samples: batches, seeds by sample index, shard files, resume, torchrun, job arrays.
 
 The runner is the only part of ebmlens that knows about more than one batch. It turns a
 :class:`~ebmlens.sampling.Pipeline` (or any callable ``pipe(model, y, *, generator) -> Samples``)
 into a folder of images::
 
     OUT/
-      samples.npz        images uint8 (N, H, W, C), labels int64 (N,)
+      images.npy         uint8 (N, H, W, C) in index order; np.load(..., mmap_mode="r") reads it lazily
+      labels.npy         int64 (N,)
+      samples.npz        images and labels as above, in one file (written when the images take <= 2 GiB)
       grid.png           classes as rows, up to 10 samples per class
       <class_name>/<idx>.png    one PNG per image (save_png=True)
       run.json           config (pipeline.config()), model.describe(), versions, seed, n, batch size,
-                         dtype, device, timings, images/s, and "energy": one record per point of
-                         the pipeline (after the init, after each stage) with the mean and std of
-                         E(x) ("energy") and E(x, y) ("joint_energy") over all samples, and seconds
-                         (:func:`~ebmlens.sampling.records.summarize`)
-      shards/            one .npz per finished batch (kept so that a run can be resumed)
+                         dtype, device, timings, images/s, "files" (the names above), and "energy": one
+                         record per point of the pipeline (after the init, after each stage) with the mean
+                         and std of E(x) ("energy") and E(x, y) ("joint_energy") over all samples, and
+                         seconds (:func:`~ebmlens.sampling.records.summarize`)
+      shards/            one .npz per finished batch (kept so that a run can be resumed), meta.json,
+                         labels.npy, and task-i-of-K.json records of job-array tasks
 
 What a run is (model, pipeline, labels, seed, options) is a :class:`~ebmlens.sampling.RunPlan`,
 validated once; :func:`sample` builds one and calls :func:`run`. Labels: :mod:`.labels`; file
-formatting: :mod:`.outputs`.
+formatting: :mod:`.outputs`; the merged files: :mod:`.flat`; locks and job arrays: :mod:`.jobs`.
+
+Flat memory. A batch's shard, then its PNGs, are written by a background thread while the next batch
+samples (:mod:`.writer`; a queue of one batch, errors raised in the loop), by the process (rank, task)
+that sampled it. The merge streams the shards one at a time into ``images.npy`` (seek + write),
+copies that into ``samples.npz``, and writes only the PNGs that are missing, so its memory does not
+grow with N (beyond 8 bytes of label and a few bytes of energies per sample) and a resumed run never
+rewrites a finished PNG. Readers (:meth:`SampleRun.load`, ``folder:OUT``, ``ebmlens evaluate OUT``)
+prefer the ``.npy`` pair and memory-map it.
 
 Invariance. Sample ``i`` always gets label ``labels[i]`` and the random stream
 ``SampleStreams(seed, [i])`` (:mod:`ebmlens.rng`), so for a fixed seed the images do not depend on
-the batch size, on the number of processes, nor on whether the run was killed and resumed:
-they agree within one uint8 level (float arithmetic of batched convolutions is not bitwise
-stable across batch sizes) and labels are identical. The exception is BatchNorm in train mode
-(``pipeline.mode == "train"`` or ``model.sampling_mode == "train"``, as JEM++ samples): then the
-images of a batch are coupled through the batch statistics and the result depends on the batch
-size. The runner records ``"batch_coupled": true`` in run.json and logs a warning.
+the batch size, on the number of processes or tasks, nor on whether the run was killed and resumed:
+they agree within one uint8 level (float arithmetic of batched convolutions is not bitwise stable
+across batch sizes; the same batches on the same device give identical images) and labels are
+identical. The exception is BatchNorm in train mode (``pipeline.mode == "train"`` or
+``model.sampling_mode == "train"``, as JEM++ samples): then the images of a batch are coupled through
+the batch statistics and the result depends on the batch size. The runner records
+``"batch_coupled": true`` in run.json and logs a warning.
 
 Resume. Every finished batch is written atomically as a shard (:mod:`.shards`). With
 ``resume=True`` the runner checks that the shards present belong to the same run (its identity in
 ``shards/meta.json``; each shard's indices and labels) and samples only the missing indices: a
 killed run loses at most the batches in flight. The batch size may change between the attempts.
 
-torchrun. Under ``torchrun --nproc_per_node=K`` (``WORLD_SIZE > 1`` in the environment) each
-process initialises ``torch.distributed`` (gloo on CPU, nccl on CUDA, unless already
-initialised), takes every K-th batch of the missing indices, writes its shards, waits at a
-barrier, and rank 0 merges the shards in index order into samples.npz, the PNGs, the grid and
-run.json. With several nodes (``--nnodes``) ``out_dir`` must be on a filesystem that every node
-sees. On CUDA each process uses ``cuda:LOCAL_RANK``.
+torchrun and srun. Under ``torchrun --nproc_per_node=K`` (``WORLD_SIZE > 1`` in the environment), or
+``srun`` with several tasks (:mod:`ebmlens._dist`), each process initialises ``torch.distributed``
+(gloo on CPU, nccl on CUDA, unless already initialised), takes every K-th batch of the missing
+indices, writes its shards and PNGs, waits at a barrier, and rank 0 merges. With several nodes
+``out_dir`` must be on a filesystem that every node sees. On CUDA each process uses
+``cuda:LOCAL_RANK``.
+
+Job arrays. ``shard=(i, K)`` (``ebmlens sample --shard i/K``, or ``--shard auto`` from SLURM's array
+variables) samples only the contiguous block of indices of task ``i`` (:func:`.jobs.block`), locks
+only that block, needs no ``resume`` to join a folder whose ``shards/meta.json`` has the same
+settings, and does not merge: :func:`merge` (``ebmlens merge OUT``) does, once every task has
+finished, naming the missing tasks and indices otherwise.
 
 >>> balanced_labels(5, [3, 7]).tolist()
 [3, 7, 3, 7, 3]
@@ -47,11 +65,12 @@ sees. On CUDA each process uses ``cuda:LOCAL_RANK``.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import logging
 import os
+import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, Union
 
@@ -59,47 +78,24 @@ import numpy as np
 import torch
 
 from .. import _dist
-from .._io import atomic_save_npz, atomic_write_bytes, atomic_write_json, create_json, jsonable, versions
+from .._io import atomic_write_json, jsonable, versions
 from .._lock import RunLock
 from .._perf import AUTOCAST_DTYPES, autocast_context, matmul_precision
-from ..rng import SampleStreams
+from . import jobs, shards
+from .flat import SampleRun, write_run_files
 from .labels import balanced_labels, resolve_classes
-from .outputs import GRID_PER_CLASS, make_grid, png_bytes, to_uint8_nhwc, write_pngs
-from . import shards
+from .outputs import GRID_PER_CLASS, make_grid
 from .plan import Dtype, RunPlan
-from .records import summarize, trace_to_cpu, with_sources
+from .records import summarize, with_sources
+from .loop import auto_batch_size_all_ranks, sample_batches
 
-__all__ = ["sample", "run", "RunPlan", "SampleRun", "balanced_labels", "resolve_classes", "make_grid", "DTYPES",
-           "GRID_PER_CLASS", "record_evaluation"]
+__all__ = ["sample", "run", "merge", "RunPlan", "SampleRun", "balanced_labels", "resolve_classes", "make_grid",
+           "DTYPES", "GRID_PER_CLASS", "record_evaluation"]
 
 log = logging.getLogger(__name__)
 
 DTYPES = AUTOCAST_DTYPES  # run dtypes: "float32" (no autocast), "bfloat16", "float16"
 Progress = Union[bool, Callable[[int, int], Any]]
-
-
-@dataclass(frozen=True)
-class SampleRun:
-    """What :func:`sample` wrote.
-
-    Attributes:
-        out_dir: the run folder.
-        n: number of samples.
-        images: path of ``samples.npz`` (``images`` uint8 ``(N, H, W, C)``, ``labels`` int64 ``(N,)``).
-        grid: path of ``grid.png`` or ``None``.
-        run: the content of ``run.json``.
-    """
-
-    out_dir: Path
-    n: int
-    images: Path
-    grid: Path | None
-    run: dict
-
-    def load(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(images uint8 (N, H, W, C), labels int64 (N,))`` from ``samples.npz``."""
-        with np.load(self.images) as z:
-            return z["images"], z["labels"]
 
 
 def sample(
@@ -122,6 +118,7 @@ def sample(
     compile: bool = False,
     fast: bool = False,
     records: str | None = None,
+    shard: str | tuple[int, int] | None = None,
 ) -> SampleRun:
     """Draw ``n`` samples with ``pipeline`` from ``model`` into ``out_dir``.
 
@@ -160,13 +157,15 @@ def sample(
         fast: on CUDA bf16 autocast, channels_last, compile with CUDA graphs, TF32 matmuls
             (:data:`ebmlens._perf.FAST_CUDA`, on a copy of the model); nothing on the CPU. In run.json.
         records: the Pipeline's energy records (``"stages"``, ``"all"``, ``"final"``, ``"none"``; ``None``: its own).
+        shard: ``(i, K)``, ``"i/K"`` or ``"auto"`` (SLURM array variables): be task ``i`` of a ``K``-task
+            job array: sample only its index block, no merge (then :func:`merge`).
 
     Returns:
         :class:`SampleRun` (on every rank under torchrun, after rank 0 has merged).
     """
     plan = RunPlan.build(model, pipeline, n, out_dir, batch_size=batch_size, seed=seed, classes=classes,
                          labels=labels, resume=resume, device=device, dtype=dtype, save_png=save_png, grid=grid,
-                         channels_last=channels_last, compile=compile, fast=fast, records=records)
+                         channels_last=channels_last, compile=compile, fast=fast, records=records, shard=shard)
     return run(plan, progress=progress)
 
 
@@ -191,8 +190,8 @@ def run(plan: RunPlan, *, progress: Progress = False) -> SampleRun:
 
 
 def _run(plan: RunPlan, progress: Progress, d: _dist.DistInfo, dev: torch.device, t_start: float) -> SampleRun:
-    meta = plan.identity()
-    lock = _claim_folder(plan, meta, d, dev)
+    meta = {**plan.identity(), "run": plan.facts()}
+    lock = jobs.claim_on_rank0(plan, meta, d, dev)
     try:
         return _run_locked(plan, progress, d, dev, t_start, meta)
     finally:
@@ -206,139 +205,99 @@ def _run_locked(plan: RunPlan, progress: Progress, d: _dist.DistInfo, dev: torch
     model = plan.model.to(dev)
     batch_size = plan.batch_size
     if batch_size == "auto":
-        batch_size = _auto_batch_size(model, dev, plan.dtype, d)
+        batch_size = auto_batch_size_all_ranks(model, dev, plan.dtype, d)
         log.info("batch_size='auto' chose %d", batch_size)
-    done = shards.covered(shard_dir, plan.labels)
+    scope = np.zeros(plan.n, bool)
+    scope[slice(*jobs.block(plan.n, *plan.shard)) if plan.shard else slice(None)] = True
+    done = shards.covered(shard_dir, plan.labels) & scope
     n_resumed = int(done.sum())
-    todo = np.flatnonzero(~done)
+    todo = np.flatnonzero(scope & ~done)
     batches = [todo[s:s + batch_size] for s in range(0, todo.size, batch_size)]
     mine = batches[d.rank::d.world]
     if n_resumed:
-        log.info("resuming %s: %d of %d samples already done", out, n_resumed, plan.n)
+        log.info("resuming %s: %d of %d samples already done", out, n_resumed, int(scope.sum()))
+    facts = dict(batch_size=batch_size, batch_size_asked=plan.batch_size, device=str(dev), world_size=d.world,
+                 n_resumed=n_resumed, n_new=int(scope.sum()) - n_resumed)
+    if plan.shard is not None and d.rank == 0:
+        jobs.write_task_record(out, plan.shard, _task_record(plan, "running", facts))
     t_sampling = time.perf_counter()
-    _sample_batches(plan, model, mine, dev, d, progress, n_resumed)
+    sample_batches(plan, model, mine, dev, d, progress, n_resumed, int(scope.sum()))
     d.barrier(dev)
     t_sampled = time.perf_counter()
 
+    if plan.shard is not None:  # a job-array task: no merge
+        record = _task_record(plan, "done", {**facts, "sampling_s": round(t_sampled - t_sampling, 4)})
+        if d.rank == 0:
+            jobs.write_task_record(out, plan.shard, record)
+        d.barrier(dev)
+        return SampleRun(out_dir=out, n=plan.n, images=out / "images.npy", grid=None, run=record)
     grid_path = out / "grid.png" if plan.grid else None
     if d.rank == 0:
-        facts = dict(batch_size=batch_size, batch_size_asked=plan.batch_size, device=str(dev), world_size=d.world,
-                     n_resumed=n_resumed, n_new=plan.n - n_resumed)
         record = _merge(plan, meta, facts, (t_start, t_sampling, t_sampled))
     d.barrier(dev)
     if d.rank != 0:
         record = json.loads((out / "run.json").read_text())
-    return SampleRun(out_dir=out, n=plan.n, images=out / "samples.npz", grid=grid_path, run=record)
+    return SampleRun(out_dir=out, n=plan.n, images=_images_path(out), grid=grid_path, run=record)
 
 
-def _claim_folder(plan: RunPlan, meta: dict, d: _dist.DistInfo, dev: torch.device) -> RunLock | None:
-    """Rank 0 locks the folder (``OUT/.lock``: a second run on it fails at once, naming this one), checks
-    and prepares it (``shards/meta.json``, created by the first writer, compared by the others); every
-    rank learns whether it failed. Returns rank 0's lock."""
-    out, shard_dir = plan.out_dir, plan.out_dir / "shards"
-    meta_path = shard_dir / "meta.json"
-    err: Exception | None = None
-    lock = None
-    if d.rank == 0:
-        try:
-            if out.exists() and not out.is_dir():
-                raise ValueError(f"out_dir {out} is a file; choose a folder")
-            lock = RunLock(out / ".lock", what=f"ebmlens sample of {plan.n} images").acquire()
-            if not plan.resume and out.exists() and (meta_path.exists() or shards.paths(shard_dir)
-                                                     or (out / "run.json").exists()):
-                raise ValueError(f"{out} already holds a sampling run; pass resume=True (--resume) to continue "
-                                 "it, or choose a new output folder")
-            if not create_json(meta_path, meta):
-                shards.check_meta(meta_path, meta)
-        except Exception as e:  # report on rank 0, but do not leave the others at the barrier
-            err = e
-            if lock is not None:
-                lock.release()
-                lock = None
-    if d.active:
-        import torch.distributed as dist
-
-        flag = torch.tensor([1 if err else 0], device=dev if _dist.is_nccl() else "cpu")
-        dist.all_reduce(flag)
-        if int(flag.item()) and err is None:
-            raise ValueError("rank 0 refused the output folder (see its error above)")
-    if err is not None:
-        raise err
-    return lock
+def _images_path(out: Path) -> Path:
+    return out / "samples.npz" if (out / "samples.npz").exists() else out / "images.npy"
 
 
-def _sample_batches(plan: RunPlan, model, mine: list[np.ndarray], dev: torch.device, d: _dist.DistInfo,
-                    progress: Progress, n_done: int) -> None:
-    """This rank's batches: pipeline under autocast, one shard per batch, progress after each."""
-    bar = None
-    if progress is True and d.rank == 0:
-        from tqdm.auto import tqdm
-
-        # under torchrun the bar shows rank 0's share (its rate times the world size is the total rate)
-        share = sum(b.size for b in mine)
-        desc = "sampling" if not d.active else f"sampling (rank 0 of {d.world})"
-        bar = tqdm(total=plan.n if not d.active else share, initial=n_done if not d.active else 0, unit="img",
-                   desc=desc, dynamic_ncols=True, smoothing=0.1)
-    try:
-        for idx in mine:
-            t0 = time.perf_counter()
-            y = torch.from_numpy(plan.labels[idx]).to(dev)
-            with autocast_context(dev, plan.dtype):
-                out = plan.pipeline(model, y, generator=SampleStreams(plan.seed, idx.tolist()))
-            images = getattr(out, "images", out)
-            if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] != idx.size:
-                raise ValueError(f"the pipeline returned {type(images).__name__} "
-                                 f"{tuple(getattr(images, 'shape', ()))} for a batch of {idx.size}; "
-                                 "a pipeline must return Samples with images (B, C, H, W)")
-            trace = trace_to_cpu(() if out is images else getattr(out, "trace", ()))  # one copy per batch
-            shards.write(plan.out_dir / "shards", idx, plan.labels[idx], to_uint8_nhwc(images),
-                         time.perf_counter() - t0, d.rank, trace)
-            n_done += idx.size
-            if bar is not None:
-                bar.update(idx.size)
-            elif callable(progress):
-                progress(n_done, plan.n)
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def _auto_batch_size(model, dev: torch.device, dtype: str, d: _dist.DistInfo) -> int:
-    """The largest batch whose input-gradient pass fits (CUDA), the same on every rank (their minimum)."""
-    from .._perf import auto_batch_size
-    from ..energy import energy_grad
-
-    def unit(m, b: int) -> None:  # one forward + input-gradient pass: what every stage step costs
-        x = torch.rand(b, *m.input_shape, device=dev)
-        y = torch.zeros(b, dtype=torch.long, device=dev)
-        with autocast_context(dev, dtype):
-            energy_grad(lambda z: m.joint_energy_from_logits(m(z), y), x)
-
-    size = auto_batch_size(model, unit, dev)
-    if d.active:
-        import torch.distributed as dist
-
-        t = torch.tensor([size], device=dev if _dist.is_nccl() else "cpu")
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        size = int(t.item())
-    return size
+def _task_record(plan: RunPlan, status: str, facts: dict) -> dict:
+    keep = ("batch_size", "device", "world_size", "sampling_s")
+    return {"status": status, "indices": list(jobs.block(plan.n, *plan.shard)), "pid": os.getpid(),
+            "host": socket.gethostname(), "images_sampled": facts["n_new"], "images_resumed": facts["n_resumed"],
+            **{k: facts[k] for k in keep if k in facts}}
 
 
 # ----------------------------------------------------------------------------- merge (rank 0)
 def _merge(plan: RunPlan, meta: dict, facts: dict, times: tuple[float, float, float]) -> dict:
-    """Rank 0: shards -> samples.npz, PNGs, grid.png, run.json, in index order."""
+    """Rank 0: shards -> images.npy, labels.npy, samples.npz, missing PNGs, grid.png, run.json (streamed)."""
     t0 = time.perf_counter()
     out = plan.out_dir
-    images, trace, batch_seconds = shards.merge(out / "shards", plan.labels)
-    atomic_save_npz(out / "samples.npz", images=images, labels=plan.labels)
-    if plan.save_png:
-        write_pngs(out, images, plan.labels, plan.class_names)
-    if plan.grid:
-        atomic_write_bytes(out / "grid.png", png_bytes(make_grid(images, plan.labels, plan.classes)))
+    trace, batch_seconds, files = write_run_files(out, plan.labels, plan.classes, plan.class_names,
+                                                  save_png=plan.save_png, grid=plan.grid)
+    facts = {**facts, "files": files}
     record = _run_record(plan, meta, facts, summarize(trace), batch_seconds, (*times, t0, time.perf_counter()))
     atomic_write_json(out / "run.json", record)
     log.info("wrote %d samples to %s (%.1f images/s)", plan.n, out, record["timings"]["images_per_s"] or 0.0)
     return record
+
+
+def merge(out_dir: str | os.PathLike) -> SampleRun:
+    """Merge the shards of a job array (``ebmlens merge OUT``) into the files of a normal run.
+
+    Takes ``OUT/.lock``; refuses while a task still holds its block; names the missing tasks and
+    indices when shards are missing. run.json is a normal run's; its ``world_size`` counts the tasks
+    and its ``sampling_s`` is the longest task's."""
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    meta_path = out / "shards" / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{out} holds no sampling run to merge (no shards/meta.json); sample into it first "
+                                "(ebmlens sample ... --shard i/K --out OUT)")
+    with RunLock(out / ".lock", what="ebmlens merge"):
+        busy = jobs.live_tasks(out / "shards")
+        if busy:
+            raise ValueError(f"{out} is still being sampled by {', '.join(busy[:5])}; merge after every task ended")
+        meta = json.loads(meta_path.read_text())
+        labels = np.load(jobs.labels_path(out))
+        if hashlib.sha256(labels.tobytes()).hexdigest() != meta["labels_sha256"]:
+            raise ValueError(f"{jobs.labels_path(out)} does not match shards/meta.json; delete it and resume the run")
+        missing = ~shards.covered(out / "shards", labels)
+        if missing.any():
+            raise ValueError(jobs.missing_message(out, missing, labels.size))
+        plan = RunPlan.from_meta(out, meta, labels)
+        tasks = [r for r in jobs.task_records(out / "shards") if r.get("status") == "done"]
+        devices = sorted({str(r["device"]) for r in tasks}) or ["unknown"]
+        longest = max((float(r.get("sampling_s", 0.0)) for r in tasks), default=0.0)
+        facts = dict(batch_size=tasks[0]["batch_size"] if tasks else plan.batch_size, batch_size_asked=plan.batch_size,
+                     device=devices[0] if len(devices) == 1 else ",".join(devices),
+                     world_size=sum(int(r.get("world_size", 1)) for r in tasks) or 1, n_resumed=0, n_new=plan.n)
+        record = _merge(plan, meta, facts, (t0 - longest, t0 - longest, t0))
+    return SampleRun(out_dir=out, n=plan.n, images=_images_path(out), grid=out / "grid.png" if plan.grid else None,
+                     run=record)
 
 
 def _run_record(plan: RunPlan, meta: dict, facts: dict, energy: list[dict], batch_seconds: float,
@@ -372,7 +331,7 @@ def _run_record(plan: RunPlan, meta: dict, facts: dict, energy: list[dict], batc
         "pipeline": meta["pipeline"],
         "model": meta["model"],
         "versions": versions(),
-        "files": {"samples": "samples.npz", "grid": "grid.png" if plan.grid else None,
+        "files": {**facts["files"], "grid": "grid.png" if plan.grid else None,
                   "png": "<class_name>/<index>.png" if plan.save_png else None, "shards": "shards/"},
         "timings": {
             "total_s": round(t_end - t_start, 4),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,8 +21,10 @@ import torch
 from .._io import atomic_save_npz
 from .records import StageRecord
 
-__all__ = ["paths", "write", "covered", "merge", "check_meta"]
+__all__ = ["paths", "write", "covered", "merge", "item_shape", "check_meta"]
 
+#: the keys of ``meta.json`` that a resumed run (or a sibling job-array task) must share
+IDENTITY = ("n", "seed", "labels_sha256", "dtype", "pipeline", "model")
 _SHARD_RE = re.compile(r"^shard_(\d+)\.npz$")
 
 
@@ -88,15 +90,30 @@ def covered(shard_dir: Path, run_labels: np.ndarray) -> np.ndarray:
     return owner >= 0
 
 
-def merge(shard_dir: Path, run_labels: np.ndarray) -> tuple[np.ndarray, list[StageRecord], float]:
-    """All shards in index order: ``(images uint8 (n, H, W, C), trace over all samples, sum of batch seconds)``.
+def item_shape(shard_dir: Path) -> tuple[int, ...]:
+    """``(H, W, C)`` of the images in the first shard (read from its header only)."""
+    import zipfile
+
+    files = paths(shard_dir)
+    if not files:
+        raise RuntimeError(f"no shards in {shard_dir}")
+    with zipfile.ZipFile(files[0]) as zf, zf.open("images.npy") as fh:
+        major, _ = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(fh)
+    return tuple(int(s) for s in shape[1:])
+
+
+def merge(shard_dir: Path, run_labels: np.ndarray,
+          put: Callable[[np.ndarray, np.ndarray], None]) -> tuple[list[StageRecord], float]:
+    """Stream every shard (name order) to ``put(indices (B,), images uint8 (B, H, W, C))``; returns
+    ``(trace over all samples, sum of batch seconds)``. One shard is in memory at a time.
 
     The trace has one :class:`StageRecord` per point with every sample's energies (NaN where a shard
     had none) and the stage's seconds summed over batches."""
     n = run_labels.size
     files = paths(shard_dir)
     owner = np.full(n, -1, np.int64)
-    images: np.ndarray | None = None
     points: dict[tuple[int, str], dict[str, Any]] = {}
     batch_seconds = 0.0
     for k, p in enumerate(files):
@@ -104,9 +121,7 @@ def merge(shard_dir: Path, run_labels: np.ndarray) -> tuple[np.ndarray, list[Sta
             idx = z["indices"]
             _check(p, idx, z["labels"], run_labels, owner, files)
             owner[idx] = k
-            if images is None:
-                images = np.zeros((n, *z["images"].shape[1:]), np.uint8)
-            images[idx] = z["images"]
+            put(idx, z["images"])
             batch_seconds += float(z["seconds"])
             for key in z.files:
                 kind, _, rest = key.partition("/")
@@ -121,13 +136,13 @@ def merge(shard_dir: Path, run_labels: np.ndarray) -> tuple[np.ndarray, list[Sta
                     g["seconds"] += float(z[key])
                 elif qty in ("energy", "joint_energy"):
                     g[qty][idx] = z[key]
-    if images is None or not (owner >= 0).all():
+    if not files or not (owner >= 0).all():
         raise RuntimeError(f"{int((owner < 0).sum())} of {n} samples are missing from {shard_dir} after sampling; "
                            "run again with resume=True")
     trace = [StageRecord(stage, j, energy=torch.from_numpy(g["energy"]),
                          joint_energy=torch.from_numpy(g["joint_energy"]), seconds=g["seconds"])
              for (j, stage), g in sorted(points.items())]
-    return images, trace, batch_seconds
+    return trace, batch_seconds
 
 
 def check_meta(meta_path: Path, meta: dict) -> None:
@@ -135,7 +150,7 @@ def check_meta(meta_path: Path, meta: dict) -> None:
     if not meta_path.exists():
         return
     old = json.loads(meta_path.read_text())
-    for key in ("n", "seed", "labels_sha256", "dtype", "pipeline", "model"):
+    for key in IDENTITY:
         diffs = differences(old.get(key), meta.get(key), key)
         if diffs:
             shown = "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
