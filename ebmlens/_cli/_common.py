@@ -107,6 +107,23 @@ def attack_geometry(model: Any, attack_threat_model: str | None, threat_model: s
     return tm, float(eps)
 
 
+def write_report(folder, report: Any, plot_name: str) -> None:
+    """``report.json``, ``table.md`` and, with matplotlib, the plot into ``folder``; prints the table and
+    what was written (a note, not an error, when matplotlib is missing)."""
+    from .._io import atomic_write_text
+
+    report.to_json(folder / "report.json")
+    atomic_write_text(folder / "table.md", report.table())
+    written = "report.json, table.md"
+    try:
+        report.plot(folder / plot_name)
+        written += f", {plot_name}"
+    except ImportError:
+        click.echo("note: matplotlib is not installed, so no plot; pip install 'ebmlens[plots]'", err=True)
+    click.echo(report.table())
+    click.echo(f"wrote {folder}/{written}")
+
+
 def load_model_from_cli(spec, *, model_dir=None, dataset=None, threat_model=None, arch=None, trust_checkpoint=False,
                         device=None):
     """Resolve the CLI's model options to an EnergyModel (default: the bundled model)."""

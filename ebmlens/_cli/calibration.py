@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from ..cli import friendly_errors, main, parse_number
-from ._common import attack_geometry, check_threat_model, load_model_from_cli, model_options, runtime_options, setup_runtime
+from ._common import attack_geometry, check_threat_model, load_model_from_cli, model_options, runtime_options, setup_runtime, write_report
 
 
 @main.command("calibration")
@@ -59,15 +59,4 @@ def calibration_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_ch
     tm, eps_a = attack_geometry(model, attack_threat_model, threat_model, eps_v)
     cal = calibration_report(model, data, bins=bins, attack=attack, threat_model=tm, eps=eps_a, steps=steps, n=n,
                              batch_size=batch_size, seed=seed, device=dev)
-    from .._io import atomic_write_text
-
-    cal.to_json(folder / "report.json")
-    atomic_write_text(folder / "table.md", cal.table())
-    written = "report.json, table.md"
-    try:
-        cal.plot(folder / "reliability.png")
-        written += ", reliability.png"
-    except ImportError:
-        click.echo("note: matplotlib is not installed, so no plot; pip install 'ebmlens[plots]'", err=True)
-    click.echo(cal.table())
-    click.echo(f"wrote {folder}/{written}")
+    write_report(folder, cal, "reliability.png")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from ..cli import friendly_errors, main
-from ._common import check_threat_model, load_model_from_cli, model_options, runtime_options, setup_runtime
+from ._common import check_threat_model, load_model_from_cli, model_options, runtime_options, setup_runtime, write_report
 
 SCORE_NAMES = ("energy", "max-logit", "msp", "grad-norm")
 
@@ -79,15 +79,4 @@ def ood_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpoint
                      progress=True)
     if not _dist.is_rank0():
         return
-    from .._io import atomic_write_text
-
-    rep.to_json(folder / "report.json")
-    atomic_write_text(folder / "table.md", rep.table())
-    written = "report.json, table.md"
-    try:
-        rep.plot(folder / "ood.png")
-        written += ", ood.png"
-    except ImportError:
-        click.echo("note: matplotlib is not installed, so no plot; pip install 'ebmlens[plots]'", err=True)
-    click.echo(rep.table())
-    click.echo(f"wrote {folder}/{written}")
+    write_report(folder, rep, "ood.png")
