@@ -120,15 +120,15 @@ class GaussianInit:
         n, d = y.shape[0], s.dim
         r = self.rank or s.rank
         z = rng.randn(generator, n, (d if full else r + d,), device=dev)      # (N, D) or (N, r + D)
-        mean = s.on(dev, "mean")
-        x = mean[y].clone()                                                    # (N, D)
+        k = s.rows(y)                                                          # (N,) rows of the arrays
+        x = s.on(dev, "mean")[k].clone()                                       # (N, D)
         if full:
-            x += self.scale * _per_class_matmul(z, s.on(dev, "chol"), y)
+            x += self.scale * _per_class_matmul(z, s.on(dev, "chol"), k)
         else:
             vecs, vals = s.on(dev, "eigvecs")[:, :, :r], s.on(dev, "eigvals")[:, :r]
             sd = s.on(dev, f"lowrank_diag:{r}").sqrt()
-            low = _per_class_matmul(z[:, :r] * vals.clamp_min(0).sqrt()[y], vecs, y)
-            x += self.scale * (low + z[:, r:] * sd[y])
+            low = _per_class_matmul(z[:, :r] * vals.clamp_min(0).sqrt()[k], vecs, k)
+            x += self.scale * (low + z[:, r:] * sd[k])
         x = _resize(x.view(n, *s.shape), model, self.upsample)
         return x.clamp(0, 1) if self.clamp else x
 
@@ -177,16 +177,17 @@ class PCAInit:
         _check_model_stats(model, s, "PCAInit")
         n = y.shape[0]
         z = rng.randn(generator, n, (s.rank,), device=dev)                     # (N, r)
-        x = s.on(dev, "mean")[y].clone()                                       # (N, D)
-        x += _per_class_matmul(self.sigma * self._singular_values(s, dev)[y] * z, s.on(dev, "eigvecs"), y)
+        k = s.rows(y)                                                          # (N,) rows of the arrays
+        x = s.on(dev, "mean")[k].clone()                                       # (N, D)
+        x += _per_class_matmul(self.sigma * self._singular_values(s, dev)[k] * z, s.on(dev, "eigvecs"), k)
         return _resize(x.view(n, *s.shape), model, "nearest").clamp(0, 1)
 
     def _singular_values(self, s: ClassStats, dev) -> torch.Tensor:
-        """``(K, r)`` ``s_i`` of each class, zero past its ``m`` retained components (host-side, per call:
-        ``K x r`` numbers)."""
-        sv = torch.zeros(s.num_classes, s.rank)
+        """``(rows, r)`` ``s_i`` of each class held, zero past its ``m`` retained components (host-side,
+        per call: ``K x r`` numbers)."""
+        sv = torch.zeros(s.counts.shape[0], s.rank)
         vals = s.eigvals.float()
-        for k in range(s.num_classes):
+        for k in range(s.counts.shape[0]):
             m = s.retained_components(k, self.variance)
             nk = self.n_images if self.n_images is not None else int(s.counts[k])
             sv[k, :m] = (vals[k, :m].clamp_min(0) * (nk - 1)).sqrt()

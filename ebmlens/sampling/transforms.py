@@ -62,7 +62,8 @@ class Contrast:
         elif self.center == "data":
             s = self.stats
             assert s is not None
-            pix = (s.mean * s.prior.unsqueeze(1)).sum(0).view(*s.shape)          # (C, h, w)
+            w = s.prior if s.held is None else s.prior[list(s.held)]             # weights of the rows held
+            pix = (s.mean * w.unsqueeze(1)).sum(0).view(*s.shape)                 # (C, h, w)
             m = pix.mean(dim=(1, 2)).to(x.device, x.dtype).view(1, -1, 1, 1)
         else:
             m = torch.as_tensor(float(self.center), device=x.device, dtype=x.dtype)

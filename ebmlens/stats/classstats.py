@@ -43,6 +43,9 @@ class ClassStats:
         source, split: provenance.
         class_names: names of the ``K`` classes.
         downsample: the factor the images were average-pooled by before fitting.
+        held: the class indices the arrays hold, in row order, when only some of the ``K`` classes
+            were loaded (``ClassStats.load(dir, classes=...)``); ``None``: all ``K``, row ``k`` =
+            class ``k``. Index rows with :meth:`rows` (the inits do), never with raw labels.
     """
 
     mean: torch.Tensor
@@ -58,6 +61,7 @@ class ClassStats:
     split: str | None = None
     class_names: tuple[str, ...] = ()
     downsample: int = 1
+    held: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         k, d = self.mean.shape
@@ -74,12 +78,37 @@ class ClassStats:
             raise ValueError(f"ClassStats.chol must be (K, D, D) = {(k, d, d)}, got {tuple(self.chol.shape)}")
         if not self.class_names:
             object.__setattr__(self, "class_names", tuple(str(i) for i in range(k)))
+        if self.held is not None:
+            held = tuple(int(c) for c in self.held)
+            if len(held) != k or len(set(held)) != k or not all(0 <= c < len(self.class_names) for c in held):
+                raise ValueError(f"ClassStats.held must list {k} distinct class indices in [0, "
+                                 f"{len(self.class_names)}), got {self.held!r}")
+            object.__setattr__(self, "held", held)
         object.__setattr__(self, "_device_cache", {})
 
     # ------------------------------------------------------------------ views
     @property
     def num_classes(self) -> int:
-        return int(self.mean.shape[0])
+        """``K``, the classes of the dataset (also when only :attr:`held` rows are loaded)."""
+        return int(self.mean.shape[0]) if self.held is None else len(self.class_names)
+
+    def rows(self, y: torch.Tensor) -> torch.Tensor:
+        """Row of each label ``y (N,)`` in the arrays: ``y`` itself unless only :attr:`held` classes
+        are loaded; a label outside them fails (one host sync, only in that case)."""
+        if self.held is None:
+            return y
+        key = str(y.device)
+        cache: dict = self.__dict__["_device_cache"]
+        if (key, "rows") not in cache:
+            table = torch.full((self.num_classes,), -1, dtype=torch.long)
+            table[list(self.held)] = torch.arange(len(self.held))
+            cache[(key, "rows")] = table.to(y.device)
+        r = cache[(key, "rows")][y]
+        if bool((r < 0).any()):
+            bad = sorted(set(y[r < 0].tolist()))[:5]
+            raise ValueError(f"labels {bad} are not among the {len(self.held)} classes these statistics were "
+                             "loaded for; load them with ClassStats.load(dir, classes=...) including those classes")
+        return r
 
     @property
     def dim(self) -> int:
@@ -98,6 +127,8 @@ class ClassStats:
     def prior(self) -> torch.Tensor:
         """Class frequencies ``counts / counts.sum()`` ``(K,)``: the class prior for unconditional sampling."""
         c = self.counts.double()
+        if self.held is not None:
+            c = torch.zeros(self.num_classes, dtype=torch.float64).index_copy_(0, torch.tensor(self.held), c)
         return (c / c.sum()).float()
 
     def lowrank_diag(self, rank: int | None = None) -> torch.Tensor:
@@ -131,11 +162,12 @@ class ClassStats:
         sha = fingerprint(*(t for t in arrays if t is not None))
         return {"source": self.source, "split": self.split, "kind": self.kind, "shape": list(self.shape),
                 "num_classes": self.num_classes, "rank": self.rank, "reg": self.reg,
-                "downsample": self.downsample, "count": int(self.counts.sum()), "sha256": sha}
+                "downsample": self.downsample, "count": int(self.counts.sum()), "sha256": sha,
+                **({} if self.held is None else {"held": list(self.held)})}
 
     def retained_components(self, k: int, variance: float) -> int:
-        """Smallest number of leading components of class ``k`` whose variance reaches ``variance``
-        of ``total_var[k]`` (capped at :attr:`rank`)."""
+        """Smallest number of leading components of row ``k`` (class ``k`` unless :attr:`held`) whose
+        variance reaches ``variance`` of ``total_var[k]`` (capped at :attr:`rank`)."""
         frac = torch.cumsum(self.eigvals[k].double(), 0) / max(float(self.total_var[k]), 1e-30)
         m = int(torch.searchsorted(frac, torch.tensor([variance], dtype=frac.dtype)).item()) + 1
         return min(m, self.rank)
@@ -173,6 +205,8 @@ class ClassStats:
             arrays["chol"] = self.chol
         meta = {"format": _FORMAT, "shape": list(self.shape), "reg": self.reg, "source": self.source,
                 "split": self.split, "class_names": list(self.class_names), "downsample": self.downsample}
+        if self.held is not None:
+            meta["held"] = list(self.held)
         return atomic_save_safetensors(arrays, path, metadata={"ebmlens": json.dumps(meta)})
 
     @classmethod
@@ -202,6 +236,7 @@ class ClassStats:
                    eigvals=arrays["eigvals"].float(), total_var=arrays["total_var"].float(),
                    counts=arrays["counts"].long(), shape=tuple(meta["shape"]), chol=arrays.get("chol"),
                    reg=float(meta["reg"]), source=meta.get("source", str(path)), split=meta.get("split"),
-                   class_names=tuple(meta.get("class_names") or ()), downsample=int(meta.get("downsample", 1)))
+                   class_names=tuple(meta.get("class_names") or ()), downsample=int(meta.get("downsample", 1)),
+                   held=tuple(meta["held"]) if meta.get("held") is not None else None)
 
 
