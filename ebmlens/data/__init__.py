@@ -35,9 +35,10 @@ from .memory import ImageData, ImageSet
 from .sources import (DataSpec, as_image_data, data_sources, in_memory_max, load_data, parse_data_spec,
                       register_data_source)
 from .streamed import StreamedImages, data_workers
+from .tarindex import TarIndex, tar_index
 from . import constructed  # noqa: F401  (registers synthetic:, interp:, corrupt:)
 
-__all__ = ["ImageSet", "ImageData", "StreamedImages", "Preprocess", "load_data", "as_image_data",
+__all__ = ["ImageSet", "ImageData", "StreamedImages", "TarIndex", "tar_index", "Preprocess", "load_data", "as_image_data",
            "to_uint8_images", "parse_data_spec", "cache_dir", "register_data_source", "data_sources", "DataSpec",
            "in_memory_max", "data_workers", "decode_file", "CIFAR10_CLASSES", "default_cifar10_path",
            "atomic_save_npz"]

@@ -7,7 +7,9 @@ source's splits and calls it. An unknown kind fails with the registered kinds an
 Options (after ``?``, ``&``-separated): ``stream=1`` / ``stream=0`` force a streamed
 (:class:`~ebmlens.data.streamed.StreamedImages`) or in-memory (:class:`~ebmlens.data.ImageData`)
 set; without it ``folder:`` streams when it holds more than ``$EBMLENS_IN_MEMORY_MAX`` images
-(default 60,000) and ``imagenet:`` always streams.
+(default 60,000) and ``imagenet:`` always streams. ``folder:ARCHIVE.tar`` reads an uncompressed tar
+of class folders (or of per-class tars, as ImageNet's train archive) through a member index
+(:mod:`ebmlens.data.tarindex`): streamed with random access, nothing unpacked.
 """
 
 from __future__ import annotations
@@ -183,8 +185,15 @@ def _folder(spec: DataSpec, preprocess: Preprocess | None) -> ImageSet:
         return ImageData(images, labels, names, spec.text, fingerprint(*chunks, labels))
     if path.is_dir() and (path / "samples.npz").exists():
         return _load_npz(path / "samples.npz", spec.text)
+    if path.is_file() and path.name.endswith(".tar"):  # random access through a member index
+        from .tarindex import tar_index
+
+        data = StreamedImages.from_tar(tar_index(path), spec.text, preprocess)
+        if spec.stream(len(data) > in_memory_max()):
+            return data
+        return ImageData(np.concatenate([a for a, _ in data.arrays(256)]), data.labels, data.class_names, spec.text)
     if not path.is_dir():
-        raise ValueError(f"folder:{path} is not a directory")
+        raise ValueError(f"folder:{path} is not a directory (or an uncompressed .tar of class folders)")
     files = list_folder(path)
     if spec.stream(sum(len(v) for v in files.values()) > in_memory_max()):
         return StreamedImages.from_folder_lists(files, spec.text, preprocess)

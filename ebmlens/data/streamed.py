@@ -6,7 +6,8 @@ Files are decoded (and preprocessed with the model's :class:`~ebmlens.energy.Pre
 worker processes of a :class:`torch.utils.data.DataLoader`: ``$EBMLENS_DATA_WORKERS`` of them
 (default ``min(8, cpu_count)``; 0 decodes in the calling process). Random access
 (:meth:`StreamedImages.tensor`, used by DataInit seeds and strided subsets) decodes the chosen files
-directly, so it needs files on disk (folders), not a compressed archive.
+directly, so it needs files on disk (folders) or an uncompressed tar with a member index
+(:mod:`ebmlens.data.tarindex`), not a compressed archive.
 
 The fingerprint is a sha256 of the relative file names, labels and preprocessing (not of the
 pixels: hashing ImageNet would read 150 GB).
@@ -23,8 +24,9 @@ import torch
 
 from .._io import fingerprint
 from ..energy import Preprocess
-from ._readers import decode_file
+from ._readers import _decode, decode_file
 from .memory import ImageSet, to_float
+from .tarindex import TarIndex
 
 __all__ = ["StreamedImages", "data_workers"]
 
@@ -40,14 +42,14 @@ def data_workers() -> int:
 
 
 class _Files(torch.utils.data.Dataset):
-    def __init__(self, files: Sequence[str], preprocess: Preprocess | None) -> None:
-        self.files, self.preprocess = files, preprocess
+    def __init__(self, images: "StreamedImages", idx: np.ndarray) -> None:
+        self.images, self.idx = images, idx
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.idx)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return decode_file(self.files[i], self.preprocess)
+        return self.images.decode(int(self.idx[i]))
 
 
 def _stack(arrs: list[np.ndarray], where: str) -> np.ndarray:
@@ -71,10 +73,15 @@ class StreamedImages(ImageSet):
         source: the data spec.
         preprocess: resize / center crop applied to every decoded file (``None``: as stored).
         workers: decoding processes (``None``: :func:`data_workers`).
+        tar: the images are the members of this uncompressed tar (``files`` = its member names,
+            in the index's order), read by seek instead of from files.
     """
 
     def __init__(self, files: Sequence[str], labels: np.ndarray, class_names: Sequence[str], source: str,
-                 preprocess: Preprocess | None = None, workers: int | None = None) -> None:
+                 preprocess: Preprocess | None = None, workers: int | None = None, tar: TarIndex | None = None) -> None:
+        self.tar = tar
+        if tar is not None and len(files) != len(tar.members):
+            raise ValueError(f"{len(files)} files for the {len(tar.members)} members of {tar.path}")
         self.files = tuple(str(f) for f in files)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.class_names = list(class_names)
@@ -83,7 +90,7 @@ class StreamedImages(ImageSet):
         self.workers = workers
         if self.labels.shape != (len(self.files),):
             raise ValueError(f"{self.labels.shape} labels for {len(self.files)} files")
-        root = os.path.commonpath(self.files) if self.files else ""
+        root = os.path.commonpath(self.files) if self.files and tar is None else ""
         names = "\n".join(os.path.relpath(f, root) for f in self.files)
         self.fingerprint = fingerprint(names, self.labels, repr(preprocess))
 
@@ -94,13 +101,19 @@ class StreamedImages(ImageSet):
     def image_shape(self) -> tuple[int, int, int]:
         """``(H, W, C)`` of the first image (after preprocessing)."""
         if "_shape" not in self.__dict__:
-            object.__setattr__(self, "_shape", tuple(int(s) for s in decode_file(self.files[0], self.preprocess).shape))
+            object.__setattr__(self, "_shape", tuple(int(s) for s in self.decode(0).shape))
         return self.__dict__["_shape"]
+
+    def decode(self, i: int) -> np.ndarray:
+        """Image ``i`` as uint8 ``(H, W, C)``, preprocessed (from its file, or its tar member)."""
+        if self.tar is not None:
+            return _decode(self.tar.read(i), self.tar.where(i), self.preprocess)
+        return decode_file(self.files[i], self.preprocess)
 
     def tensor(self, idx: Sequence[int] | slice | None = None, device=None) -> torch.Tensor:
         """Float ``(n, C, H, W)`` in [0, 1] of the selected images, decoded here (random access)."""
         sel = np.arange(len(self))[idx] if idx is not None else np.arange(len(self))
-        arrs = [decode_file(self.files[int(i)], self.preprocess) for i in np.atleast_1d(sel)]
+        arrs = [self.decode(int(i)) for i in np.atleast_1d(sel)]
         return to_float(_stack(arrs, self.source), device)
 
     def arrays(self, batch_size: int, indices: Sequence[int] | None = None
@@ -111,8 +124,7 @@ class StreamedImages(ImageSet):
             return
         workers = data_workers() if self.workers is None else int(self.workers)
         workers = min(workers, -(-len(idx) // batch_size))  # no idle workers for a few batches
-        files = [self.files[int(i)] for i in idx]
-        loader = torch.utils.data.DataLoader(_Files(files, self.preprocess), batch_size=batch_size, shuffle=False,
+        loader = torch.utils.data.DataLoader(_Files(self, np.asarray(idx)), batch_size=batch_size, shuffle=False,
                                              num_workers=workers, collate_fn=lambda b: _stack(b, self.source),
                                              multiprocessing_context="fork" if workers and os.name == "posix"
                                              and "fork" in torch.multiprocessing.get_all_start_methods() else None)
@@ -127,3 +139,11 @@ class StreamedImages(ImageSet):
         files = tuple(str(f) for c in names for f in files_by_class[c])
         labels = np.repeat(np.arange(len(names), dtype=np.int64), [len(files_by_class[c]) for c in names])
         return cls(files, labels, names, source, preprocess)
+
+    @classmethod
+    def from_tar(cls, index: TarIndex, source: str, preprocess: Preprocess | None = None) -> "StreamedImages":
+        """The members of an indexed uncompressed tar: classes sorted by name, labels their positions."""
+        names = sorted({c for _, c, _, _ in index.members})
+        pos = {c: k for k, c in enumerate(names)}
+        labels = np.asarray([pos[c] for _, c, _, _ in index.members], np.int64)
+        return cls([m[0] for m in index.members], labels, names, source, preprocess, tar=index)
