@@ -4,10 +4,18 @@ For every batch of sample indices ``idx`` (this rank's share, :mod:`.runner`): l
 ``plan.labels[idx]``, streams ``SampleStreams(seed, idx)``, the pipeline under autocast, then the
 images (uint8, still on the device) and the trace go to a :class:`~.writer.BatchWriter`, which writes the shard and the
 batch's PNGs while the next batch samples. Progress is reported when a batch is handed over.
+
+After each batch the freed heap pages go back to the OS (:func:`trim_heap`): glibc raises its mmap
+threshold after the first large free, so later batch-sized buffers come from the heap and the
+resident set crept up with the number of batches (+38 MiB from 200 to 2,000 samples at 224x224,
+``benchmarks/memory.py``); trimming keeps the peak flat at a cost of well under a millisecond a batch.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import time
 from typing import Any, Callable, Union
 
@@ -23,7 +31,24 @@ from .plan import RunPlan
 from .records import trace_to_cpu
 from .writer import BatchWriter
 
-__all__ = ["sample_batches", "write_batch", "auto_batch_size_all_ranks"]
+__all__ = ["sample_batches", "write_batch", "auto_batch_size_all_ranks", "trim_heap"]
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to trim
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+def trim_heap() -> bool:
+    """Return free heap memory of every malloc arena to the OS (glibc ``malloc_trim(0)``); ``False``
+    where the C library has no such call."""
+    fn = _malloc_trim()
+    return bool(fn is not None and fn(0) is not None)
 
 Progress = Union[bool, Callable[[int, int], Any]]
 
@@ -69,6 +94,7 @@ def sample_batches(plan: RunPlan, model, mine: list[np.ndarray], dev: torch.devi
             del out, images
             writer.submit(write_batch, plan, idx, u8, time.perf_counter() - t0, d.rank, trace)
             n_done += idx.size
+            trim_heap()
             if bar is not None:
                 bar.update(idx.size)
             elif callable(progress):
