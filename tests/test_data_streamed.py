@@ -220,16 +220,16 @@ def test_stats_dir_cli_and_sampling_from_it(imagenet_root, tmp_path, model224):
     assert s.counts.tolist() == [PER_CLASS] * K
     assert coerce_stats(str(out), "test").fingerprint == s.fingerprint
     part = ClassStats.load(out, classes=[4, 2])  # only the classes a run samples: rows for those alone
-    assert part.held == (2, 4) and part.num_classes == K and part.mean.shape[0] == 2
+    assert part.row_class == (2, 4) and part.num_classes == K and part.mean.shape[0] == 2
     assert part.eigvecs.shape[0] == 2 and torch.equal(part.mean[1], s.mean[4])
     assert part.prior.tolist() == [0, 0, 0.5, 0, 0.5, 0]
     y, g = torch.tensor([4, 2, 4]), (lambda: torch.Generator().manual_seed(3))
     for init in (GaussianInit, PCAInit):
         torch.testing.assert_close(init(part)(model224, y, generator=g()), init(s)(model224, y, generator=g()))
-    with pytest.raises(ValueError, match=r"labels \[0\] are not among the 2 classes"):
+    with pytest.raises(ValueError, match=r"labels \[0\] are not among the classes"):
         GaussianInit(part)(model224, torch.tensor([0, 2]), generator=g())
     part.save(tmp_path / "part.safetensors")
-    assert ClassStats.load(tmp_path / "part.safetensors").held == (2, 4)
+    assert ClassStats.load(tmp_path / "part.safetensors").row_class == (2, 4)
     x = GaussianInit(s, covariance="lowrank")(model224, torch.tensor([0, 5]), generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, 3, 224, 224)
     res = CliRunner().invoke(main, ["stats", "--data", f"imagenet:{root}@train", "--rank", "4", "--downsample", "8",

@@ -75,6 +75,9 @@ class GaussianInit:
 
     Santurkar et al. (NeurIPS 2019) and JEM++ (Yang & Ji, ICCV 2021) fit one full-covariance
     Gaussian per class and sample ``mu_y + L_y z`` with ``L_y = cholesky(Sigma_y + 1e-4 I)``.
+    With mixture statistics (:func:`ebmlens.stats.class_mixture`) each sample first draws one of its
+    class's components (``u ~ U[0, 1)`` from its stream, by the components' image counts), then that
+    component's Gaussian.
 
     Args:
         stats: :class:`~ebmlens.sampling.ClassStats` (held by reference; recorded by fingerprint).
@@ -101,6 +104,9 @@ class GaussianInit:
         object.__setattr__(self, "stats", coerce_stats(self.stats, "GaussianInit"))
         if self.covariance not in ("auto", "full", "lowrank"):
             raise ValueError(f"GaussianInit covariance must be 'auto', 'full' or 'lowrank', got {self.covariance!r}")
+        if self.stats.is_mixture and self.covariance == "full":
+            raise ValueError("GaussianInit(covariance='full') does not take mixture statistics (they are compact): "
+                             "use covariance='auto' or 'lowrank'")
         if self.covariance == "full" and self.stats.chol is None:
             raise ValueError("GaussianInit(covariance='full') needs full statistics (with a Cholesky factor); these "
                              "are compact: use covariance='lowrank', or ebmlens.class_stats('cifar10:PATH')")
@@ -119,8 +125,9 @@ class GaussianInit:
         full = self.covariance == "full" or (self.covariance == "auto" and s.chol is not None)
         n, d = y.shape[0], s.dim
         r = self.rank or s.rank
+        u = rng.rand(generator, n, (1,), device=dev).view(-1) if s.is_mixture else None  # component choice
         z = rng.randn(generator, n, (d if full else r + d,), device=dev)      # (N, D) or (N, r + D)
-        k = s.rows(y)                                                          # (N,) rows of the arrays
+        k = s.rows(y, u)                                                       # (N,) rows of the arrays
         x = s.on(dev, "mean")[k].clone()                                       # (N, D)
         if full:
             x += self.scale * _per_class_matmul(z, s.on(dev, "chol"), k)
@@ -161,6 +168,8 @@ class PCAInit:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stats", coerce_stats(self.stats, "PCAInit"))
+        if self.stats.is_mixture:
+            raise ValueError("PCAInit takes one Gaussian per class, not mixture statistics; use GaussianInit with them")
         if not (math.isfinite(self.sigma) and self.sigma >= 0):
             raise ValueError(f"PCAInit sigma must be >= 0, got {self.sigma!r}")
         if not 0 < self.variance <= 1:

@@ -62,8 +62,7 @@ class Contrast:
         elif self.center == "data":
             s = self.stats
             assert s is not None
-            w = s.prior if s.held is None else s.prior[list(s.held)]             # weights of the rows held
-            pix = (s.mean * w.unsqueeze(1)).sum(0).view(*s.shape)                 # (C, h, w)
+            pix = (s.mean * s.row_weights.unsqueeze(1)).sum(0).view(*s.shape)     # (C, h, w)
             m = pix.mean(dim=(1, 2)).to(x.device, x.dtype).view(1, -1, 1, 1)
         else:
             m = torch.as_tensor(float(self.center), device=x.device, dtype=x.dtype)

@@ -31,6 +31,8 @@ outside it are dropped. For 10 classes of 3x32x32 at rank 48 that is ~3.2 MB (th
 
 from .classstats import ClassStats
 from .fit import class_stats, coerce_stats, missing_stats_error
+from .mixture import class_mixture
 from .sharded import fit_stats_dir, load_stats_dir
 
-__all__ = ["ClassStats", "class_stats", "coerce_stats", "missing_stats_error", "fit_stats_dir", "load_stats_dir"]
+__all__ = ["ClassStats", "class_stats", "class_mixture", "coerce_stats", "missing_stats_error", "fit_stats_dir",
+           "load_stats_dir"]

@@ -43,9 +43,11 @@ class ClassStats:
         source, split: provenance.
         class_names: names of the ``K`` classes.
         downsample: the factor the images were average-pooled by before fitting.
-        held: the class indices the arrays hold, in row order, when only some of the ``K`` classes
-            were loaded (``ClassStats.load(dir, classes=...)``); ``None``: all ``K``, row ``k`` =
-            class ``k``. Index rows with :meth:`rows` (the inits do), never with raw labels.
+        row_class: the class of each row of the arrays; ``None``: row ``k`` is class ``k``. Distinct
+            classes: only some of the ``K`` classes were loaded (``ClassStats.load(dir, classes=...)``).
+            A class on several rows: a *mixture* (:func:`ebmlens.stats.class_mixture`), each row one
+            Gaussian component weighted by its ``counts``. Index rows with :meth:`rows` (the inits do),
+            never with raw labels.
     """
 
     mean: torch.Tensor
@@ -61,7 +63,7 @@ class ClassStats:
     split: str | None = None
     class_names: tuple[str, ...] = ()
     downsample: int = 1
-    held: tuple[int, ...] | None = None
+    row_class: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         k, d = self.mean.shape
@@ -78,37 +80,69 @@ class ClassStats:
             raise ValueError(f"ClassStats.chol must be (K, D, D) = {(k, d, d)}, got {tuple(self.chol.shape)}")
         if not self.class_names:
             object.__setattr__(self, "class_names", tuple(str(i) for i in range(k)))
-        if self.held is not None:
-            held = tuple(int(c) for c in self.held)
-            if len(held) != k or len(set(held)) != k or not all(0 <= c < len(self.class_names) for c in held):
-                raise ValueError(f"ClassStats.held must list {k} distinct class indices in [0, "
-                                 f"{len(self.class_names)}), got {self.held!r}")
-            object.__setattr__(self, "held", held)
+        if self.row_class is not None:
+            rc = tuple(int(c) for c in self.row_class)
+            if len(rc) != k or not all(0 <= c < len(self.class_names) for c in rc):
+                raise ValueError(f"ClassStats.row_class must give the class (in [0, {len(self.class_names)})) of "
+                                 f"each of the {k} rows, got {self.row_class!r}")
+            object.__setattr__(self, "row_class", rc)
         object.__setattr__(self, "_device_cache", {})
 
     # ------------------------------------------------------------------ views
     @property
     def num_classes(self) -> int:
-        """``K``, the classes of the dataset (also when only :attr:`held` rows are loaded)."""
-        return int(self.mean.shape[0]) if self.held is None else len(self.class_names)
+        """``K``, the classes of the dataset (also when only some are loaded, or rows are components)."""
+        return int(self.mean.shape[0]) if self.row_class is None else len(self.class_names)
 
-    def rows(self, y: torch.Tensor) -> torch.Tensor:
-        """Row of each label ``y (N,)`` in the arrays: ``y`` itself unless only :attr:`held` classes
-        are loaded; a label outside them fails (one host sync, only in that case)."""
-        if self.held is None:
-            return y
-        key = str(y.device)
+    @property
+    def is_mixture(self) -> bool:
+        """Whether some class has several rows (mixture components)."""
+        return self.row_class is not None and len(set(self.row_class)) < len(self.row_class)
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(K, M)`` row ids of each class's components (-1: none) and their cumulative weights."""
+        key = (str(device), "row_tables")
         cache: dict = self.__dict__["_device_cache"]
-        if (key, "rows") not in cache:
-            table = torch.full((self.num_classes,), -1, dtype=torch.long)
-            table[list(self.held)] = torch.arange(len(self.held))
-            cache[(key, "rows")] = table.to(y.device)
-        r = cache[(key, "rows")][y]
+        if key not in cache:
+            rc = list(self.row_class or range(self.num_classes))
+            m = max(1, max((rc.count(c) for c in set(rc)), default=1))
+            rows = torch.full((self.num_classes, m), -1, dtype=torch.long)
+            w = torch.zeros(self.num_classes, m, dtype=torch.float64)
+            fill = [0] * self.num_classes
+            for r, c in enumerate(rc):
+                rows[c, fill[c]], w[c, fill[c]] = r, max(float(self.counts[r]), 1e-12)
+                fill[c] += 1
+            cdf = (w.cumsum(1) / w.sum(1, keepdim=True).clamp_min(1e-300)).float()
+            cdf[torch.arange(m).expand(self.num_classes, m) >= torch.tensor(fill).view(-1, 1)] = 1.0
+            cache[key] = (rows.to(device), cdf.to(device))
+        return cache[key]
+
+    def rows(self, y: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """Row of each label ``y (N,)`` in the arrays: ``y`` itself when row ``k`` is class ``k``. For a
+        mixture, the component of each sample is chosen by ``u (N,)`` uniform in [0, 1) (inverse CDF of
+        the class's component weights). A label without rows fails (one host sync, only when
+        :attr:`row_class` is set)."""
+        if self.row_class is None:
+            return y
+        table, cdf = self._tables(y.device)
+        if table.shape[1] == 1:
+            r = table[y, 0]
+        else:
+            if u is None:
+                raise ValueError("mixture statistics choose a component per sample: pass u (N,) uniform in [0, 1)")
+            j = (u.view(-1, 1) >= cdf[y]).sum(1).clamp(max=table.shape[1] - 1)
+            r = table[y].gather(1, j.view(-1, 1)).squeeze(1)
         if bool((r < 0).any()):
             bad = sorted(set(y[r < 0].tolist()))[:5]
-            raise ValueError(f"labels {bad} are not among the {len(self.held)} classes these statistics were "
-                             "loaded for; load them with ClassStats.load(dir, classes=...) including those classes")
+            raise ValueError(f"labels {bad} are not among the classes these statistics were loaded for; load them "
+                             "with ClassStats.load(dir, classes=...) including those classes")
         return r
+
+    @property
+    def row_weights(self) -> torch.Tensor:
+        """``(rows,)`` share of the images in each row: ``counts / counts.sum()``."""
+        c = self.counts.double()
+        return (c / c.sum()).float()
 
     @property
     def dim(self) -> int:
@@ -127,8 +161,8 @@ class ClassStats:
     def prior(self) -> torch.Tensor:
         """Class frequencies ``counts / counts.sum()`` ``(K,)``: the class prior for unconditional sampling."""
         c = self.counts.double()
-        if self.held is not None:
-            c = torch.zeros(self.num_classes, dtype=torch.float64).index_copy_(0, torch.tensor(self.held), c)
+        if self.row_class is not None:
+            c = torch.zeros(self.num_classes, dtype=torch.float64).index_add_(0, torch.tensor(self.row_class), c)
         return (c / c.sum()).float()
 
     def lowrank_diag(self, rank: int | None = None) -> torch.Tensor:
@@ -163,10 +197,10 @@ class ClassStats:
         return {"source": self.source, "split": self.split, "kind": self.kind, "shape": list(self.shape),
                 "num_classes": self.num_classes, "rank": self.rank, "reg": self.reg,
                 "downsample": self.downsample, "count": int(self.counts.sum()), "sha256": sha,
-                **({} if self.held is None else {"held": list(self.held)})}
+                **({} if self.row_class is None else {"row_class": list(self.row_class)})}
 
     def retained_components(self, k: int, variance: float) -> int:
-        """Smallest number of leading components of row ``k`` (class ``k`` unless :attr:`held`) whose
+        """Smallest number of leading components of row ``k`` (class ``k`` unless :attr:`row_class`) whose
         variance reaches ``variance`` of ``total_var[k]`` (capped at :attr:`rank`)."""
         frac = torch.cumsum(self.eigvals[k].double(), 0) / max(float(self.total_var[k]), 1e-30)
         m = int(torch.searchsorted(frac, torch.tensor([variance], dtype=frac.dtype)).item()) + 1
@@ -205,8 +239,8 @@ class ClassStats:
             arrays["chol"] = self.chol
         meta = {"format": _FORMAT, "shape": list(self.shape), "reg": self.reg, "source": self.source,
                 "split": self.split, "class_names": list(self.class_names), "downsample": self.downsample}
-        if self.held is not None:
-            meta["held"] = list(self.held)
+        if self.row_class is not None:
+            meta["row_class"] = list(self.row_class)
         return atomic_save_safetensors(arrays, path, metadata={"ebmlens": json.dumps(meta)})
 
     @classmethod
@@ -237,6 +271,6 @@ class ClassStats:
                    counts=arrays["counts"].long(), shape=tuple(meta["shape"]), chol=arrays.get("chol"),
                    reg=float(meta["reg"]), source=meta.get("source", str(path)), split=meta.get("split"),
                    class_names=tuple(meta.get("class_names") or ()), downsample=int(meta.get("downsample", 1)),
-                   held=tuple(meta["held"]) if meta.get("held") is not None else None)
+                   row_class=tuple(meta["row_class"]) if meta.get("row_class") is not None else None)
 
 

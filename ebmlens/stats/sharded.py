@@ -128,7 +128,7 @@ def load_stats_dir(path: str | Path, classes: Sequence[int] | None = None) -> Cl
     """The :class:`ClassStats` of a directory written by :func:`fit_stats_dir` (compact kind).
 
     ``classes``: read and hold only these class files (the classes a run samples): the arrays then
-    have one row per loaded class (``ClassStats.held``), so memory follows the classes sampled, not
+    have one row per loaded class (``ClassStats.row_class``), so memory follows the classes sampled, not
     ``K`` (1,000 ImageNet classes at D = 9,408, rank 64 would be 2.5 GB of float32 rows).
     """
     path = Path(path)
@@ -155,4 +155,4 @@ def load_stats_dir(path: str | Path, classes: Sequence[int] | None = None) -> Cl
     return ClassStats(mean=mean, diag=diag, eigvecs=vecs, eigvals=vals, total_var=total, counts=counts,
                       shape=tuple(meta["shape"]), reg=float(meta["reg"]), source=meta["source"], split=meta.get("split"),
                       class_names=tuple(meta["class_names"]), downsample=int(meta["downsample"]),
-                      held=None if m == k_all else tuple(wanted))
+                      row_class=None if m == k_all else tuple(wanted))
