@@ -8,7 +8,10 @@ with the geometry's step (L2: ``-step_size * g / ||g||_2``; Linf: ``-step_size *
 Unconstrained: the L2 step with no ball). Losses: ``"ce"`` cross-entropy to the target
 ``E(x, y) - E(x)`` (Santurkar et al.), ``"joint"`` ``E(x, y) = -f(x)[y]`` (DAT ascends the target
 logit), ``"marginal"`` ``E(x)`` (unconditional). With ``keep_best`` each sample returns its iterate of
-lowest loss (Santurkar et al.'s ``use_best``). The loop below is :func:`ebmlens.attacks.pgd` with
+lowest loss (Santurkar et al.'s ``use_best``). With ``stop_at = tau`` each sample stops as soon as the
+model's own ``p(y | x) >= tau`` at its current iterate (checked on the pass that computes its gradient)
+and leaves the batch: it moves only as far as its class needs, and later passes run on the remaining
+rows only (gradient evaluations per sample fall; one host sync per step to shrink the batch). The loop below is :func:`ebmlens.attacks.pgd` with
 ``targeted=True`` written out (same pieces, same numbers): analysis and training call that core.
 
 >>> import torch
@@ -55,6 +58,7 @@ class TargetedPGD:
         keep_best: return each sample's iterate with the lowest loss (Santurkar et al.'s
             ``use_best``; one extra forward pass).
         clamp: pixel range kept after every step (``None``: none).
+        stop_at: per-sample stopping threshold ``tau`` in (0, 1) on ``p(y | x)`` (``None``: all steps).
 
     Shapes: ``x (N, C, H, W)``, ``y (N,)`` -> ``(N, C, H, W)``.
     """
@@ -66,6 +70,7 @@ class TargetedPGD:
     random_start: bool = False
     keep_best: bool = False
     clamp: tuple[float, float] | None = (0.0, 1.0)
+    stop_at: float | None = None
 
     def __post_init__(self) -> None:
         if not all(hasattr(self.geometry, a) for a in ("random_start", "step", "project")):
@@ -77,11 +82,18 @@ class TargetedPGD:
             raise ValueError(f"TargetedPGD step_size must be > 0, got {self.step_size!r}")
         if self.loss not in ("ce", "joint", "marginal"):
             raise ValueError(f"TargetedPGD loss must be 'ce', 'joint' or 'marginal', got {self.loss!r}")
+        if self.stop_at is not None and not (isinstance(self.stop_at, (int, float)) and 0 < self.stop_at < 1):
+            raise ValueError(f"TargetedPGD stop_at must be a probability in (0, 1) or None, got {self.stop_at!r}")
+        if self.stop_at is not None and self.keep_best:
+            raise ValueError("TargetedPGD: stop_at and keep_best do not combine (a stopped sample keeps its last "
+                             "iterate); choose one")
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, *, generator: rng.GeneratorLike = None,
                  callback: StepCallback | None = None) -> torch.Tensor:
         geom, x0 = self.geometry, x.detach()
         xt = self._clamp(geom.random_start(x0, generator) if self.random_start else x0.clone())
+        if self.stop_at is not None:
+            return self._stopping(model, x0, xt, y, callback)
         best = None  # (x, -loss) of each sample's best iterate so far
         keep: list = []
         with_logits = callback is not None and _takes_logits(callback)
@@ -96,6 +108,31 @@ class TargetedPGD:
         if best is not None:  # the last iterate has not been scored yet: one more forward pass
             with torch.no_grad():
                 xt, _ = keep_better(best, xt, -attack_loss(model(xt), y, self.loss, model))
+        return xt.detach()
+
+    def _stopping(self, model, x0: torch.Tensor, xt: torch.Tensor, y: torch.Tensor,
+                  callback: StepCallback | None) -> torch.Tensor:
+        """The loop with per-sample stopping: passes on the rows still moving (``active``); the callback
+        still sees every row (a stopped row's loss and logits are those of its last pass)."""
+        geom, keep = self.geometry, []
+        with_logits = callback is not None and _takes_logits(callback)
+        loss_fn = _keeping_logits(keep, self.loss, model)
+        active = torch.arange(xt.shape[0], device=xt.device)
+        last_loss = last_logits = None
+        for i in range(self.steps):
+            if active.numel():
+                xs, ys = xt[active], y[active]
+                loss, grad = loss_and_grad(model, xs, ys, loss_fn)  # (n,), (n, C, H, W) of the active rows
+                if last_loss is None:
+                    last_loss, last_logits = loss.clone(), keep[0].clone()
+                else:
+                    last_loss[active], last_logits[active] = loss, keep[0].to(last_logits.dtype)
+                go = keep[0].float().softmax(1).gather(1, ys.view(-1, 1)).squeeze(1) < self.stop_at
+                stepped = self._clamp(geom.project(geom.step(xs[go], -grad[go], self.step_size), x0[active[go]]))
+                active = active[go]
+                xt = xt.index_copy(0, active, stepped)
+            if callback is not None:
+                callback(i, last_loss, logits=last_logits) if with_logits else callback(i, last_loss)
         return xt.detach()
 
     def _clamp(self, x: torch.Tensor) -> torch.Tensor:
