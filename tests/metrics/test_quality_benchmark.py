@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PRESETS = ("santurkar2019", "jempp", "robust-jem-energy", "robust-jem", "mirza2024", "dat2025")
+PRESETS = ("santurkar2019", "jempp", "robust-jem-energy", "robust-jem", "mirza2024", "dat2025", "mixture-ascent")
 IN_UNIT = ("judged_accuracy", "precision", "recall", "coverage")
 
 
@@ -44,6 +44,12 @@ def test_quick_benchmark_writes_its_json(tmp_path, cifar_path):
         assert set(r["memorisation"][name]) >= {"pixels_median", "features_median"}
     assert r["rows"]["santurkar2019"]["grad_evals"]["mean"] == 6      # 0.1 x 60 steps, one pass each
     assert r["rows"]["robust-jem"]["grad_evals"]["mean"] == 2 + 5     # 0.1 x (15 PGD + 50 SGLD outer steps)
+    ours = r["rows"]["mixture-ascent"]                              # 0.1 x 22 steps = 2, stopping per sample
+    assert 0 < ours["grad_evals"]["mean"] <= ours["grad_evals_unshrunk"]["mean"] == 2
+    d = r["dominance"]
+    assert set(d["versus"]) == set(PRESETS) - {"mixture-ascent"}
+    assert all(v in ("better", "worse", "tie") for row in d["versus"].values() for v in row.values())
+    assert d["conditions"]["grad_evals <= 22"] is True and "mixture-ascent against" in (tmp_path / "quality.md").read_text()
     assert len(r["closest_pairs"]["pixels"]) == 10 and len(r["closest_pairs"]["features"]) == 10
     for f in ("quality.md", "frontier.png", "memorisation_pixels.png", "memorisation_features.png",
               "grid_dat2025.png"):

@@ -17,11 +17,13 @@ FAST = {
     "robust-jem": ({"attack_steps": 5, "steps": 3}, 0.6),
     "mirza2024": ({"steps": 6}, 0.3),
     "dat2025": ({"steps": 12, "step_size": 0.4}, 0.3),   # natural seeds carry their own class
+    "mixture-ascent": ({"steps": 12, "step_size": 0.4}, 0.5),
 }
 
 
 def test_names_and_unknown_preset():
-    assert S.presets.names() == ["santurkar2019", "jempp", "robust-jem-energy", "robust-jem", "mirza2024", "dat2025"]
+    assert S.presets.names() == ["santurkar2019", "jempp", "robust-jem-energy", "robust-jem", "mirza2024", "dat2025",
+                                 "mixture-ascent"]
     assert set(FAST) == set(S.presets.names())
     with pytest.raises(ValueError, match="did you mean robust-jem"):
         S.presets.get("robust-jm")
@@ -64,11 +66,19 @@ def targets():
     return torch.arange(20) % 10
 
 
+@pytest.fixture(scope="module")
+def cifar_mixture(cifar_train):
+    from ebmlens.stats import class_mixture
+
+    return class_mixture(cifar_train, n=2000, components=2, rank=8)
+
+
 @pytest.mark.parametrize("name", list(FAST))
-def test_preset_lowers_joint_energy_and_hits_the_target(name, robust_model, cifar_stats, cifar_test, targets):
+def test_preset_lowers_joint_energy_and_hits_the_target(name, robust_model, cifar_stats, cifar_test, targets, request):
     overrides, min_acc = FAST[name]
     data = cifar_test if name == "dat2025" else None
-    pipe = S.presets.get(name, stats=cifar_stats, data=data, **overrides)
+    stats = request.getfixturevalue("cifar_mixture") if name == "mixture-ascent" else cifar_stats
+    pipe = S.presets.get(name, stats=stats, data=data, **overrides)
     out = pipe(robust_model, targets, generator=torch.Generator().manual_seed(0))
     assert out.images.shape == (20, 3, 32, 32) and torch.isfinite(out.images).all()
     assert float(out.images.min()) >= 0 and float(out.images.max()) <= 1
