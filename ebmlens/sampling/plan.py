@@ -111,6 +111,7 @@ class RunPlan:
     compile_mode: str | None = None
     matmul_precision: str | None = None
     shard: tuple[int, int] | None = None
+    record_points: tuple[tuple[int, str], ...] | None = None  # a merge's (index, source) of the records
 
     @classmethod
     def build(cls, model: torch.nn.Module, pipeline: Callable, n: int, out_dir: Any, *,
@@ -178,13 +179,16 @@ class RunPlan:
                    batch_size=run["batch_size"], seed=int(meta["seed"]), dtype=meta["dtype"],
                    save_png=bool(run["save_png"]), grid=bool(run["grid"]), channels_last=bool(run["channels_last"]),
                    compile=bool(run["compile"]), mode=run["mode"], fast=bool(run.get("fast", False)),
-                   compile_mode=run.get("compile_mode"))
+                   compile_mode=run.get("compile_mode"),
+                   record_points=tuple((int(i), str(src)) for i, src in run.get("record_points") or ()) or None)
 
     def facts(self) -> dict[str, Any]:
         """What ``shards/meta.json`` records beside the identity, so that a merge needs no model."""
+        points = getattr(self.pipeline, "record_points", None)
         return {"classes": list(self.classes), "class_names": list(self.class_names), "batch_size": self.batch_size,
                 "save_png": self.save_png, "grid": self.grid, "channels_last": self.channels_last,
-                "compile": self.compile, "mode": self.mode, "fast": self.fast, "compile_mode": self.compile_mode}
+                "compile": self.compile, "mode": self.mode, "fast": self.fast, "compile_mode": self.compile_mode,
+                "record_points": [[i, src] for i, src in sorted(points().items())] if callable(points) else None}
 
     @property
     def batch_coupled(self) -> bool:

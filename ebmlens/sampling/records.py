@@ -101,10 +101,12 @@ def summarize(trace: Sequence[StageRecord]) -> list[dict[str, Any]]:
 
 def with_sources(entries: Sequence[Mapping[str, Any]], pipeline: Any) -> list[dict[str, Any]]:
     """:func:`summarize` entries of a merged run with each point's ``"index"`` and ``"source"`` as the
-    pipeline plans them (``pipeline.record_points()``): shard files hold energies only, keyed by the
-    record's position in the trace. Entries of other pipelines (or that do not match the plan) are kept."""
+    pipeline plans them (``pipeline.record_points()``, or those ``(index, source)`` pairs as recorded in
+    ``shards/meta.json`` for ``ebmlens merge``): shard files hold energies only, keyed by the record's
+    position in the trace. Entries of other pipelines (or that do not match the plan) are kept."""
     points = getattr(pipeline, "record_points", None)
-    planned = sorted(points().items()) if callable(points) else []
+    planned = (sorted(points().items()) if callable(points)
+               else sorted(pipeline) if isinstance(pipeline, (list, tuple)) else [])
     if len(planned) != len(entries):
         return [dict(e) for e in entries]
     return [{**e, "index": i, "source": src} for e, (i, src) in zip(entries, planned)]

@@ -342,7 +342,7 @@ def _run_record(plan: RunPlan, meta: dict, facts: dict, energy: list[dict], batc
             "images_resumed": facts["n_resumed"],
             "images_per_s": round(n_new / sampling_s, 4) if sampling_s > 0 and n_new else None,
         },
-        "energy": with_sources(energy, plan.pipeline),
+        "energy": with_sources(energy, plan.pipeline if plan.pipeline is not None else plan.record_points),
     })
 
 

@@ -82,6 +82,7 @@ def test_two_tasks_and_merge_equal_one_process(files, tmp_path):
     assert [e["stage"] for e in a.run["energy"]] == [e["stage"] for e in b.run["energy"]]
     for ea, eb in zip(a.run["energy"], b.run["energy"]):
         assert ea["joint_energy"]["mean"] == pytest.approx(eb["joint_energy"]["mean"], rel=1e-6)
+        assert (ea["index"], ea["source"]) == (eb["index"], eb["source"])  # the merge knows each record's source
     with np.load(tmp_path / "arr" / "samples.npz") as z:
         assert np.array_equal(z["images"], ia) and np.array_equal(z["labels"], la)
     # a task re-run after the merge has nothing left to do
