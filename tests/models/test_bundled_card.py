@@ -64,3 +64,18 @@ def test_bundled_stats_ship_and_feed_the_default_preset():
     with torch.no_grad():
         pred = model.logits(out.images).argmax(1)
     assert int((pred == torch.arange(10)).sum()) >= 8  # samples are classified as their target
+
+
+def test_the_robust_judge_reaches_its_card(cifar_test):
+    """The second bundled robust model (the quality benchmark's robust judge): listed, another
+    architecture and seed than the sampled model, and its card's numbers on the strided subset."""
+    name = "cifar10-l2-convnet"
+    card = bundled.model_card(name)
+    assert bundled.model_meta(name)["arch"] != bundled.model_meta(NAME)["arch"]
+    assert card["seed"] != bundled.model_card(NAME)["seed"] and "ebmlens train" in card["training_command"]
+    ev = _card_eval(card, 1000, "pgd-L2")
+    model = ebmlens.load_model(f"ebmlens:{name}")
+    attack = get_attack("pgd", threat_model="L2", eps=ev["eps"], steps=ev["steps"], step_size=ev["step_size"])
+    res = robust_accuracy(model, cifar_test, attack, indices=cifar_test.strided(1000), batch_size=250).to_dict()
+    assert abs(res["clean_acc"] - ev["clean_acc"]) <= 0.01 and abs(res["robust_acc"] - ev["robust_acc"]) <= 0.02, res
+    assert res["robust_acc"] > 0.3 and res["robust_acc"] < res["clean_acc"]
