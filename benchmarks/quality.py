@@ -141,8 +141,11 @@ def draw(model, pipe, y: torch.Tensor, seed: int, batch_size: int) -> dict:
 
 
 def cached_draw(a, model, name: str, f: float, seed: int, y: torch.Tensor, make_pipe) -> tuple[dict, np.ndarray]:
-    """:func:`draw` (uint8 images and costs), read from / written to ``--samples-cache`` when given."""
-    key = f"{a.model}|{a.stats}|{name}|{f}|{seed}|{len(y)}|{a.batch_size}"
+    """:func:`draw` (uint8 images and costs), read from / written to ``--samples-cache`` when given (keyed by
+    the model, the pipeline's config with its statistics' fingerprints, seed, n and batch size)."""
+    pipe = make_pipe()
+    cfg = json.dumps(jsonable(pipe.config()), sort_keys=True)
+    key = f"{a.model}|{a.stats}|{name}|{f}|{seed}|{len(y)}|{a.batch_size}|{fingerprint(cfg)}"
     path = None
     if a.samples_cache:
         safe = "".join(c if c.isalnum() or c in "-." else "_" for c in f"{name}-x{f:g}-s{seed}-n{len(y)}")
@@ -151,7 +154,7 @@ def cached_draw(a, model, name: str, f: float, seed: int, y: torch.Tensor, make_
             with np.load(path) as z:
                 if str(z["key"]) == key:
                     return {k: float(z[k]) for k in ("energy", "grad_evals", "grad_evals_unshrunk", "seconds")}, z["u8"]
-    r = draw(model, make_pipe(), y, seed, a.batch_size)
+    r = draw(model, pipe, y, seed, a.batch_size)
     u8 = to_uint8_nhwc(r["images"])
     if path is not None:
         from ebmlens._io import atomic_save_npz

@@ -203,14 +203,16 @@ def dat2025(stats=None, data=None, *, steps: int = 22, step_size: float = 0.2, s
                                         loss="joint" if conditional else "marginal")])
 
 
-def mixture_ascent(stats=None, data=None, *, components: int = 8, rank: int = 32, steps: int = 22,
+def mixture_ascent(stats=None, data=None, *, components: int = 8, rank: int = 128, steps: int = 22,
                    step_size: float = 0.2, stop_at: float = 0.9, loss: str = "joint") -> Pipeline:
     """Ours (not a published sampler): class-*mixture* seeds, then target-logit ascent that stops each
     sample as soon as the model itself is sure of its class.
 
     1. Seeds: :func:`ebmlens.stats.class_mixture` - ``components`` Gaussians per class (k-means on 8x8
        layouts of the **training** images, each cluster its own mean, pixel variances and top ``rank``
-       components); a sample draws a component, then its Gaussian. One Gaussian per class puts every
+       components: 128 hold ~90% of a cluster's variance, so the seeds vary in structure, not in pixel
+       noise; rank 32 gave FD 25.8 instead of 18.9 on the selection seed); a sample draws a component,
+       then its Gaussian. One Gaussian per class puts every
        seed on the class's grey average; a mixture keeps the class's modes (layouts, colours) apart.
     2. DAT's step (``x <- clamp(x + step_size g / ||g||_2, 0, 1)``, ``g = d f(x)[y] / dx``) for at most
        ``steps`` steps, but a sample leaves the batch once ``p(y | x) >= stop_at`` (per-sample stopping,

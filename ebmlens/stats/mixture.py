@@ -81,7 +81,7 @@ def _merge_small(labels: torch.Tensor, feats: torch.Tensor, min_images: int) -> 
     return torch.searchsorted(keep, out)  # 0 .. len(keep) - 1
 
 
-def class_mixture(source: Any, labels: Any = None, *, components: int = 8, rank: int = 32,
+def class_mixture(source: Any, labels: Any = None, *, components: int = 8, rank: int = 128,
                   cluster_downsample: int = 4, min_images: int | None = None, iters: int = 25, seed: int = 0,
                   split: str | None = None, n: int | None = None, reg: float = 1e-4, cache: bool = True,
                   batch_size: int = 1000) -> ClassStats:
