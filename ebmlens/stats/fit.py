@@ -164,7 +164,7 @@ def class_stats(
         :class:`ClassStats` (with the Cholesky factor when ``full``); ``.compact(rank)`` for the
         shippable form.
     """
-    from ..data import ImageSet, cache_dir, load_data
+    from ..data import cache_dir
 
     if not (isinstance(downsample, int) and downsample >= 1):
         raise ValueError(f"downsample must be an int >= 1, got {downsample!r}")
@@ -181,13 +181,7 @@ def class_stats(
                              pca_variance=pca_variance, full=full, batch_size=batch_size)
     if labels is not None:
         raise TypeError("labels= is only for tensor images; a data spec or ImageData carries its own labels")
-    if isinstance(source, (str, Path)):
-        data = load_data(str(source), split, default_split="train")
-    elif isinstance(source, ImageSet):
-        data = source
-    else:
-        raise TypeError(f"class_stats source must be a data spec like 'cifar10:PATH', an ImageData, a "
-                        f".safetensors file or an image tensor, got {type(source).__name__}")
+    data = image_set(source, split, "class_stats")
     idx = np.arange(len(data)) if n is None else data.strided(int(n))
     key_src = f"{data.fingerprint}|{n}|{downsample}|{reg}|{pca_variance}|{full}|v{_ALGO_VERSION}"
     key_src += "" if rank is None else f"|rank{rank}"
@@ -218,6 +212,19 @@ def class_stats(
     if cache:
         stats.save(fname)
     return stats
+
+
+def image_set(source: Any, split: str | None, who: str):
+    """The image set a fit reads: a data spec (its train split unless ``split`` or the spec says
+    otherwise) or an image set as is; anything else fails naming ``who``."""
+    from ..data import ImageSet, load_data
+
+    if isinstance(source, (str, Path)):
+        return load_data(str(source), split, default_split="train")
+    if isinstance(source, ImageSet):
+        return source
+    raise TypeError(f"{who} source must be a data spec like 'cifar10:PATH', an image set, a .safetensors "
+                    f"file or an image tensor, got {type(source).__name__}")
 
 
 def _pooled_shape(shape: tuple[int, int, int], downsample: int) -> tuple[int, int, int]:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .._io import fingerprint
 from .classstats import _ALGO_VERSION, ClassStats
-from .fit import fit_class
+from .fit import fit_class, image_set
 
 __all__ = ["class_mixture", "kmeans"]
 
@@ -102,7 +102,7 @@ def class_mixture(source: Any, labels: Any = None, *, components: int = 8, rank:
     Returns:
         Compact :class:`ClassStats` with one row per component and ``row_class`` set.
     """
-    from ..data import ImageSet, cache_dir, load_data
+    from ..data import cache_dir
 
     for name, v, lo in (("components", components, 1), ("rank", rank, 1), ("cluster_downsample", cluster_downsample, 1),
                         ("iters", iters, 0)):
@@ -125,13 +125,7 @@ def class_mixture(source: Any, labels: Any = None, *, components: int = 8, rank:
         lab_t = validate_labels(labels, k_all, images.shape[0], name="labels").cpu()
         return _fit_mixture(lambda k: images[lab_t == k], k_all, tuple(images.shape[1:]), tuple(map(str, range(k_all))),
                             "tensors", None, components, rank, cluster_downsample, min_images, iters, seed, reg)
-    if isinstance(source, (str, Path)):
-        data = load_data(str(source), split, default_split="train")
-    elif isinstance(source, ImageSet):
-        data = source
-    else:
-        raise TypeError(f"class_mixture source must be a data spec like 'cifar10:PATH', an image set, a .safetensors "
-                        f"file or an image tensor, got {type(source).__name__}")
+    data = image_set(source, split, "class_mixture")
     idx = np.arange(len(data)) if n is None else data.strided(int(n))
     settings = f"{components}|{rank}|{cluster_downsample}|{min_images}|{iters}|{seed}|{n}|{reg}|v{_ALGO_VERSION}"
     fname = cache_dir() / "stats" / f"class-mixture-{fingerprint(data.fingerprint + '|' + settings)}.safetensors"
