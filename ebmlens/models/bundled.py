@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .. import DEFAULT_MODEL  # defined in the light top-level package so the CLI starts without torch
 from ..energy import EnergyModel
-from .archs import get_arch
+from .archs import arch_from_file
 from .file import load_into, read_checkpoint
 
 __all__ = ["DEFAULT_MODEL", "BUNDLED_DIR", "bundled_dir", "list_names", "load", "model_card", "model_meta", "bundled_stats"]
@@ -73,13 +73,27 @@ def model_card(name: str) -> dict:
     return dict(model_meta(name).get("card", {}))
 
 
+def arch_factory(name: str):
+    """``ebmlens:NAME`` as an architecture (for a model fine-tuned from a bundled one):
+    ``factory(num_classes=K)`` builds the bundled model's architecture with random weights."""
+    meta = model_meta(name)
+    base = arch_from_file(meta["arch"], path=bundled_dir() / f"{name}.json")
+    k = int(meta["num_classes"])
+
+    def factory(num_classes: int | None = None):
+        return base(num_classes=k if num_classes is None else num_classes)
+
+    factory.__name__ = f"ebmlens:{name}"
+    return factory
+
+
 def load(name: str, *, temperature: float = 1.0, sampling_mode: str = "eval") -> EnergyModel:
     """Load the bundled model ``name`` (float32, eval mode, CPU)."""
     meta = model_meta(name)
     path = bundled_dir() / f"{name}.safetensors"
     sd, _ = read_checkpoint(path, where="reinstall ebmlens")
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
-    net = get_arch(meta["arch"])(num_classes=int(meta["num_classes"]))
+    net = arch_from_file(meta["arch"], path=bundled_dir() / f"{name}.json")(num_classes=int(meta["num_classes"]))
     load_into(net, sd, path=path, strict=True)
     return EnergyModel(
         net,

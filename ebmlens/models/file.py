@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..energy import EnergyModel
-from .archs import get_arch
+from .archs import arch_from_file, get_arch
 
 __all__ = ["load", "read_checkpoint", "split_checkpoint", "match_state_dict", "check_weights_file"]
 
@@ -75,21 +75,37 @@ def read_checkpoint(path: Path | str, *, trust_checkpoint: bool = False, where: 
                 meta = dict(f.metadata() or {})
                 return {k: f.get_tensor(k) for k in f.keys()}, meta
         except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"checkpoint {str(p)!r} is not a readable safetensors file ({e}); it may be "
-                             "truncated: download it again") from None
+            raise ValueError(f"checkpoint {str(p)!r} is corrupt or not a checkpoint: not a readable safetensors "
+                             f"file ({e}); it may be truncated: download it again") from None
     try:
         return torch.load(p, map_location="cpu", weights_only=not trust_checkpoint), {}
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
+        if ("weights only" in str(e).lower() or "weights_only" in str(e)) and _looks_pickled(p):
             first = str(e).strip().splitlines()[-1][:200] if str(e).strip() else ""
             raise ValueError(
                 f"checkpoint {str(p)!r} holds pickled Python objects, not only tensors ({first}). Loading it "
                 "could run code from the file; if you trust its origin pass trust_checkpoint=True "
                 "(CLI: --trust-checkpoint)") from None
-        raise ValueError(f"checkpoint {str(p)!r} is corrupt or truncated ({e}); download it again") from None
+        raise ValueError(f"checkpoint {str(p)!r} is corrupt or not a checkpoint ({_first_line(e)}); "
+                         "download it again or check the path") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ValueError(f"checkpoint {str(p)!r} is corrupt or truncated ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200] if str(e) else ''}); download it again") from None
+        raise ValueError(f"checkpoint {str(p)!r} is corrupt or not a checkpoint ({type(e).__name__}: "
+                         f"{_first_line(e)}); download it again or check the path") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
+def _looks_pickled(p: Path) -> bool:
+    """True for torch's zip format or a pickle stream (protocol 2-5): files whose refusal by
+    ``weights_only`` means "holds Python objects", not "corrupt"."""
+    if zipfile.is_zipfile(p):
+        return True
+    with open(p, "rb") as fh:
+        head = fh.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def split_checkpoint(obj: Any, safetensors_meta: Mapping[str, str] | None = None) -> tuple[dict, dict]:
@@ -205,25 +221,32 @@ def load(
 
     Args:
         name: the checkpoint path (``.pt``/``.pth``/``.safetensors``).
-        arch: a registered architecture name (``"resnet-small"``), ``"module.path:factory"`` or a
-            callable ``factory(num_classes=K) -> nn.Module``. Optional for ``ebmlens train`` checkpoints.
+        arch: a registered architecture name (``"resnet-small"``), a ``source:name`` spec
+            (``"timm:resnet18"``), ``"module.path:factory"`` or a callable
+            ``factory(num_classes=K) -> nn.Module``. Optional for ``ebmlens train`` checkpoints. An
+            architecture named by the *file* may only be a registered name or a ``source:name`` spec;
+            a ``module:factory`` there is refused before anything is imported unless
+            ``trust_checkpoint=True`` (see :func:`ebmlens.models.archs.arch_from_file`).
         num_classes: ``K``; default from the checkpoint's meta, else from one forward pass.
         mean, std: the normalization the classifier expects (default: meta, else ``(0,)``/``(1,)``,
             i.e. a model that normalizes itself; check with :func:`ebmlens.normalization_check`).
         input_shape: ``(C, H, W)``, default meta or ``(3, 32, 32)``.
         class_names, dataset, threat_model, temperature, sampling_mode: as in :class:`EnergyModel`.
         strict: require every key to match.
-        trust_checkpoint: allow pickled Python objects (runs code from the file; trusted files only).
+        trust_checkpoint: allow pickled Python objects and a ``module:factory`` architecture named by
+            the file (both run code from the file; trusted files only).
     """
     path = Path(name).expanduser()
     obj, st_meta = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
     sd, meta = split_checkpoint(obj, st_meta)
-    arch = arch if arch is not None else meta.get("arch")
-    if arch is None:
+    if arch is not None:  # the caller's own choice: their code may be imported
+        factory = get_arch(arch)
+    elif meta.get("arch") is None:
         raise ValueError(f"checkpoint {str(path)!r} holds weights but does not say which architecture they "
                          "belong to; pass arch= (a registered name such as 'resnet-small', "
                          "'package.module:factory', or a callable returning the nn.Module)")
-    factory = get_arch(arch)
+    else:  # named by the file: registered names and source:name only, unless trusted
+        factory = arch_from_file(meta["arch"], path=path, trust_checkpoint=trust_checkpoint)
     nc = num_classes if num_classes is not None else meta.get("num_classes")
     net = _build(factory, None if nc is None else int(nc), sd)
     load_into(net, match_state_dict(sd, net), path=path, strict=strict)

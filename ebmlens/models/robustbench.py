@@ -27,7 +27,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -36,7 +36,7 @@ from ..energy import EnergyModel, Preprocess
 from ._offline import NetworkBlocked, no_network
 from .file import check_weights_file, read_checkpoint
 
-__all__ = ["load", "list_names", "import_zoo", "weights_path", "resolve", "CIFAR100_CLASSES"]
+__all__ = ["load", "list_names", "import_zoo", "weights_path", "resolve", "arch_factory", "CIFAR100_CLASSES"]
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,26 @@ def resolve(name: str, dataset: str | None = None, threat_model: str | None = No
         raise ValueError(f"RobustBench model {name!r} exists under {', '.join(f'{d}/{t}' for d, t, _ in match)}; "
                          "say which with dataset= and threat_model= (CLI: --dataset, --threat-model)")
     return match[0]
+
+
+def arch_factory(name: str) -> Callable[..., nn.Module]:
+    """``robustbench:NAME`` (or ``robustbench:DATASET/THREAT_MODEL/NAME`` where the name is ambiguous) as
+    an architecture: the zoo's constructor, run with the network blocked, no weights loaded."""
+    parts = name.split("/")
+    if len(parts) not in (1, 3):
+        raise ValueError(f"robustbench architecture {name!r}: write NAME or DATASET/THREAT_MODEL/NAME")
+    ds, tm, entry = resolve(parts[-1], *(parts[:2] if len(parts) == 3 else (None, None)))
+    if "model" not in entry:
+        raise ValueError(f"robustbench:{name} ({ds}/{tm}) has no architecture constructor in RobustBench")
+    k = _NUM_CLASSES[ds]
+
+    def factory(num_classes: int | None = None) -> nn.Module:
+        if num_classes not in (None, k):
+            raise ValueError(f"robustbench:{name} is a {k}-class {ds} architecture, not {num_classes}-class")
+        return _build_offline(entry["model"], f"robustbench:{name} ({ds}/{tm})", False)
+
+    factory.__name__ = f"robustbench:{name}"
+    return factory
 
 
 def weights_path(name: str, dataset: str, threat_model: str, model_dir: str | Path = "models") -> Path:

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
+
+from torch import nn
 
 from ..energy import EnergyModel, Preprocess
 from ._offline import NetworkBlocked, no_network
 from .file import load_into, match_state_dict, read_checkpoint, split_checkpoint
 
-__all__ = ["load", "list_names", "imagenet_class_names"]
+__all__ = ["load", "list_names", "imagenet_class_names", "arch_factory"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,19 @@ def _check_name(timm, name: str) -> None:
         from . import unknown_name_error
 
         raise unknown_name_error("timm pretrained tag", name, timm.list_models(arch, pretrained=True), str(e)) from None
+
+
+def arch_factory(name: str) -> Callable[..., nn.Module]:
+    """``timm:NAME`` as an architecture (for a checkpoint fine-tuned from a timm model):
+    ``factory(num_classes=K)`` builds the registered timm model with random weights, no download."""
+    timm = _timm()
+    _check_name(timm, name)
+
+    def factory(num_classes: int | None = None) -> nn.Module:
+        return timm.create_model(name, pretrained=False, **({} if num_classes is None else {"num_classes": num_classes}))
+
+    factory.__name__ = f"timm:{name}"
+    return factory
 
 
 def load(

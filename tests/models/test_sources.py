@@ -165,13 +165,18 @@ def test_missing_empty_truncated_html_checkpoints(tmp_path):
     torch.save(ConvNetSmall().state_dict(), full)
     cut = tmp_path / "cut.pt"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    with pytest.raises(ValueError, match="cut.pt' is corrupt or truncated"):
+    with pytest.raises(ValueError, match="cut.pt' is corrupt or not a checkpoint"):
         ebmlens.load_model(f"file:{cut}", arch="convnet-small")
     bad_st = tmp_path / "cut.safetensors"
     save_file({"a": torch.zeros(1000)}, str(bad_st))
     bad_st.write_bytes(bad_st.read_bytes()[:200])
-    with pytest.raises(ValueError, match="not a readable safetensors file"):
+    with pytest.raises(ValueError, match="corrupt or not a checkpoint: not a readable safetensors file"):
         ebmlens.load_model(f"file:{bad_st}", arch="convnet-small")
+    noise = tmp_path / "noise.pt"  # random bytes: corrupt, not "pickled objects, pass --trust-checkpoint"
+    noise.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist()))
+    with pytest.raises(ValueError, match="noise.pt' is corrupt or not a checkpoint") as e:
+        ebmlens.load_model(f"file:{noise}", arch="convnet-small")
+    assert "trust" not in str(e.value)
 
 
 def test_pickled_objects_need_trust(tmp_path):
