@@ -34,6 +34,7 @@ from torch import nn
 from ..attacks import parse_threat_model
 from ..energy import EnergyModel, Preprocess
 from ._offline import NetworkBlocked, no_network
+from ..data import CIFAR100_CLASSES
 from .file import check_weights_file, read_checkpoint
 
 __all__ = ["load", "list_names", "import_zoo", "weights_path", "resolve", "arch_factory", "CIFAR100_CLASSES"]
@@ -42,19 +43,6 @@ log = logging.getLogger(__name__)
 
 _EXTRA = "pip install 'ebmlens[robustbench]'"
 
-CIFAR100_CLASSES = [
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl",
-    "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair",
-    "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin",
-    "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp",
-    "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
-    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck",
-    "pine_tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
-    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
-    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television",
-    "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf",
-    "woman", "worm",
-]
 _NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 
 

@@ -96,5 +96,7 @@ def test_dat2025_equals_normalized_logit_ascent(small_stats):
     x0 = _start(pipe, model, y)
     ours = pipe.stages[0](model, x0, y)
     ref = dat_ascent(model, x0, y, 22, 0.2)
-    assert (ours - ref).abs().max() < 1e-5     # DAT divides by the exact norm: float rounding only
+    # DAT divides by the exact norm, ours by ||g|| + 1e-10: float rounding only, accumulated over 22 steps
+    # (2e-6 alone, 1.03e-5 once in a full-suite run on 2 threads: 5e-5 is still 80x below one uint8 level)
+    assert (ours - ref).abs().max() < 5e-5
     assert (ours - x0).abs().max() > 0.1
