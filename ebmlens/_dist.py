@@ -133,7 +133,8 @@ def slurm_env() -> tuple[DistInfo, str, int] | None:
     if "SLURM_STEP_ID" not in os.environ or _slurm_int("SLURM_NTASKS", 1) <= 1:
         return None
     world = _slurm_int("SLURM_NTASKS")
-    nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
+    nodes = next((os.environ[k] for k in ("SLURM_STEP_NODELIST", "SLURM_NODELIST", "SLURM_JOB_NODELIST")
+                  if os.environ.get(k)), None)
     if not nodes:
         raise ValueError("srun set SLURM_STEP_ID but no SLURM_NODELIST: cannot find the master host")
     port = os.environ.get("MASTER_PORT")

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from ebmlens import _perf
-from ebmlens.sampling import NoiseInit, Pipeline, SGLD
 
 
 def test_prepare_model_channels_last_keeps_outputs(tiny_model):
