@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import click
 
-from ..cli import friendly_errors, main
+from . import friendly_errors
 from ._common import runtime_options, setup_runtime
 
 
-@main.command("stats")
+@click.command("stats")
 @click.option("--data", required=True, help="Data spec (train split unless @split is given), e.g. imagenet:/data/imagenet@train.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write (resumes: finished classes are kept).")
 @click.option("--downsample", default=4, show_default=True, type=int, help="Average-pool factor before fitting.")
