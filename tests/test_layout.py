@@ -235,3 +235,17 @@ def test_commands_do_not_import_the_entry_point():
     """``cli.py`` imports the command modules from one explicit list; ``_cli/`` never imports ``cli``."""
     for p in sorted((PKG / "_cli").rglob("*.py")):
         assert "ebmlens.cli" not in ebmlens_imports(p), f"{p.relative_to(PKG.parent)} imports ebmlens.cli"
+
+
+# --------------------------------------------------------------------------- numbers live in docs
+MEASURED = re.compile(r"\d+(\.\d+)?x (faster|slower)|\d+%%? (faster|slower)|~?\d+ s to compile|\(measured\)|"
+                      r"measured on (the|a|an) ")
+
+
+def test_no_benchmark_numbers_in_help_or_log_text():
+    """Measured numbers go stale in ``--help`` and logs: they live in docs/ and benchmarks/ (with the command,
+    the date and the machine); help and log text point there."""
+    offenders = [f"{p.relative_to(PKG.parent)}:{i}: {line.strip()[:80]}" for p in _modules()
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if MEASURED.search(line) and ("help=" in line or "log." in line or line.strip().startswith('"'))]
+    assert offenders == [], "move these numbers to docs/ or benchmarks/:\n" + "\n".join(offenders)
