@@ -30,7 +30,7 @@ _LAZY = {
     "bundled_stats": ("ebmlens.models.bundled", "bundled_stats"),
     "sample": ("ebmlens.sampling.runner", "sample"),
 }
-_SUBMODULES = {"energy", "attacks", "rng", "data", "models", "sampling", "analysis", "metrics", "train", "cli"}
+_SUBMODULES = {"energy", "attacks", "rng", "data", "stats", "models", "sampling", "analysis", "metrics", "train", "cli"}
 
 __all__ = ["__version__", "DEFAULT_MODEL", *sorted(_LAZY), *sorted(_SUBMODULES)]
 

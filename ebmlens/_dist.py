@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from ._validate import parse_device  # the one device parser; re-exported for the callers here
+
 __all__ = ["DistInfo", "dist_env", "init_if_needed", "barrier", "gather_to_rank0", "broadcast_from_rank0",
            "is_rank0", "is_nccl", "run_on_rank0", "shard", "parse_device", "resolve_device", "expand_nodelist",
            "slurm_env", "local_world_size"]
@@ -131,7 +133,8 @@ def slurm_env() -> tuple[DistInfo, str, int] | None:
     if "SLURM_STEP_ID" not in os.environ or _slurm_int("SLURM_NTASKS", 1) <= 1:
         return None
     world = _slurm_int("SLURM_NTASKS")
-    nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
+    nodes = next((os.environ[k] for k in ("SLURM_STEP_NODELIST", "SLURM_NODELIST", "SLURM_JOB_NODELIST")
+                  if os.environ.get(k)), None)
     if not nodes:
         raise ValueError("srun set SLURM_STEP_ID but no SLURM_NODELIST: cannot find the master host")
     port = os.environ.get("MASTER_PORT")
@@ -242,27 +245,6 @@ def init_if_needed(device: str | torch.device | None = None) -> DistInfo:
     atexit.register(_destroy_at_exit)
     log.info("joined process group: rank %d of %d (%s)", d.rank, d.world, backend)
     return DistInfo(d.rank, d.world, d.local_rank, True)
-
-
-def parse_device(device: str | torch.device | None) -> str:
-    """Check a device name without touching the device: ``"auto"`` (or None), ``"cpu"``, ``"cuda"``,
-    ``"cuda:N"``, ``"mps"``; anything else fails naming the choices. Returns the normalized name."""
-    if device is None:
-        return "auto"
-    text = str(device).strip().lower()
-    if text == "auto":
-        return text
-    kind, _, index = text.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (index and not (index.isdigit() and kind == "cuda")):
-        raise ValueError(f"unknown device {str(device)!r}; choose auto, cpu, cuda, cuda:N or mps")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for but CUDA is not available here; use --device cpu "
-                         "(or auto)")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {str(device)!r} asked for but MPS is not available here; use --device cpu")
-    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
-        raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return text
 
 
 def resolve_device(device: str | torch.device | None, d: DistInfo | None = None) -> torch.device:

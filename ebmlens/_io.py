@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_npz",
-           "atomic_torch_save", "atomic_save_safetensors", "create_json", "jsonable", "fingerprint", "versions", "save_figure"]
+           "atomic_torch_save", "atomic_save_safetensors", "create_json", "jsonable", "fingerprint", "versions",
+           "save_figure"]
 
 
 @contextlib.contextmanager

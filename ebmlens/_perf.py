@@ -34,17 +34,17 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 from torch import nn
 
+from ._validate import parse_device
+
 __all__ = ["prepare_model", "autocast_context", "auto_batch_size", "peak_memory_per_image", "input_grad_flops",
            "AUTOCAST_DTYPES", "FAST_CUDA", "fast_settings", "matmul_precision", "MATMUL_PRECISIONS"]
 
 log = logging.getLogger(__name__)
 
 #: names accepted by :func:`autocast_context` (``None`` / ``"float32"``: no autocast).
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16,
-                                                  "float16": torch.float16}
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-#: ``fast=True`` on CUDA: bf16 autocast (float32 energies), channels-last weights, torch.compile in
+#: ``fast=True on CUDA: bf16 autocast (float32 energies), channels-last weights, torch.compile in
 #: ``"reduce-overhead"`` mode (CUDA graphs; ``dynamic=False``: a partial last batch compiles once more),
 #: TF32 float32 matmuls. On the CPU nothing (compile is slower there, channels_last gains nothing).
 FAST_CUDA: dict[str, Any] = {"dtype": "bfloat16", "channels_last": True, "compile": True,
@@ -62,8 +62,7 @@ def fast_settings(device: str | torch.device, *, dtype: str = "float32", channel
     >>> fast_settings("cpu")["compile_mode"], fast_settings("cuda", dtype="float16")["dtype"]
     (None, 'float16')
     """
-    dev = _device(device, "fast_settings")
-    if dev.type != "cuda":
+    if _device(device, "fast_settings").type != "cuda":
         return {"dtype": dtype, "channels_last": channels_last, "compile": compile, "compile_mode": None,
                 "matmul_precision": None}
     return {**FAST_CUDA, "dtype": FAST_CUDA["dtype"] if dtype == "float32" else dtype}
@@ -103,9 +102,9 @@ def _shallow_copy(model: nn.Module) -> nn.Module:
     """A new module sharing the weights, with its own submodule table (replacing ``.classifier`` leaves
     ``model`` as it was)."""
     out = copy.copy(model)
-    out._modules = dict(model._modules)  # type: ignore[assignment]
-    out._parameters = dict(model._parameters)  # type: ignore[assignment]
-    out._buffers = dict(model._buffers)  # type: ignore[assignment]
+    out._modules = dict(model._modules)
+    out._parameters = dict(model._parameters)
+    out._buffers = dict(model._buffers)
     return out
 
 
@@ -150,18 +149,19 @@ def prepare_model(model: nn.Module, *, channels_last: bool = False, compile: boo
             out = torch.compile(mod, **kw)
             return _CudaGraphSteps(out) if graphs else out  # type: ignore[return-value]
 
-        if isinstance(getattr(model, "classifier", None), nn.Module):
-            model.classifier = compiled(model.classifier)  # type: ignore[assignment]
+        classifier = getattr(model, "classifier", None)
+        if isinstance(classifier, nn.Module):
+            model.classifier = compiled(classifier)
         else:
             model = compiled(model)
     return model
 
 
 def _device(device: Any, who: str) -> torch.device:
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"{who}: {device!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'") from e
+    name = parse_device(device, available=False)  # the one parser; a device this machine lacks is fine here
+    if name == "auto":
+        raise ValueError(f"{who}: 'auto' is not a device here; use 'cpu', 'cuda' or 'cuda:N'")
+    return torch.device(name)
 
 
 def autocast_context(device: str | torch.device, dtype: str | torch.dtype | None) -> ContextManager:

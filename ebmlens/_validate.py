@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["validate_images", "validate_labels", "validate_inputs"]
+__all__ = ["parse_device", "validate_images", "validate_labels", "validate_inputs"]
 
 # ---------------------------------------------------------------------- validation
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -149,7 +149,7 @@ def validate_inputs(model: Any, x: object, y: object = None, *, num_classes: int
         if err is not None:
             raise err
         vals = vals[2:]
-    if yt is not None and vals:
+    if yt is not None and k is not None and vals:
         err = _label_range_error(int(vals[0]), int(vals[1]), int(k), label_name)
         if err is not None:
             raise err
@@ -199,3 +199,29 @@ def validate_labels(y: object, num_classes: int, n: int | None = None, *, name: 
         if err is not None:
             raise err
     return yt.long()
+
+
+# ---------------------------------------------------------------------- devices
+def parse_device(device: str | torch.device | None, *, available: bool = True) -> str:
+    """The one device-name parser, without touching the device: ``"auto"`` (or None), ``"cpu"``,
+    ``"cuda"``, ``"cuda:N"``, ``"mps"``; anything else fails naming the choices. ``available``: also fail
+    when this machine lacks the device. Returns the normalized name (:func:`ebmlens._dist.resolve_device`
+    turns ``auto`` into a device)."""
+    if device is None:
+        return "auto"
+    text = str(device).strip().lower()
+    if text == "auto":
+        return text
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not (index.isdigit() and kind == "cuda")):
+        raise ValueError(f"unknown device {str(device)!r}; choose auto, cpu, cuda, cuda:N or mps")
+    if not available:
+        return text
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for but CUDA is not available here; use --device cpu "
+                         "(or auto)")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {str(device)!r} asked for but MPS is not available here; use --device cpu")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return text

@@ -1,62 +1,57 @@
 """The ``ebmlens`` command line: a thin shell over the Python API.
 
-Subcommands live in ``ebmlens/_cli/<name>.py`` and are registered on :data:`main` at import.
-Errors that users can fix (``ValueError``, ``TypeError``, ``FileNotFoundError``, ``ImportError``,
-``KeyError`` from registries) become one-line messages and exit code 2, never a traceback.
+Each subcommand is a ``click`` command in ``ebmlens/_cli/<module>.py``; :data:`COMMANDS` lists them and
+:data:`main` imports one only when it is run or listed (``ebmlens --help`` loads no torch). Errors that
+users can fix become one-line messages and exit code 2, never a traceback
+(:func:`ebmlens._cli.friendly_errors`).
 """
 
 from __future__ import annotations
 
-import functools
+import importlib
 import logging
 import sys
-from fractions import Fraction
 
 import click
 
 from . import __version__
+from ._cli import friendly_errors, parse_number
 
-__all__ = ["main", "friendly_errors", "parse_number", "echo_err"]
+__all__ = ["COMMANDS", "main", "friendly_errors", "parse_number"]
 
-
-class UsageFailure(click.ClickException):
-    exit_code = 2
-
-    def show(self, file=None) -> None:  # one line, no usage block
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-def echo_err(msg: str) -> None:
-    click.echo(msg, err=True)
-
-
-def friendly_errors(fn):
-    """Turn the library's teaching errors into ``error: ...`` + exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
-            raise
-        except (ValueError, TypeError, FileNotFoundError, ImportError, KeyError, OSError) as e:
-            msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-            raise UsageFailure(" ".join(msg.split()) or type(e).__name__) from None
-
-    return wrapper
+#: command name -> ``(module under ebmlens._cli, the click command in it)``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sample": ("sample", "sample_cmd"),
+    "merge": ("merge", "merge_cmd"),
+    "stats": ("stats", "stats_cmd"),
+    "energy": ("energy", "energy_cmd"),
+    "ood": ("ood", "ood_cmd"),
+    "calibration": ("calibration", "calibration_cmd"),
+    "counterfactual": ("counterfactual", "counterfactual_cmd"),
+    "accuracy": ("accuracy", "accuracy_cmd"),
+    "evaluate": ("evaluate", "evaluate_cmd"),
+    "models": ("models", "models_cmd"),
+    "train": ("train", "train_cmd"),
+}
 
 
-def parse_number(text: str | float | None) -> float | None:
-    """``"8/255"``, ``"0.5"`` -> float."""
-    if text is None or isinstance(text, (int, float)):
-        return text
-    try:
-        return float(Fraction(str(text).strip()))
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"cannot read number {text!r}; write e.g. 0.5 or 8/255") from None
+class _Commands(click.Group):
+    """A group whose commands are the entries of :data:`COMMANDS`, each imported when first asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(f"ebmlens._cli.{module}"), attr)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"ebmlens._cli.{module}.{attr} is not a click command")
+        return command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="ebmlens")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose: int) -> None:
@@ -68,18 +63,6 @@ def main(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
-
-def _register() -> None:
-    import importlib
-    import pkgutil
-
-    from . import _cli
-
-    for mod in sorted(m.name for m in pkgutil.iter_modules(_cli.__path__) if not m.name.startswith("_")):
-        importlib.import_module(f"{_cli.__name__}.{mod}")
-
-
-_register()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -103,7 +103,7 @@ def philox4x32(counter: Sequence, key: Sequence[int], rounds: int = 10) -> tuple
     shape = torch.broadcast_shapes(*(x.shape for x in c))
     r, full = 0, lambda a, b: torch.broadcast_shapes(a.shape, b.shape) == shape
     while r < rounds and not (full(c[2], c[1]) and full(c[0], c[3])):  # rounds on smaller broadcast tensors
-        c = list(_round(*c, k0, k1))
+        c = list(_round(c[0], c[1], c[2], c[3], k0, k1))
         k0, k1, r = (k0 + _PHILOX_W[0]) & _M32, (k1 + _PHILOX_W[1]) & _M32, r + 1
     # full-size buffers of our own (the caller's tensors are never written)
     c0, c1, c2, c3 = (x.expand(shape).clone(memory_format=torch.contiguous_format) for x in c)

@@ -177,3 +177,75 @@ def test_allow_list_names_existing_long_files():
     for rel in LONG_FILES_ALLOWED:
         p = PKG / rel
         assert p.exists() and len(p.read_text().splitlines()) > MAX_LINES, f"{rel} needs no allow-list entry"
+
+
+# --------------------------------------------------------------------------- no circles
+def import_circles(paths: list[Path], root: Path = PKG) -> list[list[str]]:
+    """Groups of modules that import each other, directly or round a loop (imports inside functions
+    count). A module importing its own package (``from . import x`` in ``pkg/y.py``) is not a circle."""
+    graph = {}
+    for p in paths:
+        m = _module_name(p, root)
+        graph[m] = {d for d in ebmlens_imports(p, root) if d != m and not m.startswith(d + ".") and d != "ebmlens"}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v] & graph.keys():
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = [stack.pop()]
+            while group[-1] != v:
+                group.append(stack.pop())
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return circles
+
+
+def test_no_import_circle():
+    assert import_circles(_modules()) == []
+
+
+def test_circle_check_catches_a_lazy_import_back(tmp_path):
+    """The check itself: stats/ as it was (classstats -> sharded inside a function, sharded -> fit -> classstats)."""
+    pkg = tmp_path / "ebmlens"
+    (pkg / "stats").mkdir(parents=True)
+    for name, text in {"__init__.py": "", "stats/__init__.py": "from .classstats import C\n",
+                       "stats/classstats.py": "def load():\n    from .sharded import f\n",
+                       "stats/sharded.py": "from .fit import g\n",
+                       "stats/fit.py": "from .classstats import C\n"}.items():
+        (pkg / name).write_text(text)
+    assert import_circles(sorted(pkg.rglob("*.py")), root=pkg) == [
+        ["ebmlens.stats.classstats", "ebmlens.stats.fit", "ebmlens.stats.sharded"]]
+
+
+def test_commands_do_not_import_the_entry_point():
+    """``cli.py`` imports the command modules from one explicit list; ``_cli/`` never imports ``cli``."""
+    for p in sorted((PKG / "_cli").rglob("*.py")):
+        assert "ebmlens.cli" not in ebmlens_imports(p), f"{p.relative_to(PKG.parent)} imports ebmlens.cli"
+
+
+# --------------------------------------------------------------------------- numbers live in docs
+MEASURED = re.compile(r"\d+(\.\d+)?x (faster|slower)|\d+%%? (faster|slower)|~?\d+ s to compile|\(measured\)|"
+                      r"measured on (the|a|an) ")
+
+
+def test_no_benchmark_numbers_in_help_or_log_text():
+    """Measured numbers go stale in ``--help`` and logs: they live in docs/ and benchmarks/ (with the command,
+    the date and the machine); help and log text point there."""
+    offenders = [f"{p.relative_to(PKG.parent)}:{i}: {line.strip()[:80]}" for p in _modules()
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if MEASURED.search(line) and ("help=" in line or "log." in line or line.strip().startswith('"'))]
+    assert offenders == [], "move these numbers to docs/ or benchmarks/:\n" + "\n".join(offenders)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from ebmlens import _perf
-from ebmlens.sampling import NoiseInit, Pipeline, SGLD
 
 
 def test_prepare_model_channels_last_keeps_outputs(tiny_model):
@@ -70,8 +69,11 @@ def test_autocast_context_choices():
         _perf.autocast_context("cpu", "int8")
     with pytest.raises(ValueError, match="must be one of"):
         _perf.autocast_context("cpu", torch.int64)
-    with pytest.raises(ValueError, match="not a device"):
-        _perf.autocast_context("gpu0", "bfloat16")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'; choose auto, cpu, cuda"):
+        _perf.autocast_context("gpu0", "bfloat16")  # the one device parser (ebmlens._validate.parse_device)
+    with pytest.raises(ValueError, match="autocast_context: 'auto' is not a device here"):
+        _perf.autocast_context("auto", "bfloat16")
+    assert _perf.fast_settings(torch.device("cuda", 1))["compile"]  # a device this machine may lack: settings only
 
 
 def test_auto_batch_size_rejects_cpu(tiny_model):

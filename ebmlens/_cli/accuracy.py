@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import click
 
-from ..cli import friendly_errors, main, parse_number
+from . import friendly_errors, parse_number
 from ._common import attack_geometry, check_threat_model, load_model_from_cli, model_options, runtime_options, setup_runtime
 
 
-@main.command("accuracy")
+@click.command("accuracy")
 @model_options(model_default=None)
 @click.option("--model-threat-model", default=None, hidden=True, help="Deprecated alias of --threat-model.")
 @click.option("--attack-threat-model", default=None,

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import click
 
-from ..cli import friendly_errors, main, parse_number
+from . import friendly_errors, parse_number
 from ._common import attack_geometry, check_threat_model, load_model_from_cli, model_options, runtime_options, setup_runtime, write_report
 
 
-@main.command("calibration")
+@click.command("calibration")
 @model_options()
 @click.option("--data", default=None, help="Data spec, e.g. cifar10:PATH (test split by default).")
 @click.option("--bins", default=15, show_default=True, type=int, help="Confidence bins of the ECE.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli import friendly_errors, main, parse_number
+from . import friendly_errors, parse_number
 from ._common import attack_geometry, check_threat_model, load_model_from_cli, model_options, runtime_options, setup_runtime
 
 
@@ -24,7 +24,7 @@ def parse_target(text: str) -> str | int:
     raise ValueError(f"unknown --target {text!r}; choose next, random, least-likely or a class index like 3")
 
 
-@main.command("counterfactual")
+@click.command("counterfactual")
 @model_options()
 @click.option("--data", default=None, help="Data spec, e.g. cifar10:PATH (test split by default).")
 @click.option("-n", "--n", default=16, show_default=True, type=int, help="Images, spread evenly over the set.")

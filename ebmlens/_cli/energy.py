@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from ..cli import friendly_errors, main, parse_number
+from . import friendly_errors, parse_number
 from ._common import attack_geometry, check_threat_model, load_model_from_cli, model_options, runtime_options, setup_runtime
 
 
@@ -34,7 +34,7 @@ def _check_out(out: str) -> Path:
     return p
 
 
-@main.command("energy")
+@click.command("energy")
 @model_options(arch_help="Architecture for checkpoints that do not record it (file:/--checkpoints).")
 @click.option("--attack-threat-model", default=None,
               help="Attack in this geometry (L2, Linf) instead of the model's threat model.")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import click
 
-from ..cli import friendly_errors, main
+from . import friendly_errors
 from ._common import TRUST_HELP, load_model_from_cli, runtime_options, setup_runtime
 
 
-@main.command("evaluate")
+@click.command("evaluate")
 @click.argument("samples", required=False)
 @click.option("--ref", default=None, help="Reference images: data spec (cifar10:PATH@train), folder or .npz.")
 @click.option("--ref-stats", default=None, type=click.Path(dir_okay=False),

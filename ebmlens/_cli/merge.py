@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import click
 
-from ..cli import friendly_errors, main
+from . import friendly_errors
 
 
-@main.command("merge")
+@click.command("merge")
 @click.argument("out", type=click.Path(file_okay=False))
 @friendly_errors
 def merge_cmd(out: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from ..cli import friendly_errors, main
+from . import friendly_errors
 
 
 def _robustbench_rows(dataset: str | None, threat_model: str | None, model_dir: str | None, local_only: bool):
@@ -34,7 +34,7 @@ def _robustbench_rows(dataset: str | None, threat_model: str | None, model_dir: 
                 yield name, ds_enum.value, tm_enum.value, have
 
 
-@main.command("models")
+@click.command("models")
 @click.argument("source", required=False)
 @click.option("--dataset", default=None, help="robustbench: cifar10, cifar100 or imagenet.")
 @click.option("--threat-model", default=None, help="robustbench: Linf, L2 or corruptions.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli import friendly_errors, main
+from . import friendly_errors
 from ._common import check_threat_model, load_model_from_cli, model_options, runtime_options, setup_runtime, write_report
 
 SCORE_NAMES = ("energy", "max-logit", "msp", "grad-norm")
@@ -32,7 +32,7 @@ def parse_ood_sets(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-@main.command("ood")
+@click.command("ood")
 @model_options()
 @click.option("--data", default=None, help="In-distribution data spec, e.g. cifar10:PATH (test split by default).")
 @click.option("--ood", "ood_sets", multiple=True,

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from ..cli import friendly_errors, main
+from . import friendly_errors
 
 from ._common import load_model_from_cli, model_options, runtime_options, setup_runtime
 
@@ -77,7 +77,7 @@ def bundled_stats(model) -> Any:
     return _stats(model.name)
 
 
-@main.command("sample")
+@click.command("sample")
 @model_options()
 @click.option("--data", default=None,
               help="Data spec (cifar10:PATH): class statistics for the preset (train split), seeds for dat2025.")

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import click
 
-from ..cli import friendly_errors, main
+from . import friendly_errors
 from ._common import runtime_options, setup_runtime
 
 
-@main.command("stats")
-@click.option("--data", required=True, help="Data spec (train split unless @split is given), e.g. imagenet:/data/imagenet@train.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write (resumes: finished classes are kept).")
+@click.command("stats")
+@click.option("--data", required=True,
+              help="Data spec (train split unless @split is given), e.g. imagenet:/data/imagenet@train.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Directory to write (resumes: finished classes are kept).")
 @click.option("--downsample", default=4, show_default=True, type=int, help="Average-pool factor before fitting.")
 @click.option("--rank", default=64, show_default=True, type=int, help="Principal components kept per class.")
 @click.option("-n", "--n", "n", default=None, type=int, help="Fit on a strided subset of N images (default: all).")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ..cli import friendly_errors, main, parse_number
+from . import friendly_errors, parse_number
 from ._common import runtime_options, setup_runtime
 
 
-@main.command("train")
+@click.command("train")
 @click.option("--data", required=True, help="Data spec, e.g. cifar10:PATH (train split for training, test for evaluation).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (checkpoints, metrics).")
 @click.option("--arch", default="resnet-small", show_default=True, help="Registered arch or module.path:factory.")

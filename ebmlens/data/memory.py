@@ -39,6 +39,7 @@ class ImageSet:
     class_names: list[str]
     source: str
     fingerprint: str
+    split: str | None = None  # the split read ("train", "test", "val"...); None: the set has no splits
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -92,6 +93,7 @@ class ImageData(ImageSet):
         class_names: names of the classes.
         source: the spec or description it came from.
         fingerprint: sha256 of the arrays (first 16 hex digits), for provenance records.
+        split: the split the images were read from (set by :func:`~ebmlens.data.load_data`), or None.
     """
 
     images: np.ndarray
@@ -99,6 +101,7 @@ class ImageData(ImageSet):
     class_names: list[str]
     source: str
     fingerprint: str = field(default="")
+    split: str | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:

@@ -154,7 +154,10 @@ def load_data(spec: str | ImageSet, split: str | None = None, *, default_split: 
         want = src.splits[-1]  # e.g. imagenet has no "test": its "val" is the held-out split
     if want not in src.splits:
         raise ValueError(f"unknown split {want!r} for {d.kind}: data; use one of {', '.join(src.splits)}")
-    return src.fn(DataSpec(d.kind, d.path, want, d.options, d.text), preprocess)
+    data = src.fn(DataSpec(d.kind, d.path, want, d.options, d.text), preprocess)
+    if data.split is None:  # the split read is kept on the set (ImageSet.split): nobody parses the source
+        object.__setattr__(data, "split", want)  # the reader's fresh set, frozen or not
+    return data
 
 
 def _existing(spec: DataSpec, what: str = "the CIFAR-10 archive or folder") -> Path:

@@ -133,7 +133,7 @@ class GaussianInit:
             x += self.scale * _per_class_matmul(z, s.on(dev, "chol"), k)
         else:
             vecs, vals = s.on(dev, "eigvecs")[:, :, :r], s.on(dev, "eigvals")[:, :r]
-            sd = s.on(dev, f"lowrank_diag:{r}").sqrt()
+            sd = s.lowrank_diag(r, device=dev).sqrt()
             low = _per_class_matmul(z[:, :r] * vals.clamp_min(0).sqrt()[k], vecs, k)
             x += self.scale * (low + z[:, r:] * sd[k])
         x = _resize(x.view(n, *s.shape), model, self.upsample)

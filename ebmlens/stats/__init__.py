@@ -27,12 +27,16 @@ outside it are dropped. For 10 classes of 3x32x32 at rank 48 that is ~3.2 MB (th
 >>> s = class_stats(x, y)
 >>> s.mean.shape, s.num_classes, s.kind
 (torch.Size([2, 48]), 2, 'full')
+
+Modules, each importing only ones listed before it (no circle): :mod:`~ebmlens.stats.moments` (sums and
+eigenpairs of plain tensors), :mod:`~ebmlens.stats.files` (the file and directory formats: arrays and
+metadata), :mod:`~ebmlens.stats.classstats` (the :class:`ClassStats` type; reads and writes through
+``files``), :mod:`~ebmlens.stats.fit` (fitting a data set: :func:`class_stats`, :func:`fit_stats_dir`),
+:mod:`~ebmlens.stats.mixture` (:func:`class_mixture`).
 """
 
 from .classstats import ClassStats
-from .fit import class_stats, coerce_stats, missing_stats_error
+from .fit import class_stats, coerce_stats, fit_stats_dir, missing_stats_error
 from .mixture import class_mixture
-from .sharded import fit_stats_dir, load_stats_dir
 
-__all__ = ["ClassStats", "class_stats", "class_mixture", "coerce_stats", "missing_stats_error", "fit_stats_dir",
-           "load_stats_dir"]
+__all__ = ["ClassStats", "class_stats", "class_mixture", "coerce_stats", "missing_stats_error", "fit_stats_dir"]

@@ -1,26 +1,26 @@
-"""``ClassStats``: per-class means, covariances and PCA bases as data (files, compact form, provenance).
+"""``ClassStats``: per-class means, covariances and PCA bases as data (compact form, provenance, files).
 
-Fitting lives in :mod:`ebmlens.stats.fit`; the math is described in :mod:`ebmlens.stats`.
+Fitting lives in :mod:`ebmlens.stats.fit` (on :mod:`ebmlens.stats.moments`), the file formats in
+:mod:`ebmlens.stats.files`; the math is described in :mod:`ebmlens.stats`.
 """
 
 
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 
-from .._io import atomic_save_safetensors, fingerprint
+from .._io import fingerprint
+from . import files
 
 __all__ = ["ClassStats"]
 
-_FORMAT = "ebmlens.class_stats/1"
-_ALGO_VERSION = 1
+_TENSORS = ("mean", "diag", "eigvecs", "eigvals", "total_var", "counts", "chol")
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,22 +165,32 @@ class ClassStats:
             c = torch.zeros(self.num_classes, dtype=torch.float64).index_add_(0, torch.tensor(self.row_class), c)
         return (c / c.sum()).float()
 
-    def lowrank_diag(self, rank: int | None = None) -> torch.Tensor:
+    def lowrank_diag(self, rank: int | None = None, device: torch.device | str | None = None) -> torch.Tensor:
         """``(K, D)`` the diagonal ``d`` of the low-rank + diagonal covariance with the top ``rank``
-        components (default all held): ``diag(Sigma) - diag(U diag(lambda) U^T)``, ``>= 0``, ``+ reg``."""
+        components (default all held): ``diag(Sigma) - diag(U diag(lambda) U^T)``, ``>= 0``, ``+ reg``.
+        With ``device``: float32 there, computed once per device and rank (the inits call it per batch)."""
         r = self.rank if rank is None else rank
-        explained = (self.eigvecs[:, :, :r].float() ** 2 * self.eigvals[:, :r].float().unsqueeze(1)).sum(2)
-        return (self.diag - explained).clamp_min(0.0) + self.reg
+        if not (isinstance(r, int) and 0 <= r <= self.rank):
+            raise ValueError(f"lowrank_diag rank must be an int in [0, {self.rank}], got {rank!r}")
+        if device is None:
+            explained = (self.eigvecs[:, :, :r].float() ** 2 * self.eigvals[:, :r].float().unsqueeze(1)).sum(2)
+            return (self.diag - explained).clamp_min(0.0) + self.reg
+        key = (str(torch.device(device)), f"lowrank_diag/{r}")
+        cache: dict = self.__dict__["_device_cache"]
+        if key not in cache:
+            cache[key] = self.lowrank_diag(r).to(device=device, dtype=torch.float32)
+        return cache[key]
 
-    def on(self, device: torch.device | str, name: str) -> torch.Tensor:
-        """``getattr(self, name)`` as float32 on ``device``, cached (moved once per device)."""
+    def on(self, device: torch.device | str,
+           name: Literal["mean", "diag", "eigvecs", "eigvals", "total_var", "counts", "chol"]) -> torch.Tensor:
+        """The tensor field ``name`` as float32 on ``device``, cached (moved once per device)."""
+        if name not in _TENSORS:
+            raise ValueError(f"ClassStats.on: {name!r} is not a tensor field; use one of {', '.join(_TENSORS)} "
+                             "(the low-rank diagonal: lowrank_diag(rank, device=...))")
         key = (str(torch.device(device)), name)
         cache: dict = self.__dict__["_device_cache"]
         if key not in cache:
-            if name.startswith("lowrank_diag"):  # "lowrank_diag:<rank>"
-                t = self.lowrank_diag(int(name.partition(":")[2] or self.rank))
-            else:
-                t = getattr(self, name)
+            t = getattr(self, name)
             if t is None:
                 raise ValueError(f"these {self.kind} class statistics have no {name!r}; "
                                  "compute full statistics with ebmlens.class_stats(...)")
@@ -225,52 +235,40 @@ class ClassStats:
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:
-        """Write a ``.safetensors`` file (arrays) with the metadata as JSON in its header.
-
-        Compact statistics store eigenvectors as float16. Written atomically.
-        """
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
+        """Write a ``.safetensors`` file (arrays) with the metadata as JSON in its header
+        (:mod:`ebmlens.stats.files`). Compact statistics store eigenvectors as float16. Written atomically."""
         arrays = {"mean": self.mean, "diag": self.diag, "eigvals": self.eigvals, "total_var": self.total_var,
                   "counts": self.counts.to(torch.int64),
                   "eigvecs": self.eigvecs.to(torch.float16) if self.chol is None else self.eigvecs}
         if self.chol is not None:
             arrays["chol"] = self.chol
-        meta = {"format": _FORMAT, "shape": list(self.shape), "reg": self.reg, "source": self.source,
-                "split": self.split, "class_names": list(self.class_names), "downsample": self.downsample}
+        meta: dict[str, Any] = {"shape": list(self.shape), "reg": self.reg, "source": self.source,
+                                "split": self.split, "class_names": list(self.class_names),
+                                "downsample": self.downsample}
         if self.row_class is not None:
             meta["row_class"] = list(self.row_class)
-        return atomic_save_safetensors(arrays, path, metadata={"ebmlens": json.dumps(meta)})
+        return files.write_file(path, arrays, meta)
 
     @classmethod
-    def load(cls, path: str | Path, classes=None) -> "ClassStats":
+    def load(cls, path: str | Path, classes: Sequence[int] | None = None) -> "ClassStats":
         """Read a file written by :meth:`save` (safetensors: no code is executed), or a per-class
-        directory written by ``ebmlens stats`` (:func:`ebmlens.stats.sharded.load_stats_dir`;
-        ``classes``: only those classes' files)."""
-        from safetensors import safe_open
+        directory written by ``ebmlens stats`` (:func:`ebmlens.stats.fit_stats_dir`; compact kind).
 
+        ``classes`` (directories; a file is read whole): read and hold only these classes' files (the
+        classes a run samples): the arrays then have one row per loaded class (:attr:`row_class`), so memory
+        follows the classes sampled, not ``K`` (1,000 ImageNet classes at D = 9,408, rank 64 would be 2.5 GB
+        of float32 rows).
+        """
         path = Path(path)
         if path.is_dir() and (path / "meta.json").is_file():
-            from .sharded import load_stats_dir
-
-            return load_stats_dir(path, classes)
-        if not path.exists():
-            raise FileNotFoundError(f"class statistics file {str(path)!r} not found; create one with "
-                                    "ebmlens.class_stats('cifar10:PATH').save(path)")
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = json.loads((fh.metadata() or {}).get("ebmlens", "{}"))
-                arrays = {k: fh.get_tensor(k) for k in fh.keys()}
-        except Exception as e:  # noqa: BLE001 - corrupt/foreign file
-            raise ValueError(f"{path} is not a readable safetensors file of class statistics ({e})") from e
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not an ebmlens class statistics file (format {meta.get('format')!r})")
+            arrays, meta, rows = files.read_dir(path, classes)
+            row_class = None if len(rows) == int(meta["num_classes"]) else tuple(rows)
+        else:  # one file is read whole
+            arrays, meta = files.read_file(path)
+            row_class = tuple(meta["row_class"]) if meta.get("row_class") is not None else None
         return cls(mean=arrays["mean"].float(), diag=arrays["diag"].float(), eigvecs=arrays["eigvecs"].float(),
                    eigvals=arrays["eigvals"].float(), total_var=arrays["total_var"].float(),
                    counts=arrays["counts"].long(), shape=tuple(meta["shape"]), chol=arrays.get("chol"),
                    reg=float(meta["reg"]), source=meta.get("source", str(path)), split=meta.get("split"),
                    class_names=tuple(meta.get("class_names") or ()), downsample=int(meta.get("downsample", 1)),
-                   row_class=tuple(meta["row_class"]) if meta.get("row_class") is not None else None)
-
-
+                   row_class=row_class)

@@ -1,124 +1,43 @@
-"""Fitting class statistics: streamed per-class sums in float64, randomized subspace iteration for
-the leading eigenpairs (see :mod:`ebmlens.stats` for the math)."""
+"""Fitting class statistics of a data set: in memory (:func:`class_stats`, cached) or class by class
+into a directory (:func:`fit_stats_dir`, ImageNet scale). The sums and eigenpairs are
+:mod:`ebmlens.stats.moments`; see :mod:`ebmlens.stats` for the math.
+
+**ImageNet scale** (:func:`fit_stats_dir`, ``ebmlens stats``). Classes are fitted one at a time from a
+streamed image set (all the images of class ``k`` read once, in batches, decoded by DataLoader
+workers): the accumulators are the exact first and second moments ``sum x`` and ``sum x x^T`` in
+float64, so at 4x downsampling of 224x224 (``D = 56*56*3 = 9,408``) one class needs ``D^2 * 8`` = 708 MB
+(about 2.1 GB peak while the covariance is symmetrised), whatever the number of images. The top
+``rank`` eigenpairs come from a randomized subspace iteration, then the class is stored in the compact
+*low-rank + diagonal* form (:meth:`ClassStats.compact`). Nothing of class ``k`` remains in memory when
+class ``k + 1`` starts. A class whose file exists is skipped, so an interrupted fit resumes (file
+layout: :mod:`ebmlens.stats.files`; time per 1,000 classes: docs/imagenet.md).
+
+**Deviation from Santurkar et al. (2019).** They sample ImageNet seeds from the *full* class
+covariance at 4x downsampling (a 9,408 x 9,408 Cholesky factor per class: 354 MB float32 each, 354 GB
+for 1,000 classes). Here the covariance is exact while fitting but is kept as its top ``rank``
+components plus the exact diagonal: correlations outside the top-``rank`` subspace are dropped.
+``--rank 64`` keeps the dominant low-frequency structure; raise it to approach the full covariance
+(file size grows linearly).
+"""
 from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .._io import fingerprint
-from .classstats import _ALGO_VERSION, ClassStats
+from . import files
+from .classstats import ClassStats
+from .moments import ALGO_VERSION, fit_class, fit_classes, flatten_batch, pooled_shape
 
-__all__ = ["class_stats", "coerce_stats", "missing_stats_error"]
+__all__ = ["class_stats", "coerce_stats", "fit_stats_dir", "image_set", "missing_stats_error"]
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- computing
-def _top_eigen(cov: torch.Tensor, variance: float, n: int, seed: int = 0, rank: int | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Leading eigenpairs of a symmetric PSD ``(D, D)`` covariance of ``n`` samples, covering
-    ``variance`` of its trace.
-
-    Randomized subspace iteration (Halko et al. 2011) in float32 with a local generator; the subspace
-    doubles until the retained variance is reached (exact ``eigh`` once it would cover half of ``D``).
-    A covariance of ``n <= q`` samples has rank ``< q``, so one pass is exact (no power iterations).
-    ``rank``: exactly the top ``rank`` pairs instead (no doubling; ``variance`` is ignored).
-    """
-    d = cov.shape[0]
-    total = float(torch.trace(cov))
-    if total <= 0:
-        return torch.zeros(d, 1, device=cov.device), torch.zeros(1, device=cov.device)
-    g = torch.Generator().manual_seed(seed)
-    c32 = cov.float()
-    q = min(max(n, 32), 256) if rank is None else int(rank)
-    while True:
-        if 2 * q >= d:
-            vals, vecs = torch.linalg.eigh(cov)
-            vals, vecs = vals.flip(0).clamp_min(0).float(), vecs.flip(1).float()
-            break
-        y = c32 @ torch.randn(d, q + 8, generator=g).to(c32.device)
-        for _ in range(0 if n <= q else 2):  # power iterations sharpen the spectrum
-            y, _ = torch.linalg.qr(y)
-            y = c32 @ y
-        basis, _ = torch.linalg.qr(y)
-        vals, w = torch.linalg.eigh(basis.T @ c32 @ basis)
-        vals, vecs = vals.flip(0).clamp_min(0)[:q], (basis @ w.flip(1))[:, :q]
-        if rank is not None or float(vals.sum()) / total >= variance or n <= q:
-            break
-        q *= 2
-    if rank is not None:
-        return vecs[:, :rank].contiguous(), vals[:rank]
-    frac = torch.cumsum(vals.double(), 0) / total
-    m = min(int(torch.searchsorted(frac, torch.tensor([variance], dtype=frac.dtype)).item()) + 1, len(vals))
-    return vecs[:, :m].contiguous(), vals[:m]
-
-
-def _flatten_batch(x: torch.Tensor, downsample: int) -> torch.Tensor:
-    if downsample > 1:
-        x = F.avg_pool2d(x, downsample)
-    return x.reshape(x.shape[0], -1).double()
-
-
-def fit_class(batches, d: int, *, reg: float, pca_variance: float, full: bool, rank: int | None = None,
-              seed: int = 0, who: str = "class", device=None) -> dict[str, torch.Tensor | int | None]:
-    """One class's statistics from its ``(n, D)`` float64 batches: exact sums ``sum x`` and
-    ``sum x x^T`` (``D x D`` float64: 708 MB at 56x56x3), then mean, diagonal, trace, leading
-    eigenpairs (``rank`` of them, or up to ``pca_variance``) and, when ``full``, the Cholesky factor.
-    ``device``: where the sums and the eigen-solver run (results come back to the CPU)."""
-    s1 = torch.zeros(d, dtype=torch.float64, device=device)
-    s2 = torch.zeros(d, d, dtype=torch.float64, device=device)
-    n = 0
-    for xb in batches:
-        xb = xb.to(s1.device)
-        s1 += xb.sum(0)
-        s2.addmm_(xb.T, xb)
-        n += xb.shape[0]
-    if n < 2:
-        raise ValueError(f"{who} has {n} image(s); class statistics need at least 2 per class")
-    mu = s1 / n
-    cov = s2.sub_(torch.outer(mu, mu), alpha=n).div_(n - 1)
-    cov = (cov + cov.T) / 2
-    del s2
-    vecs, vals = _top_eigen(cov, pca_variance, n, seed=seed, rank=rank)
-    out = {"mean": mu.float().cpu(), "diag": cov.diagonal().clamp_min(0).float().cpu(), "total_var": float(cov.trace()),
-           "count": n, "eigvecs": vecs.float().cpu(), "eigvals": vals.float().cpu(), "chol": None}
-    if full:
-        cov.diagonal().add_(reg)
-        out["chol"] = torch.linalg.cholesky(cov).float().cpu()
-    return out
-
-
-def _fit(batches_per_class, shape: tuple[int, int, int], num_classes: int, *, reg: float, pca_variance: float,
-         full: bool = True, rank: int | None = None) -> dict[str, torch.Tensor]:
-    d = int(np.prod(shape))
-    mean = torch.zeros(num_classes, d)
-    diag = torch.zeros(num_classes, d)
-    total = torch.zeros(num_classes)
-    counts = torch.zeros(num_classes, dtype=torch.int64)
-    chol = torch.zeros(num_classes, d, d) if full else None
-    vecs_l, vals_l = [], []
-    for k in range(num_classes):
-        c = fit_class(batches_per_class(k), d, reg=reg, pca_variance=pca_variance, full=full, rank=rank, seed=k,
-                      who=f"class {k}")
-        mean[k], diag[k], total[k], counts[k] = c["mean"], c["diag"], c["total_var"], c["count"]
-        vecs_l.append(c["eigvecs"])
-        vals_l.append(c["eigvals"])
-        if chol is not None:
-            chol[k] = c["chol"]
-    r = max(v.shape[1] for v in vecs_l)
-    eigvecs = torch.zeros(num_classes, d, r)
-    eigvals = torch.zeros(num_classes, r)
-    for k, (v, lam) in enumerate(zip(vecs_l, vals_l)):
-        eigvecs[k, :, : v.shape[1]] = v
-        eigvals[k, : lam.shape[0]] = lam
-    return {"mean": mean, "diag": diag, "eigvecs": eigvecs, "eigvals": eigvals, "total_var": total,
-            "counts": counts, "chol": chol}
 
 
 def class_stats(
@@ -158,7 +77,7 @@ def class_stats(
             returns low-rank + diagonal statistics holding every component up to ``pca_variance``.
         batch_size: images per accumulation step.
         rank: keep exactly the top ``rank`` components per class (randomized subspace iteration at that
-            size; ``pca_variance`` is then ignored), as the ImageNet statistics do (:mod:`ebmlens.stats.sharded`).
+            size; ``pca_variance`` is then ignored), as the ImageNet statistics do (:func:`fit_stats_dir`).
 
     Returns:
         :class:`ClassStats` (with the Cholesky factor when ``full``); ``.compact(rank)`` for the
@@ -174,7 +93,7 @@ def class_stats(
         raise ValueError(f"pca_variance must be in (0, 1], got {pca_variance!r}")
     if rank is not None and not (isinstance(rank, int) and rank >= 1):
         raise ValueError(f"rank must be a positive int or None, got {rank!r}")
-    if isinstance(source, (str, Path)) and (str(source).endswith(".safetensors") or Path(source, "meta.json").is_file()):
+    if files.is_stats_path(source):
         return ClassStats.load(source)
     if isinstance(source, torch.Tensor):
         return _from_tensors(source, labels, num_classes=num_classes, downsample=downsample, reg=reg,
@@ -183,7 +102,7 @@ def class_stats(
         raise TypeError("labels= is only for tensor images; a data spec or ImageData carries its own labels")
     data = image_set(source, split, "class_stats")
     idx = np.arange(len(data)) if n is None else data.strided(int(n))
-    key_src = f"{data.fingerprint}|{n}|{downsample}|{reg}|{pca_variance}|{full}|v{_ALGO_VERSION}"
+    key_src = f"{data.fingerprint}|{n}|{downsample}|{reg}|{pca_variance}|{full}|v{ALGO_VERSION}"
     key_src += "" if rank is None else f"|rank{rank}"
     key = fingerprint(key_src)
     fname = cache_dir() / "stats" / f"class-stats-{key}.safetensors"
@@ -196,19 +115,17 @@ def class_stats(
     labels_np = data.labels[idx]
     k_classes = data.num_classes
     h, w, c = data.image_shape
-    shape = _pooled_shape((c, h, w), downsample)
+    shape = pooled_shape((c, h, w), downsample)
 
     def per_class(k: int):
         members = idx[labels_np == k]
         for xb, _ in data.batches(batch_size, members):  # streamed sets: one batch in memory at a time
-            yield _flatten_batch(xb, downsample)
+            yield flatten_batch(xb, downsample)
 
     log.info("fitting class statistics on %d images of %s", len(idx), data.source)
-    fit = _fit(per_class, shape, k_classes, reg=reg, pca_variance=pca_variance, full=full, rank=rank)
-    src, _, sp = data.source.rpartition("@")
-    stats = ClassStats(**fit, shape=shape, reg=reg, source=(src if sp in ("train", "test") else data.source)
-                       + ("" if n is None else f"[strided {n}]"), split=sp if sp in ("train", "test") else None,
-                       class_names=tuple(data.class_names), downsample=downsample)
+    fit = fit_classes(per_class, shape, k_classes, reg=reg, pca_variance=pca_variance, full=full, rank=rank)
+    stats = ClassStats(**fit, shape=shape, reg=reg, source=data.source + ("" if n is None else f"[strided {n}]"),
+                       split=data.split, class_names=tuple(data.class_names), downsample=downsample)
     if cache:
         stats.save(fname)
     return stats
@@ -227,13 +144,6 @@ def image_set(source: Any, split: str | None, who: str):
                     f"file or an image tensor, got {type(source).__name__}")
 
 
-def _pooled_shape(shape: tuple[int, int, int], downsample: int) -> tuple[int, int, int]:
-    c, h, w = shape
-    if h % downsample or w % downsample:
-        raise ValueError(f"downsample={downsample} does not divide the image size {h}x{w}")
-    return (c, h // downsample, w // downsample)
-
-
 def _from_tensors(images: torch.Tensor, labels: Any, *, num_classes: int | None, downsample: int, reg: float,
                   pca_variance: float, full: bool, batch_size: int) -> ClassStats:
     from ..energy import validate_images, validate_labels
@@ -243,15 +153,15 @@ def _from_tensors(images: torch.Tensor, labels: Any, *, num_classes: int | None,
     images = validate_images(images, name="images")
     k_classes = int(num_classes) if num_classes is not None else (int(torch.as_tensor(labels).max()) + 1)
     labels_t = validate_labels(labels, k_classes, images.shape[0], name="labels").cpu()
-    shape = _pooled_shape(tuple(int(s) for s in images.shape[1:]), downsample)
+    shape = pooled_shape((int(images.shape[1]), int(images.shape[2]), int(images.shape[3])), downsample)
     images = images.detach().cpu()
 
     def per_class(k: int):
         members = torch.nonzero(labels_t == k).flatten()
         for s in range(0, len(members), batch_size):
-            yield _flatten_batch(images[members[s:s + batch_size]], downsample)
+            yield flatten_batch(images[members[s:s + batch_size]], downsample)
 
-    fit = _fit(per_class, shape, k_classes, reg=reg, pca_variance=pca_variance, full=full)
+    fit = fit_classes(per_class, shape, k_classes, reg=reg, pca_variance=pca_variance, full=full)
     return ClassStats(**fit, shape=shape, reg=reg, source="tensors", downsample=downsample)
 
 
@@ -260,7 +170,7 @@ def coerce_stats(stats: Any, who: str) -> ClassStats:
     if isinstance(stats, ClassStats):
         return stats
     if isinstance(stats, (str, Path)):
-        if str(stats).endswith(".safetensors") or Path(stats, "meta.json").is_file():  # a file or a per-class directory
+        if files.is_stats_path(stats):  # a file or a per-class directory
             return ClassStats.load(stats)
         return class_stats(str(stats))
     raise missing_stats_error(who) if stats is None else TypeError(
@@ -272,3 +182,65 @@ def missing_stats_error(who: str) -> ValueError:
         f"{who} needs per-class statistics: pass stats=ebmlens.class_stats('cifar10:PATH') (computed once, "
         "cached), stats=ClassStats.load('stats.safetensors'), or the compact stats that ship with the "
         "bundled model ebmlens:cifar10-l2-small; on the CLI give --data cifar10:PATH")
+
+
+def fit_stats_dir(source: Any, out: str | Path, *, downsample: int = 4, rank: int = 64, reg: float = 1e-4,
+                  n: int | None = None, batch_size: int = 256, split: str | None = None,
+                  classes: Sequence[int] | None = None, preprocess: Any = None, device: Any = None) -> Path:
+    """Fit per-class statistics of ``source`` class by class and write ``out/`` (see the module docs);
+    read it back with ``ClassStats.load(out, classes=...)``.
+
+    Args:
+        source: a data spec (train split by default) or an image set.
+        out: the directory to write.
+        downsample: average-pool factor before fitting (Santurkar et al.: 4 for ImageNet).
+        rank: principal components kept per class.
+        reg: ridge recorded with the statistics (added to the compact diagonal when sampling).
+        n: fit on an evenly strided subset of ``n`` images.
+        batch_size: images decoded per batch.
+        split: overrides the spec's split.
+        classes: fit only these class indices (e.g. one job-array task's share); others are left.
+        preprocess: resize / crop for image files (the model's ``preprocess``).
+        device: where the float64 sums and eigenpairs are computed (a GPU is ~50x faster at D = 9,408).
+
+    Returns:
+        ``out`` as a Path.
+    """
+    from ..data import load_data
+
+    if not (isinstance(rank, int) and rank >= 1):
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    data = load_data(source, split, default_split="train", preprocess=preprocess)
+    out = Path(out)
+    idx = np.arange(len(data)) if n is None else data.strided(int(n))
+    h, w, c = data.image_shape
+    shape = pooled_shape((c, h, w), downsample)
+    d = int(np.prod(shape))
+    source_text = data.source + ("" if n is None else f"[strided {n}]")
+    files.write_dir_meta(out, {"num_classes": data.num_classes, "class_names": list(data.class_names),
+                               "shape": list(shape), "downsample": downsample, "rank": rank, "reg": reg,
+                               "source": source_text, "split": data.split, "data_fingerprint": data.fingerprint,
+                               "count": int(len(idx))})
+    labels = data.labels[idx]
+    todo = range(data.num_classes) if classes is None else [int(k) for k in classes]
+    for k in todo:
+        f = files.class_file(out, k)
+        if f.exists():
+            continue
+        t0 = time.perf_counter()
+        members = idx[labels == k]
+        batches = (flatten_batch(xb, downsample) for xb, _ in data.batches(batch_size, members))
+        fit = fit_class(batches, d, reg=reg, pca_variance=1.0, full=False, rank=min(rank, d), seed=k,
+                        who=f"class {k} ({data.class_names[k]})", device=device)
+        vecs = torch.zeros(d, rank)
+        vals = torch.zeros(rank)
+        vecs[:, :fit["eigvecs"].shape[1]] = fit["eigvecs"]
+        vals[:fit["eigvals"].shape[0]] = fit["eigvals"]
+        one = ClassStats(mean=fit["mean"][None], diag=fit["diag"][None], eigvecs=vecs[None], eigvals=vals[None],
+                         total_var=torch.tensor([fit["total_var"]]), counts=torch.tensor([fit["count"]]),
+                         shape=shape, reg=reg, source=source_text, split=data.split,
+                         class_names=(data.class_names[k],), downsample=downsample)
+        one.save(f)
+        log.info("class %d/%d (%d images) fitted in %.1f s", k + 1, data.num_classes, len(members),
+                 time.perf_counter() - t0)
+    return out

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,8 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from .._io import fingerprint
-from .classstats import _ALGO_VERSION, ClassStats
-from .fit import fit_class, image_set
+from . import files
+from .classstats import ClassStats
+from .fit import image_set
+from .moments import ALGO_VERSION, fit_class
 
 __all__ = ["class_mixture", "kmeans"]
 
@@ -53,7 +54,8 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 25, seed: int = 0) -> torch.
     centers = x[torch.randint(n, (1,), generator=g)]
     for _ in range(1, k):
         d2 = torch.cdist(x, centers).min(1).values.double() ** 2
-        pick = torch.multinomial(d2 / d2.sum(), 1, generator=g) if float(d2.sum()) > 0 else torch.randint(n, (1,), generator=g)
+        pick = (torch.multinomial(d2 / d2.sum(), 1, generator=g) if float(d2.sum()) > 0
+                else torch.randint(n, (1,), generator=g))
         centers = torch.cat([centers, x[pick]])
     labels = torch.cdist(x, centers).argmin(1)
     for _ in range(iters):
@@ -113,7 +115,7 @@ def class_mixture(source: Any, labels: Any = None, *, components: int = 8, rank:
     min_images = max(2 * rank, 8) if min_images is None else int(min_images)
     if min_images < 2:
         raise ValueError(f"class_mixture min_images must be >= 2, got {min_images}")
-    if isinstance(source, (str, Path)) and str(source).endswith(".safetensors"):
+    if files.is_stats_path(source):
         return ClassStats.load(source)
     if isinstance(source, torch.Tensor):
         from ..energy import validate_images, validate_labels
@@ -127,7 +129,7 @@ def class_mixture(source: Any, labels: Any = None, *, components: int = 8, rank:
                             "tensors", None, components, rank, cluster_downsample, min_images, iters, seed, reg)
     data = image_set(source, split, "class_mixture")
     idx = np.arange(len(data)) if n is None else data.strided(int(n))
-    settings = f"{components}|{rank}|{cluster_downsample}|{min_images}|{iters}|{seed}|{n}|{reg}|v{_ALGO_VERSION}"
+    settings = f"{components}|{rank}|{cluster_downsample}|{min_images}|{iters}|{seed}|{n}|{reg}|v{ALGO_VERSION}"
     fname = cache_dir() / "stats" / f"class-mixture-{fingerprint(data.fingerprint + '|' + settings)}.safetensors"
     if cache and fname.exists():
         try:
@@ -141,9 +143,7 @@ def class_mixture(source: Any, labels: Any = None, *, components: int = 8, rank:
         return torch.cat([xb for xb, _ in data.batches(batch_size, idx[lab == k])]) if (lab == k).any() else \
             torch.zeros(0, c, h, w)
 
-    src, _, sp = data.source.rpartition("@")
-    stats = _fit_mixture(images_of, data.num_classes, (c, h, w), tuple(data.class_names),
-                         (src if sp in ("train", "test") else data.source), sp if sp in ("train", "test") else None,
+    stats = _fit_mixture(images_of, data.num_classes, (c, h, w), tuple(data.class_names), data.source, data.split,
                          components, rank, cluster_downsample, min_images, iters, seed, reg)
     if cache:
         stats.save(fname)
@@ -178,6 +178,8 @@ def _fit_mixture(images_of, num_classes: int, shape: tuple, class_names: tuple, 
         log.info("class %d (%s): %d components from %d images", k, class_names[k], int(comp.max()) + 1, len(x))
     if not row_class:
         raise ValueError(f"class_mixture: no images in {source}")
-    return ClassStats(**{k: torch.stack(v) for k, v in rows.items()}, shape=tuple(shape), reg=reg,
+    t = {k: torch.stack(v) for k, v in rows.items()}
+    return ClassStats(mean=t["mean"], diag=t["diag"], eigvecs=t["eigvecs"], eigvals=t["eigvals"],
+                      total_var=t["total_var"], counts=t["counts"], shape=shape, reg=reg,
                       source=f"{source}[mixture {components}]", split=split, class_names=class_names,
                       row_class=tuple(row_class))

@@ -1,10 +1,10 @@
 """The trainer's configuration: :class:`TrainConfig`, its JSON form (config.json) and the mapping of the
-old flat objective settings (``objective="trades", beta=6``, the robust-jem fields) onto objective objects."""
+old flat objective settings (``objective="trades", beta=6``; the robust-jem keys of older config.json files)
+onto objective objects."""
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -17,7 +17,7 @@ __all__ = ["TrainConfig", "CIFAR10_MEAN", "CIFAR10_STD"]
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
-# TrainConfig's robust-jem-only fields (deprecated) -> RobustJEM's fields
+# config.json's flat robust-jem keys -> RobustJEM's fields
 JEM_FIELDS = {"buffer_size": "buffer_size", "reinit_freq": "reinit_freq", "gamma": "gamma", "sgld_steps": "sgld_steps",
               "sgld_inner_steps": "sgld_inner_steps", "sgld_step_size": "sgld_step_size", "sgld_noise": "sgld_noise",
               "jem_init": "init"}
@@ -32,9 +32,8 @@ class TrainConfig:
     ``objective`` is an objective object (:class:`~ebmlens.train.objectives.PGDAT`, ``Trades(beta)``,
     ``RobustJEM(...)``, ... or your own, see :mod:`ebmlens.train.objectives`) or, for one more
     release, its name: ``objective="trades", beta=6`` becomes ``Trades(beta=6)``. After construction
-    ``cfg.objective`` is always the object and ``beta`` and the robust-jem fields are ``None``.
-    The robust-jem fields (``buffer_size``, ``reinit_freq``, ``gamma``, ``sgld_*``, ``jem_init``) are
-    deprecated (a DeprecationWarning): pass ``objective=RobustJEM(buffer_size=..., init=...)``.
+    ``cfg.objective`` is always the object and ``beta`` is ``None``. Robust-JEM settings go on the
+    object: ``objective=RobustJEM(buffer_size=..., init=...)``.
     """
 
     data: str
@@ -63,24 +62,10 @@ class TrainConfig:
     max_train_images: int | None = None
     mean: tuple[float, ...] = CIFAR10_MEAN
     std: tuple[float, ...] = CIFAR10_STD
-    # deprecated: robust-jem only (use objective=RobustJEM(...))
-    buffer_size: int | None = None
-    reinit_freq: float | None = None
-    gamma: float | None = None
-    sgld_steps: int | None = None
-    sgld_inner_steps: int | None = None
-    sgld_step_size: float | None = None
-    sgld_noise: float | None = None
-    jem_init: Literal["gaussian", "uniform"] | None = None
 
     def __post_init__(self) -> None:
-        legacy = {k: getattr(self, k) for k in JEM_FIELDS if getattr(self, k) is not None}
-        if legacy:
-            warnings.warn(f"TrainConfig({', '.join(legacy)}) is deprecated and will be removed: pass "
-                          "objective=RobustJEM(...) (ebmlens.train.objectives)", DeprecationWarning, stacklevel=3)
-        object.__setattr__(self, "objective", _as_objective(self.objective, self.beta, legacy))
-        for k in ("beta", *JEM_FIELDS):
-            object.__setattr__(self, k, None)
+        object.__setattr__(self, "objective", _as_objective(self.objective, self.beta))
+        object.__setattr__(self, "beta", None)
         get_arch(self.arch)  # raises with choices
         object.__setattr__(self, "threat_model", parse_threat_model(self.threat_model))
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
@@ -119,9 +104,8 @@ class TrainConfig:
                 v = O.objective_name(obj)
             elif f.name == "beta":
                 v = float(getattr(obj, "beta", DEFAULT_BETA))
-            elif f.name in JEM_FIELDS:
-                v = O.objective_params(jem)[JEM_FIELDS[f.name]]
             d[f.name] = list(v) if isinstance(v, tuple) else v
+        d.update({k: O.objective_params(jem)[v] for k, v in JEM_FIELDS.items()})
         d["objective_params"] = O.objective_params(obj)
         return d
 
@@ -144,21 +128,17 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def _as_objective(objective, beta, legacy: dict):
-    """``objective`` as an object: a name with ``beta`` / the deprecated robust-jem fields, or an object."""
-    jem = {JEM_FIELDS[k]: v for k, v in legacy.items()}
+def _as_objective(objective, beta):
+    """``objective`` as an object: a name with ``beta``, or an object."""
     if isinstance(objective, str):
-        if objective != O.RobustJEM.name and jem:
-            O.RobustJEM(**jem)  # checked as before, unused
-        params = {**jem, **({"beta": beta} if beta is not None else {})}
+        params = {"beta": beta} if beta is not None else {}
         if beta is not None and not (isinstance(beta, (int, float)) and beta >= 0):
             raise ValueError(f"beta must be >= 0, got {beta}")
         return O.from_name(objective, **params)
     if not (callable(objective) and callable(getattr(objective, "init_state", None))):
         raise TypeError(f"objective must be a name ({', '.join(sorted(O.OBJECTIVE_TYPES))}) or an objective object "
                         f"with __call__ and init_state (ebmlens.train.objectives), got {type(objective).__name__}")
-    if beta is not None or legacy:
-        given = ", ".join(["beta"] * (beta is not None) + list(legacy))
-        raise ValueError(f"TrainConfig({given}=...) applies to a named objective only; pass it to the objective "
+    if beta is not None:
+        raise ValueError(f"TrainConfig(beta=...) applies to a named objective only; pass it to the objective "
                          f"object instead, e.g. {O.objective_name(objective)} -> {type(objective).__name__}(...)")
     return objective

@@ -233,7 +233,7 @@ def test_class_stats_from_data_stream_and_cache(tmp_path, monkeypatch, small_dat
     monkeypatch.setenv("EBMLENS_CACHE", str(tmp_path))
     x, y = small_data
     arr = (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    data = ImageData(arr, y.numpy(), [f"c{i}" for i in range(SMALL_K)], "npz:toy@train")
+    data = ImageData(arr, y.numpy(), [f"c{i}" for i in range(SMALL_K)], "npz:toy@train", split="train")
     st = S.class_stats(data, batch_size=16)
     ref = S.class_stats(data.tensor(), data.label_tensor())
     assert torch.allclose(st.mean, ref.mean, atol=1e-6) and torch.allclose(st.chol, ref.chol, atol=1e-5)

@@ -97,9 +97,6 @@ def test_bad_config():
             TrainConfig(data="x", out="y", eps=eps)
     with pytest.raises(ValueError, match="buffer_size 8 is smaller than batch_size 16"):
         TrainConfig(data="x", out="y", objective=O.RobustJEM(buffer_size=8), batch_size=16)
-    with pytest.raises(ValueError, match="buffer_size 8 is smaller than batch_size 16"), \
-            pytest.warns(DeprecationWarning):
-        TrainConfig(data="x", out="y", objective="robust-jem", buffer_size=8, batch_size=16)
     with pytest.raises(ValueError, match="pass it to the objective object"):
         TrainConfig(data="x", out="y", objective=O.Trades(3.0), beta=6.0)
     with pytest.raises(TypeError, match="objective must be a name"):
@@ -191,16 +188,16 @@ def test_names_map_onto_objects_and_the_json_keeps_its_keys(name, cls):
     assert TrainConfig(data="x", out="y", objective=cls()) == TrainConfig(data="x", out="y", objective=name)
 
 
-def test_robust_jem_fields_are_deprecated_but_work():
-    with pytest.warns(DeprecationWarning, match="objective=RobustJEM"):
-        cfg = TrainConfig(data="x", out="y", objective="robust-jem", buffer_size=64, gamma=0.5, jem_init="uniform",
-                          sgld_steps=3, batch_size=16)
-    assert cfg.objective == O.RobustJEM(buffer_size=64, gamma=0.5, init="uniform", sgld_steps=3)
+def test_robust_jem_settings_live_on_the_objective_and_old_json_keys_still_load():
+    with pytest.raises(TypeError, match="buffer_size"):  # the deprecated TrainConfig fields are gone
+        TrainConfig(data="x", out="y", objective="robust-jem", buffer_size=64)
+    jem = O.RobustJEM(buffer_size=64, gamma=0.5, init="uniform", sgld_steps=3)
+    cfg = TrainConfig(data="x", out="y", objective=jem, batch_size=16)
     d = cfg.to_dict()
     assert (d["buffer_size"], d["gamma"], d["jem_init"], d["sgld_steps"]) == (64, 0.5, "uniform", 3)
     assert d["objective_params"]["buffer_size"] == 64
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="reinit_freq"):
-        TrainConfig(data="x", out="y", objective="pgd-at", reinit_freq=2.0)  # checked for any objective, as before
+    flat = {k: v for k, v in d.items() if k not in ("objective_params", "beta")}  # a config.json of before
+    assert TrainConfig.from_dict(flat).objective == jem
 
 
 def test_old_config_json_and_the_bundled_training_config_load():
