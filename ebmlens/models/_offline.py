@@ -23,6 +23,11 @@ class NetworkBlocked(ConnectionError):
     """Raised instead of opening a network connection under :func:`no_network`."""
 
 
+#: (owner, attribute, what the error calls it): the socket entry points that ``no_network`` blocks.
+_PATCHED = ((socket, "getaddrinfo", "getaddrinfo"), (socket, "create_connection", "create_connection"),
+            (socket.socket, "connect", "connect"), (socket.socket, "connect_ex", "connect"))
+
+
 @contextlib.contextmanager
 def no_network() -> Iterator[list[str]]:
     """Block ``socket.getaddrinfo``/``create_connection``/``socket.connect`` inside the block.
@@ -39,14 +44,12 @@ def no_network() -> Iterator[list[str]]:
         return fn
 
     with _lock:
-        saved = (socket.getaddrinfo, socket.create_connection, socket.socket.connect, socket.socket.connect_ex)
-        socket.getaddrinfo = blocked("getaddrinfo")  # type: ignore[assignment]
-        socket.create_connection = blocked("create_connection")  # type: ignore[assignment]
-        socket.socket.connect = blocked("connect")  # type: ignore[method-assign]
-        socket.socket.connect_ex = blocked("connect")  # type: ignore[method-assign]
+        saved = [(owner, name, getattr(owner, name)) for owner, name, _ in _PATCHED]
+        for owner, name, what in _PATCHED:
+            setattr(owner, name, blocked(what))
     try:
         yield attempts
     finally:
         with _lock:
-            (socket.getaddrinfo, socket.create_connection, socket.socket.connect,
-             socket.socket.connect_ex) = saved  # type: ignore[method-assign]
+            for owner, name, original in saved:
+                setattr(owner, name, original)

@@ -282,7 +282,7 @@ def load(
     ds, tm, entry = resolve(name, dataset, threat_model)
     what = f"robustbench:{name} ({ds}/{tm})"
     path = weights_path(name, ds, tm, model_dir)
-    kw = dict(mean=(0.0,), std=(1.0,), input_shape=_input_shape(entry, ds), num_classes=_NUM_CLASSES[ds],
+    kw: dict[str, Any] = dict(mean=(0.0,), std=(1.0,), input_shape=_input_shape(entry, ds), num_classes=_NUM_CLASSES[ds],
               temperature=temperature, sampling_mode=sampling_mode, source="robustbench", name=name,
               dataset=ds, threat_model=tm, eps=BENCHMARK_EPS.get((ds, tm)))
     if ds == "cifar10":
@@ -389,7 +389,7 @@ def _load_timm_entry(timm_name: str, what: str, path: Path, download: bool, trus
     if path.exists():
         ckpt, _ = read_checkpoint(path, trust_checkpoint=trust)
         sd = ckpt.get("model", ckpt.get("state_dict", ckpt)) if isinstance(ckpt, dict) else ckpt
-        sd = _strip(dict(sd), "module.")
+        sd = _strip(dict(sd or {}), "module.")
         with no_network():  # the weights come from the overlay; nothing may be fetched
             return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"state_dict": sd}).eval()
     url = timm.models.get_pretrained_cfg(timm_name).url if hasattr(timm.models, "get_pretrained_cfg") else None
