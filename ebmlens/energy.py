@@ -31,7 +31,8 @@ from torch import nn
 
 from ._validate import validate_images, validate_inputs, validate_labels
 
-__all__ = ["EnergyModel", "Preprocess", "input_grad", "energy_grad", "validate_images", "validate_labels", "validate_inputs"]
+__all__ = ["EnergyModel", "Preprocess", "input_grad", "energy_grad", "validate_images", "validate_labels",
+           "validate_inputs"]
 
 log = logging.getLogger(__name__)
 

@@ -206,7 +206,7 @@ def _small_conv_model() -> EnergyModel:
 
 @pytest.mark.parametrize("geom", GEOMS, ids=["L2", "Linf", "none"])
 def test_targeted_pgd_stage_is_the_core_loop(geom):
-    """The stage writes the core's loop out: same numbers, bit for bit (random start and keep_best on)."""
+    """The stage is the core loop with targeted=True: every field reaches it (random start, keep_best, loss)."""
     model = _small_conv_model()
     x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(6))
     t = torch.tensor([1, 2, 3, 4, 0, 1])
@@ -214,7 +214,8 @@ def test_targeted_pgd_stage_is_the_core_loop(geom):
         stage = TargetedPGD(geom, steps=4, step_size=0.3 if not isinstance(geom, LinfBall) else 2 / 255, loss=loss,
                             random_start=True, keep_best=True)
         seen = []
-        out = stage(model, x, t, generator=torch.Generator().manual_seed(7), callback=lambda i, lv, logits: seen.append(lv))
+        out = stage(model, x, t, generator=torch.Generator().manual_seed(7),
+                    callback=lambda i, lv, logits: seen.append(lv))
         ref = pgd(model, x, t, geom, 4, stage.step_size, loss=loss, targeted=True, random_start=True, keep_best=True,
                   generator=torch.Generator().manual_seed(7))
         assert torch.equal(out, ref) and len(seen) == 4
@@ -268,7 +269,8 @@ def test_callback_gets_each_steps_loss_and_logits():
     x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(9))
     y = torch.tensor([0, 1, 2])
     seen = []
-    out = pgd(model, x, y, L2Ball(0.5), 3, 0.2, loss="joint", callback=lambda i, loss, logits: seen.append((i, loss, logits)))
+    out = pgd(model, x, y, L2Ball(0.5), 3, 0.2, loss="joint",
+              callback=lambda i, loss, logits: seen.append((i, loss, logits)))
     assert [s[0] for s in seen] == [0, 1, 2]
     assert torch.allclose(seen[0][2], model(x)) and torch.allclose(seen[0][1], -model(x)[torch.arange(3), y])
     assert not torch.allclose(seen[2][2], seen[0][2]) and not torch.allclose(model(out), seen[2][2])

@@ -66,7 +66,8 @@ def _loss_fn(loss: PGDLoss | LossFn, model) -> LossFn:
     if callable(loss):
         return loss
     if loss not in ("ce", "joint", "marginal"):
-        raise ValueError(f"unknown PGD loss {loss!r}; choose 'ce', 'joint', 'marginal' or a callable (logits, y) -> (N,)")
+        raise ValueError(f"unknown PGD loss {loss!r}; choose 'ce', 'joint', 'marginal' or a callable "
+                         "(logits, y) -> (N,)")
     return lambda lg, t: attack_loss(lg, t, loss, model)
 
 
@@ -193,7 +194,7 @@ def _report(callback: Callable[..., object], step: int, loss: torch.Tensor, logi
                         "`logits` parameter (the two-argument callback(step, loss) form is gone)") from e
 
 
-def _merge(seen: tuple[torch.Tensor, torch.Tensor] | None, rows: torch.Tensor, lval: torch.Tensor,
+def _merge(seen: tuple[torch.Tensor, torch.Tensor] | None, rows: torch.Tensor | None, lval: torch.Tensor,
            logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Every row's loss and logits of its last pass: ``rows`` (all rows when ``None``) get this pass's
     values, in new tensors (a callback that keeps what it was handed keeps that step's values)."""

@@ -11,8 +11,9 @@ logit), ``"marginal"`` ``E(x)`` (unconditional). With ``keep_best`` each sample 
 lowest loss (Santurkar et al.'s ``use_best``). With ``stop_at = tau`` each sample stops as soon as the
 model's own ``p(y | x) >= tau`` at its current iterate (checked on the pass that computes its gradient)
 and leaves the batch: it moves only as far as its class needs, and later passes run on the remaining
-rows only (gradient evaluations per sample fall; one host sync per step to shrink the batch). The loop below is :func:`ebmlens.attacks.pgd` with
-``targeted=True`` written out (same pieces, same numbers): analysis and training call that core.
+rows only (gradient evaluations per sample fall; one host sync per step to shrink the batch). The loop
+is :func:`ebmlens.attacks.pgd` with ``targeted=True``: the one PGD loop, which analysis and training
+call too.
 
 >>> import torch
 >>> from ebmlens.attacks import L2Ball
