@@ -115,6 +115,9 @@ class EnergyModel(nn.Module):
     leave [0, 1] between steps.
     """
 
+    mean: torch.Tensor  # (1, C, 1, 1) buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(
         self,
         classifier: nn.Module,
@@ -208,7 +211,11 @@ class EnergyModel(nn.Module):
     def joint_energy(self, x: torch.Tensor, y: torch.Tensor | int) -> torch.Tensor:
         """Joint energy ``E(x, y) = -f(x)[y]``, shape ``(N,)``; ``y``: one class index per image (a
         tensor, list or array of shape ``(N,)`` / ``(N, 1)``) or an int for all; validated."""
+        if y is None:
+            raise TypeError("joint_energy(x, y) needs y: one class index per image, or an int for all; "
+                            "for E(x) without labels use energy(x)")
         xv, yv = self._check(x, y)
+        assert yv is not None  # validate_inputs returns labels whenever it is given some
         return self.joint_energy_from_logits(self.forward(xv), yv)
 
     def log_prob_y(self, x: torch.Tensor) -> torch.Tensor:

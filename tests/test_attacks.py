@@ -276,3 +276,5 @@ def test_callback_gets_each_steps_loss_and_logits():
     assert not torch.allclose(seen[2][2], seen[0][2]) and not torch.allclose(model(out), seen[2][2])
     with pytest.raises(TypeError, match="takes no logits: add a `logits` parameter"):
         pgd(model, x, y, L2Ball(0.5), 1, 0.2, callback=lambda i, loss: None)
+    with pytest.raises(TypeError, match="pgd needs y"):
+        pgd(model, x, None, L2Ball(0.5), 1, 0.2)

@@ -118,9 +118,14 @@ def test_input_grad_refuses_bad_values(tiny_model):
     with pytest.raises(ValueError, match="does not depend on the logits"):
         input_grad(tiny_model, x, lambda lg, _: torch.zeros(2))
     with pytest.raises(TypeError, match="value as a callable"):
-        input_grad(tiny_model, x, "marginal")  # type: ignore[arg-type]
+        input_grad(tiny_model, x, "marginal")
     with pytest.raises(TypeError, match="x as a torch.Tensor"):
-        input_grad(tiny_model, x.numpy(), _marginal(tiny_model))  # type: ignore[arg-type]
+        input_grad(tiny_model, x.numpy(), _marginal(tiny_model))
+
+
+def test_joint_energy_without_labels_says_so(tiny_model):
+    with pytest.raises(TypeError, match=r"needs y.*use energy\(x\)"):
+        tiny_model.joint_energy(torch.rand(2, 3, 32, 32), None)
 
 
 def test_energy_grad_is_a_deprecated_alias_of_input_grad(tiny_model):

@@ -136,9 +136,13 @@ def pgd(
     Returns:
         The adversarial images, detached, same shape/dtype/device as ``x``.
     """
-    x, y = validate_inputs(model if hasattr(model, "input_shape") else None, x, y,
-                           num_classes=getattr(model, "num_classes", None), scan=False,
-                           allow_other_size=getattr(model, "allow_other_size", False))
+    if y is None:
+        raise TypeError("pgd needs y: (N,) true labels (untargeted) or target classes (targeted)")
+    x, labels = validate_inputs(model if hasattr(model, "input_shape") else None, x, y,
+                                num_classes=getattr(model, "num_classes", None), scan=False,
+                                allow_other_size=getattr(model, "allow_other_size", False))
+    assert labels is not None  # validate_inputs returns labels whenever it is given some
+    y = labels
     if steps < 0:
         raise ValueError(f"pgd steps must be >= 0, got {steps}")
     if not step_size > 0:
@@ -166,7 +170,7 @@ def pgd(
             xs, ys, cs = (xa, y, x0) if rows is None else (xa[rows], y[rows], x0[rows])
             lval, grad, logits = input_grad(model, xs, value, ys)  # (n,), (n, C, H, W), (n, K)
             seen = _merge(seen, rows, lval, logits)
-            if rows is not None:  # stop_at: the rows whose p(y | x) reached it leave the batch
+            if rows is not None and stop_at is not None:  # the rows whose p(y | x) reached stop_at leave
                 go = logits.float().softmax(1).gather(1, ys.view(-1, 1)).squeeze(1) < stop_at
                 xs, grad, cs, rows = xs[go], grad[go], cs[go], rows[go]
             if keep_best:
