@@ -16,6 +16,7 @@ DEFAULT_MODEL = "ebmlens:cifar10-l2-small"
 _LAZY = {
     "EnergyModel": ("ebmlens.energy", "EnergyModel"),
     "energy_grad": ("ebmlens.energy", "energy_grad"),
+    "input_grad": ("ebmlens.energy", "input_grad"),
     "load_model": ("ebmlens.models", "load_model"),
     "list_models": ("ebmlens.models", "list_models"),
     "register_source": ("ebmlens.models", "register_source"),

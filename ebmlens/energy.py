@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
 
 from ._validate import validate_images, validate_inputs, validate_labels
 
-__all__ = ["EnergyModel", "Preprocess", "energy_grad", "validate_images", "validate_labels", "validate_inputs"]
+__all__ = ["EnergyModel", "Preprocess", "input_grad", "energy_grad", "validate_images", "validate_labels",
+           "validate_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,9 @@ class EnergyModel(nn.Module):
     :meth:`joint_energy_from_logits` do not: the library's own loops use those, so sampling may
     leave [0, 1] between steps.
     """
+
+    mean: torch.Tensor  # (1, C, 1, 1) buffers, registered in __init__
+    std: torch.Tensor
 
     def __init__(
         self,
@@ -206,7 +211,11 @@ class EnergyModel(nn.Module):
     def joint_energy(self, x: torch.Tensor, y: torch.Tensor | int) -> torch.Tensor:
         """Joint energy ``E(x, y) = -f(x)[y]``, shape ``(N,)``; ``y``: one class index per image (a
         tensor, list or array of shape ``(N,)`` / ``(N, 1)``) or an int for all; validated."""
+        if y is None:
+            raise TypeError("joint_energy(x, y) needs y: one class index per image, or an int for all; "
+                            "for E(x) without labels use energy(x)")
         xv, yv = self._check(x, y)
+        assert yv is not None  # validate_inputs returns labels whenever it is given some
         return self.joint_energy_from_logits(self.forward(xv), yv)
 
     def log_prob_y(self, x: torch.Tensor) -> torch.Tensor:
@@ -262,20 +271,73 @@ class EnergyModel(nn.Module):
         }
 
 
+#: ``value(logits, y) -> (N,)``: the per-sample quantity whose input gradient :func:`input_grad` takes
+ValueFn = Callable[[torch.Tensor, Any], torch.Tensor]
+
+
+def input_grad(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, value: ValueFn,
+               y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The input-gradient pass: one forward of ``model`` at ``x``, one backward to ``x`` alone.
+
+    ``v = value(model(x), y)``, ``g = d sum(v) / d x``. Samples are independent (eval mode), so the
+    gradient of the sum is each sample's own gradient. Parameters receive no gradient
+    (:func:`torch.autograd.grad` is asked for ``x`` only). Every input-gradient pass of the library
+    is this one: the PGD loss (:func:`ebmlens.attacks.pgd`), the Langevin energies
+    (:mod:`ebmlens.sampling.sgld`) and the OOD grad-norm score.
+
+    Args:
+        model: maps ``(N, C, H, W)`` pixels to ``(N, K)`` logits: an :class:`EnergyModel` (its unchecked
+            ``forward``: iterates may leave [0, 1]) or any callable.
+        x: ``(N, C, H, W)`` float images; not modified.
+        value: ``value(logits, y) -> (N,)``, e.g. ``EnergyModel.joint_energy_from_logits`` (``E(x, y)``),
+            ``lambda logits, _: model.energy_from_logits(logits)`` (``E(x)``) or
+            ``lambda logits, y: attack_loss(logits, y, "ce")``.
+        y: ``(N,)`` labels handed to ``value`` (``None`` when it needs none).
+
+    Returns:
+        ``(value (N,), grad (N, C, H, W), logits (N, K))``, all detached; ``grad`` has ``x``'s dtype.
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    >>> m = EnergyModel(net, input_shape=(3, 2, 2), num_classes=3)
+    >>> x, y = torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
+    >>> e, g, logits = input_grad(m, x, m.joint_energy_from_logits, y)  # E(x, y) = -f(x)[y]
+    >>> tuple(e.shape), tuple(g.shape), tuple(logits.shape)
+    ((4,), (4, 3, 2, 2), (4, 3))
+    >>> bool(torch.allclose(g.flatten(1), -net[1].weight[y]))  # dE(x, y)/dx = -W[y] for a linear net
+    True
+    >>> e_marg, _, _ = input_grad(m, x, lambda lg, _: m.energy_from_logits(lg))  # E(x): y unused
+    >>> bool(torch.all(e_marg <= e + 1e-6))
+    True
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input_grad expects x as a torch.Tensor (N, C, H, W), got {type(x).__name__}")
+    if not callable(value):
+        raise TypeError(f"input_grad expects value as a callable value(logits, y) -> (N,), got {type(value).__name__}")
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        logits = model(xg)
+        v = value(logits, y)
+        if not (isinstance(v, torch.Tensor) and v.shape == (x.shape[0],)):
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise ValueError(f"input_grad: value(logits, y) returned {got} for {x.shape[0]} images; it must "
+                             "return one value per image, shape (N,) (no .sum() or .mean() inside)")
+        if not v.requires_grad:
+            raise ValueError("input_grad: value(logits, y) does not depend on the logits (no gradient to take); "
+                             "compute it from the logits it is given")
+        (grad,) = torch.autograd.grad(v.sum(), xg)
+    return v.detach(), grad, logits.detach()
+
+
 def energy_grad(
     fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of ``fn(x).sum()`` with respect to ``x`` only.
+    """Deprecated (one release): use :func:`input_grad`, which also returns the pass's logits.
 
-    ``fn`` maps ``(N, ...)`` images to ``(N,)`` per-sample values (an energy or a loss); because
-    samples are independent (in eval mode), the gradient of the sum is the per-sample gradient.
-    Parameters receive no gradient: :func:`torch.autograd.grad` is asked for ``x`` alone.
-
-    Returns:
-        ``(value, grad)``: the detached per-sample values ``(N,)`` and ``d value / d x`` (shape of x).
+    ``(fn(x) (N,), d sum(fn(x)) / d x)``, detached: the same pass, with ``fn`` in the model's place.
     """
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        value = fn(xg)
-        (grad,) = torch.autograd.grad(value.sum(), xg)
-    return value.detach(), grad
+    warnings.warn("ebmlens.energy.energy_grad(fn, x) is deprecated and goes in the next release; use "
+                  "ebmlens.energy.input_grad(model, x, value, y), value(logits, y) -> (N,)",
+                  DeprecationWarning, stacklevel=2)
+    value, grad, _ = input_grad(fn, x, lambda v, _: v)
+    return value, grad

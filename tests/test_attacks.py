@@ -108,7 +108,7 @@ def test_targeted_pgd_lowers_loss_and_keeps_constraints(tiny_model, geom):
     before = attack_loss(tiny_model.logits(x), t, "ce")
     losses = []
     out = pgd(tiny_model, x, t, geom, steps=5, step_size=0.1 if not isinstance(geom, LinfBall) else 2 / 255,
-              targeted=True, callback=lambda i, lv: losses.append(lv))
+              targeted=True, callback=lambda i, lv, logits: losses.append(lv))
     after = attack_loss(tiny_model.logits(out), t, "ce")
     assert bool((after < before).all())
     assert len(losses) == 5 and torch.allclose(losses[0], before, atol=1e-5)
@@ -206,7 +206,7 @@ def _small_conv_model() -> EnergyModel:
 
 @pytest.mark.parametrize("geom", GEOMS, ids=["L2", "Linf", "none"])
 def test_targeted_pgd_stage_is_the_core_loop(geom):
-    """The stage writes the core's loop out: same numbers, bit for bit (random start and keep_best on)."""
+    """The stage is the core loop with targeted=True: every field reaches it (random start, keep_best, loss)."""
     model = _small_conv_model()
     x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(6))
     t = torch.tensor([1, 2, 3, 4, 0, 1])
@@ -214,7 +214,67 @@ def test_targeted_pgd_stage_is_the_core_loop(geom):
         stage = TargetedPGD(geom, steps=4, step_size=0.3 if not isinstance(geom, LinfBall) else 2 / 255, loss=loss,
                             random_start=True, keep_best=True)
         seen = []
-        out = stage(model, x, t, generator=torch.Generator().manual_seed(7), callback=lambda i, lv: seen.append(lv))
+        out = stage(model, x, t, generator=torch.Generator().manual_seed(7),
+                    callback=lambda i, lv, logits: seen.append(lv))
         ref = pgd(model, x, t, geom, 4, stage.step_size, loss=loss, targeted=True, random_start=True, keep_best=True,
                   generator=torch.Generator().manual_seed(7))
         assert torch.equal(out, ref) and len(seen) == 4
+
+
+def test_stop_at_equals_each_sample_run_alone_until_it_is_sure():
+    """``stop_at`` against a loop written here from its definition: each sample alone takes normalized
+    steps on its targeted CE until the pass that computes its step finds ``p(t | x) >= tau``."""
+    model = _small_conv_model()
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+    t = torch.tensor([1, 2, 3, 4, 0, 1, 2, 3])
+    tau, steps, size = 0.6, 6, 0.1
+    seen, snap = [], []
+
+    def record(i, loss, logits):
+        seen.append((loss, logits))
+        snap.append((loss.clone(), logits.clone()))
+
+    out = pgd(model, x, t, Unconstrained(), steps, size, targeted=True, stop_at=tau, callback=record)
+    stopped_at = []
+    for j in range(8):
+        xj, last = x[j:j + 1], None
+        for i in range(steps):
+            xg = xj.detach().requires_grad_(True)
+            lg = model(xg)
+            loss = nn.functional.cross_entropy(lg, t[j:j + 1])
+            last = (loss.detach(), lg.detach())
+            assert torch.allclose(seen[i][0][j], last[0], atol=1e-5) and torch.allclose(seen[i][1][j], last[1][0])
+            if lg.softmax(1)[0, t[j]] >= tau:
+                break
+            (g,) = torch.autograd.grad(loss, xg)
+            xj = (xj + size * -g / g.flatten().norm()).clamp(0, 1)
+        else:
+            i = steps
+        for k in range(i + 1, steps):  # a stopped row reports its last pass
+            assert torch.allclose(seen[k][0][j], last[0], atol=1e-5)
+        stopped_at.append(i)
+        assert torch.allclose(out[j:j + 1], xj, atol=1e-5), j
+    assert len(set(stopped_at)) >= 3, stopped_at  # samples stop at different steps (some never)
+    assert len(seen) == steps and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(seen, snap))
+    with pytest.raises(ValueError, match="targeted runs only"):
+        pgd(model, x, t, Unconstrained(), 2, 0.1, stop_at=0.5)
+    with pytest.raises(ValueError, match="do not combine"):
+        pgd(model, x, t, Unconstrained(), 2, 0.1, targeted=True, stop_at=0.5, keep_best=True)
+    with pytest.raises(ValueError, match="probability in"):
+        pgd(model, x, t, Unconstrained(), 2, 0.1, targeted=True, stop_at=1.0)
+
+
+def test_callback_gets_each_steps_loss_and_logits():
+    model = _small_conv_model()
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+    y = torch.tensor([0, 1, 2])
+    seen = []
+    out = pgd(model, x, y, L2Ball(0.5), 3, 0.2, loss="joint",
+              callback=lambda i, loss, logits: seen.append((i, loss, logits)))
+    assert [s[0] for s in seen] == [0, 1, 2]
+    assert torch.allclose(seen[0][2], model(x)) and torch.allclose(seen[0][1], -model(x)[torch.arange(3), y])
+    assert not torch.allclose(seen[2][2], seen[0][2]) and not torch.allclose(model(out), seen[2][2])
+    with pytest.raises(TypeError, match="takes no logits: add a `logits` parameter"):
+        pgd(model, x, y, L2Ball(0.5), 1, 0.2, callback=lambda i, loss: None)
+    with pytest.raises(TypeError, match="pgd needs y"):
+        pgd(model, x, None, L2Ball(0.5), 1, 0.2)

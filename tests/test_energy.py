@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from ebmlens.energy import EnergyModel, energy_grad, validate_images, validate_labels
+from ebmlens.energy import EnergyModel, energy_grad, input_grad, validate_images, validate_labels
 
 
 class FixedLogits(nn.Module):
@@ -76,12 +76,17 @@ def test_energies_under_autocast(tiny_model, dtype):
     assert torch.isfinite(tiny_model.energy_from_logits(big)).all()
 
 
-def test_energy_grad_is_wrt_input_only(tiny_model):
+def _marginal(model):
+    return lambda logits, _y: model.energy_from_logits(logits)
+
+
+def test_input_grad_is_wrt_input_only(tiny_model):
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    value, grad = energy_grad(tiny_model.energy, x)
-    assert value.shape == (3,) and grad.shape == x.shape
+    value, grad, logits = input_grad(tiny_model, x, _marginal(tiny_model))
+    assert value.shape == (3,) and grad.shape == x.shape and logits.shape == (3, 10)
+    assert torch.allclose(value, tiny_model.energy(x), atol=1e-5) and torch.allclose(logits, tiny_model.logits(x))
     assert all(p.grad is None for p in tiny_model.parameters())
-    assert not x.requires_grad
+    assert not (x.requires_grad or value.requires_grad or grad.requires_grad or logits.requires_grad)
     # finite difference along the gradient direction
     d = grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     h = 1e-3
@@ -89,11 +94,46 @@ def test_energy_grad_is_wrt_input_only(tiny_model):
     assert torch.allclose(fd, grad.flatten(1).norm(dim=1), rtol=0.05, atol=1e-3)
 
 
+def test_input_grad_hands_y_to_value_and_matches_autograd(tiny_model):
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    y = torch.tensor([3, 1, 4, 1])
+    e, g, _ = input_grad(tiny_model, x, tiny_model.joint_energy_from_logits, y)
+    xg = x.clone().requires_grad_(True)
+    ref = tiny_model.joint_energy(xg, y)
+    (g_ref,) = torch.autograd.grad(ref.sum(), xg)
+    assert torch.equal(e, ref.detach()) and torch.allclose(g, g_ref, atol=1e-7)
+
+
 def test_per_sample_gradient_independent_of_batch(tiny_model):
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    _, g_all = energy_grad(tiny_model.energy, x)
-    _, g_one = energy_grad(tiny_model.energy, x[2:3])
+    _, g_all, _ = input_grad(tiny_model, x, _marginal(tiny_model))
+    _, g_one, _ = input_grad(tiny_model, x[2:3], _marginal(tiny_model))
     assert torch.allclose(g_all[2:3], g_one, atol=1e-6)
+
+
+def test_input_grad_refuses_bad_values(tiny_model):
+    x = torch.rand(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"returned \(\) for 2 images.*shape \(N,\)"):
+        input_grad(tiny_model, x, lambda lg, _: tiny_model.energy_from_logits(lg).sum())
+    with pytest.raises(ValueError, match="does not depend on the logits"):
+        input_grad(tiny_model, x, lambda lg, _: torch.zeros(2))
+    with pytest.raises(TypeError, match="value as a callable"):
+        input_grad(tiny_model, x, "marginal")
+    with pytest.raises(TypeError, match="x as a torch.Tensor"):
+        input_grad(tiny_model, x.numpy(), _marginal(tiny_model))
+
+
+def test_joint_energy_without_labels_says_so(tiny_model):
+    with pytest.raises(TypeError, match=r"needs y.*use energy\(x\)"):
+        tiny_model.joint_energy(torch.rand(2, 3, 32, 32), None)
+
+
+def test_energy_grad_is_a_deprecated_alias_of_input_grad(tiny_model):
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with pytest.warns(DeprecationWarning, match="input_grad"):
+        value, grad = energy_grad(tiny_model.energy, x)
+    ref_v, ref_g, _ = input_grad(tiny_model, x, _marginal(tiny_model))
+    assert torch.equal(value, ref_v) and torch.equal(grad, ref_g)
 
 
 def test_mode_restores_bn_buffers(tiny_model):

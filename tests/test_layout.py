@@ -158,6 +158,35 @@ def test_atomic_writes_and_json_helpers_live_only_in_io():
     assert offenders == [], "use ebmlens._io instead: " + "; ".join(offenders)
 
 
+# --------------------------------------------------------------------------- one PGD loop
+GEOMETRY_STEP = re.compile(r"\b\w*geom\w*\.step\(", re.I)  # geometry.step(, self.geometry.step(, geom.step(
+
+
+def geometry_step_calls(paths: list[Path], root: Path = PKG) -> list[str]:
+    """``path:line`` of every call of a geometry's ``step(`` outside ``attacks/geometry.py`` (which defines them)."""
+    found = []
+    for p in paths:
+        if p.relative_to(root).as_posix() == "attacks/geometry.py":
+            continue
+        for n, line in enumerate(p.read_text().splitlines(), 1):
+            found += [f"{p.relative_to(root).as_posix()}:{n}"] * len(GEOMETRY_STEP.findall(line))
+    return found
+
+
+def test_exactly_one_geometry_step_outside_the_geometries():
+    """One PGD loop (issue 19): ``attacks.pgd`` takes every geometry step; the sampling stage, analysis and
+    training call it instead of writing a loop out."""
+    calls = geometry_step_calls(_modules())
+    assert len(calls) == 1 and calls[0].startswith("attacks/core.py:"), calls
+
+
+def test_geometry_step_check_catches_a_second_loop(tmp_path):
+    (tmp_path / "sampling").mkdir()
+    stage = tmp_path / "sampling" / "pgd.py"
+    stage.write_text("def f(geom, x, g, opt):\n    opt.step()\n    return geom.step(x, -g, 0.1)\n")
+    assert geometry_step_calls([stage], root=tmp_path) == ["sampling/pgd.py:3"]
+
+
 # --------------------------------------------------------------------------- short files
 MAX_LINES = 400
 # path (relative to ebmlens/) -> why it may be longer. Target: empty.

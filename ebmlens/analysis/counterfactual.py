@@ -200,23 +200,15 @@ def counterfactuals(
                 streams = rng.SampleStreams(rng.sample_seed(seed, 0), b.tolist())
                 t = choose_targets(logits0, y, target, streams)  # type: ignore[arg-type]
             path_e, path_ej, path_pred = [], [], []
-            seen: dict[str, torch.Tensor] = {}
 
-            def loss(logits: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
-                seen["logits"] = logits.detach()
-                return F.cross_entropy(logits.float(), tt, reduction="none")
+            def record(step: int, _loss: torch.Tensor, logits: torch.Tensor) -> None:  # the pass at x_step
+                path_e.append(model.energy_from_logits(logits))
+                path_ej.append(model.joint_energy_from_logits(logits, t))
+                path_pred.append(logits.argmax(1))
 
-            def record(step: int, _loss: torch.Tensor) -> None:  # after each gradient evaluation at x_step
-                lg = seen["logits"]
-                path_e.append(model.energy_from_logits(lg))
-                path_ej.append(model.joint_energy_from_logits(lg, t))
-                path_pred.append(lg.argmax(1))
-
-            xc = pgd(model, x, t, geometry, steps, size, loss=loss, targeted=True, callback=record)
+            xc = pgd(model, x, t, geometry, steps, size, loss="ce", targeted=True, callback=record)
             with torch.no_grad():
-                lg = model(xc)
-            seen["logits"] = lg
-            record(steps, torch.empty(0))
+                record(steps, torch.empty(0), model(xc))
             preds = torch.stack(path_pred, 1)  # (b, steps + 1)
             hit = preds == t[:, None]
             first = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(t, -1))

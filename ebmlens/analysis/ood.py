@@ -31,7 +31,7 @@ import torch
 from .. import _dist
 from .._validate import validate_images
 from ..data import ImageData
-from ..energy import EnergyModel
+from ..energy import EnergyModel, input_grad
 from ._ood_metrics import bootstrap_ood_metrics
 from .energies import as_energy_model, as_image_data
 from .ood_results import OODReport, OODResult
@@ -78,11 +78,7 @@ def score_batch(model: EnergyModel, x: torch.Tensor, scores: Sequence[Score] | S
     """
     named = _score_names(scores)
     if any(s == "grad-norm" for _, s in named):
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            logits = model(xg)
-            (grad,) = torch.autograd.grad(model.energy_from_logits(logits).sum(), xg)
-        logits = logits.detach()
+        _, grad, logits = input_grad(model, x, lambda lg, _: model.energy_from_logits(lg))  # dE(x)/dx
         gnorm = grad.flatten(1).norm(dim=1)
     else:
         with torch.no_grad():

@@ -5,15 +5,18 @@ One small module each:
 
 * :mod:`~ebmlens.attacks.geometry` - ``L2Ball``, ``LinfBall``, ``Unconstrained`` (``random_start``,
   ``step``, ``project``) and the one threat-model parser, :func:`parse_threat_model`;
-* ``ebmlens/attacks/core.py`` - the PGD loop :func:`pgd`, its per-sample :func:`attack_loss` and the
-  one default step rule, :func:`default_step_size`;
+* ``ebmlens/attacks/core.py`` - the PGD loop :func:`pgd` (with per-sample stopping, ``stop_at``, and a
+  per-step ``callback(step, loss, logits=)``), its per-sample :func:`attack_loss` and the one default
+  step rule, :func:`default_step_size`;
 * :mod:`~ebmlens.attacks.registry` - attack names -> configured :class:`Attack` objects
   (:func:`get_attack`, :func:`list_attacks`, :func:`choose_targets`);
 * ``_torchattacks`` - the adapter that runs torchattacks' attacks without touching the caller's
   global random state or printing (``attacks`` extra).
 
-:func:`pgd` is the one loop over the geometries. Targeting is a sign: an untargeted attack ascends
-the loss of the true label; a targeted one descends the loss of the target. Images stay in [0, 1].
+:func:`pgd` is the one PGD loop over the geometries (the TargetedPGD sampling stage, analysis and
+training call it); its gradient pass is :func:`ebmlens.energy.input_grad`. Targeting is a sign: an
+untargeted attack ascends the loss of the true label; a targeted one descends the loss of the target.
+Images stay in [0, 1].
 
 >>> import torch
 >>> ball = L2Ball(eps=1.0)

@@ -11,8 +11,9 @@ logit), ``"marginal"`` ``E(x)`` (unconditional). With ``keep_best`` each sample 
 lowest loss (Santurkar et al.'s ``use_best``). With ``stop_at = tau`` each sample stops as soon as the
 model's own ``p(y | x) >= tau`` at its current iterate (checked on the pass that computes its gradient)
 and leaves the batch: it moves only as far as its class needs, and later passes run on the remaining
-rows only (gradient evaluations per sample fall; one host sync per step to shrink the batch). The loop below is :func:`ebmlens.attacks.pgd` with
-``targeted=True`` written out (same pieces, same numbers): analysis and training call that core.
+rows only (gradient evaluations per sample fall; one host sync per step to shrink the batch). The loop
+is :func:`ebmlens.attacks.pgd` with ``targeted=True``: the one PGD loop, which analysis and training
+call too.
 
 >>> import torch
 >>> from ebmlens.attacks import L2Ball
@@ -28,15 +29,13 @@ L2Ball(eps=0.5)
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from .. import rng
-from ..attacks import Geometry, attack_loss
-from ..attacks.core import keep_better, loss_and_grad
+from ..attacks import Geometry, pgd
 
 if TYPE_CHECKING:
     from .pipeline import StepCallback
@@ -90,53 +89,9 @@ class TargetedPGD:
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, *, generator: rng.GeneratorLike = None,
                  callback: StepCallback | None = None) -> torch.Tensor:
-        geom, x0 = self.geometry, x.detach()
-        xt = self._clamp(geom.random_start(x0, generator) if self.random_start else x0.clone())
-        if self.stop_at is not None:
-            return self._stopping(model, x0, xt, y, callback)
-        best = None  # (x, -loss) of each sample's best iterate so far
-        keep: list = []
-        with_logits = callback is not None and _takes_logits(callback)
-        loss_fn = _keeping_logits(keep, self.loss, model) if with_logits else self.loss
-        for i in range(self.steps):
-            loss, grad = loss_and_grad(model, xt, y, loss_fn)  # (N,), (N, C, H, W)
-            if callback is not None:
-                callback(i, loss, logits=keep[0]) if with_logits else callback(i, loss)
-            if self.keep_best:
-                best = keep_better(best, xt, -loss)
-            xt = self._clamp(geom.project(geom.step(xt, -grad, self.step_size), x0))  # descend toward y
-        if best is not None:  # the last iterate has not been scored yet: one more forward pass
-            with torch.no_grad():
-                xt, _ = keep_better(best, xt, -attack_loss(model(xt), y, self.loss, model))
-        return xt.detach()
-
-    def _stopping(self, model, x0: torch.Tensor, xt: torch.Tensor, y: torch.Tensor,
-                  callback: StepCallback | None) -> torch.Tensor:
-        """The loop with per-sample stopping: passes on the rows still moving (``active``); the callback
-        still sees every row (a stopped row's loss and logits are those of its last pass)."""
-        geom, keep = self.geometry, []
-        with_logits = callback is not None and _takes_logits(callback)
-        loss_fn = _keeping_logits(keep, self.loss, model)
-        active = torch.arange(xt.shape[0], device=xt.device)
-        last_loss = last_logits = None
-        for i in range(self.steps):
-            if active.numel():
-                xs, ys = xt[active], y[active]
-                loss, grad = loss_and_grad(model, xs, ys, loss_fn)  # (n,), (n, C, H, W) of the active rows
-                if last_loss is None:
-                    last_loss, last_logits = loss.clone(), keep[0].clone()
-                else:
-                    last_loss[active], last_logits[active] = loss, keep[0].to(last_logits.dtype)
-                go = keep[0].float().softmax(1).gather(1, ys.view(-1, 1)).squeeze(1) < self.stop_at
-                stepped = self._clamp(geom.project(geom.step(xs[go], -grad[go], self.step_size), x0[active[go]]))
-                active = active[go]
-                xt = xt.index_copy(0, active, stepped)
-            if callback is not None:
-                callback(i, last_loss, logits=last_logits) if with_logits else callback(i, last_loss)
-        return xt.detach()
-
-    def _clamp(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.clamp is None else x.clamp(*self.clamp)
+        return pgd(model, x, y, self.geometry, self.steps, self.step_size, loss=self.loss, targeted=True,
+                   random_start=self.random_start, keep_best=self.keep_best, clamp=self.clamp,
+                   generator=generator, stop_at=self.stop_at, callback=callback)
 
     def first_pass_at_input(self, unit_range: bool) -> bool:
         """Whether step 0's gradient pass is at the stage's input ``x`` itself (then the pipeline takes the
@@ -145,19 +100,3 @@ class TargetedPGD:
         fits = self.clamp is None or (unit_range and self.clamp[0] <= 0 and self.clamp[1] >= 1)
         return self.steps > 0 and not self.random_start and fits
 
-
-def _takes_logits(callback) -> bool:
-    """Whether ``callback`` accepts ``logits=`` (older callbacks ``callback(step, loss)`` still work)."""
-    try:
-        params = inspect.signature(callback).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(p.name == "logits" or p.kind is p.VAR_KEYWORD for p in params)
-
-
-def _keeping_logits(keep: list, loss: str, model):
-    """``attack_loss`` that also leaves each pass's logits (detached) in ``keep[0]``: same computation."""
-    def fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        keep[:] = [logits.detach()]
-        return attack_loss(logits, y, loss, model)  # type: ignore[arg-type]
-    return fn

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 import torch
 
 from .. import rng
-from ..energy import energy_grad
+from ..energy import input_grad
 
 if TYPE_CHECKING:
     from .pipeline import StepCallback
@@ -37,15 +37,11 @@ if TYPE_CHECKING:
 __all__ = ["SGLD", "MomentumSGLD"]
 
 
-def _energy_fn(model, y: torch.Tensor, energy: str, keep: list | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``x -> E(x, y)`` or ``E(x)``. With ``keep`` (a list), each call also leaves its logits in ``keep[0]``
-    (detached; for the step callback): the same pass, ``joint_energy(x, y)`` computed from its logits."""
-    def fn(x: torch.Tensor) -> torch.Tensor:  # unchecked passes: x may leave [0, 1] between steps
-        logits = model(x)
-        if keep is not None:
-            keep[:] = [logits.detach()]
-        return model.joint_energy_from_logits(logits, y) if energy == "joint" else model.energy_from_logits(logits)
-    return fn
+def _energy(model, energy: str) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """``value(logits, y)`` for :func:`~ebmlens.energy.input_grad`: ``E(x, y)`` or ``E(x)`` from the logits."""
+    if energy == "joint":
+        return model.joint_energy_from_logits
+    return lambda logits, _y: model.energy_from_logits(logits)
 
 
 def _check_clamp(name: str, clamp) -> None:
@@ -95,13 +91,12 @@ class SGLD:
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, *, generator: rng.GeneratorLike = None,
                  callback: StepCallback | None = None) -> torch.Tensor:
-        keep: list = []
-        fn = _energy_fn(model, y, self.energy, keep if callback is not None else None)
+        value = _energy(model, self.energy)
         x = x.detach().clone()
         for t in range(self.steps):
-            e, g = energy_grad(fn, x)                                           # (N,), (N, C, H, W)
+            e, g, logits = input_grad(model, x, value, y)  # unchecked passes: x may leave [0, 1] between steps
             if callback is not None:
-                callback(t, e, logits=keep[0])
+                callback(t, e, logits=logits)
             if self.grad_clip is not None:
                 g = g.clamp(-self.grad_clip, self.grad_clip)
             for _ in range(self.inner_steps):
@@ -164,15 +159,14 @@ class MomentumSGLD:
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, *, generator: rng.GeneratorLike = None,
                  callback: StepCallback | None = None) -> torch.Tensor:
-        keep: list = []
-        fn = _energy_fn(model, y, self.energy, keep if callback is not None else None)
+        value = _energy(model, self.energy)
         x = x.detach().clone()
         v = torch.zeros_like(x)
         sigma = math.sqrt(2 * self.eta) * self.noise
         for t in range(self.steps):
-            e, g = energy_grad(fn, x)
+            e, g, logits = input_grad(model, x, value, y)  # (N,), (N, C, H, W), (N, K)
             if callback is not None:
-                callback(t, e, logits=keep[0])
+                callback(t, e, logits=logits)
             v = self.momentum * v - 0.5 * self.eta * g
             upd = v
             if sigma > 0:

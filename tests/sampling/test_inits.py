@@ -60,6 +60,23 @@ def test_data_init_same_class_errors():
         S.DataInit(only_two, same_class=True)(model, torch.tensor([0, 3]), generator=_gen())
 
 
+def test_data_init_noise_adds_gaussian_noise_of_that_std_per_sample():
+    """``clamp(x_j + noise * z, 0, 1)``: around a mid-grey seed (no clamping) the residual is N(0, noise^2),
+    a fresh draw per sample that follows the generator; ``noise=0`` returns the seeds themselves."""
+    model = make_small_model()
+    grey = torch.full((3, *SMALL_SHAPE), 0.5)
+    y = torch.arange(40) % SMALL_K
+    assert torch.equal(S.DataInit(grey)(model, y, generator=_gen(0)), torch.full((40, *SMALL_SHAPE), 0.5))
+    for s in (0.02, 0.1):
+        r = (S.DataInit(grey, noise=s)(model, y, generator=_gen(0)) - 0.5).flatten(1)  # (40, C*H*W)
+        assert abs(float(r.std()) / s - 1) < 0.05 and abs(float(r.mean())) < 0.05 * s
+        assert bool(((r.std(1) / s - 1).abs() < 0.3).all())  # every sample is noised
+        assert float((r[0] - r[1]).abs().max()) > s  # independent draws, not one z for all
+    again = S.DataInit(grey, noise=0.1)(model, y, generator=_gen(0))
+    assert torch.equal(again, S.DataInit(grey, noise=0.1)(model, y, generator=_gen(0)))
+    assert not torch.equal(again, S.DataInit(grey, noise=0.1)(model, y, generator=_gen(1)))
+
+
 # -------------------------------------------------------------------------------------------- PCAInit
 def test_pca_init_n_images_sets_the_singular_values(small_stats):
     """``s_i = sqrt((n - 1) lambda_i)``: the coefficient spread along component i is

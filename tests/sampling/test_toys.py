@@ -92,7 +92,7 @@ def test_targeted_pgd_stays_in_the_ball_and_lowers_the_targeted_loss(geometry, r
         y = (small_model.logits(x0).argmax(1) + 1) % SMALL_K        # a target that is not the prediction
     losses = []
     stage = S.TargetedPGD(geometry, steps=10, step_size=geometry.eps / 4, random_start=random_start)
-    x = stage(small_model, x0, y, generator=g, callback=lambda t, lv: losses.append(lv))
+    x = stage(small_model, x0, y, generator=g, callback=lambda t, lv, logits: losses.append(lv))
     d = (x - x0).flatten(1)
     norm = d.norm(dim=1) if isinstance(geometry, S.L2Ball) else d.abs().amax(1)
     assert float(norm.max()) <= geometry.eps + 1e-5
