@@ -39,6 +39,16 @@ class ImageSet:
     class_names: list[str]
     source: str
     fingerprint: str
+    #: False for a set read without labels (``npz:PATH?unlabeled``, a flat folder, a bare tensor):
+    #: its ``labels`` are placeholders (0) and consumers that need labels refuse it (``require_labels``)
+    labeled: bool = True
+    #: True while ``class_names`` are folder names not yet matched to a model's classes
+    #: (:func:`ebmlens.data.classmap.map_classes`); labels are positions among those folders
+    folder_classes: bool = False
+    #: ``{"folder": "class name" or index}`` from the spec's ``?class_map=FILE.json``
+    class_map: dict | None = None
+    #: how labels were assigned when that is worth saying in a report (e.g. sorted folder order)
+    label_note: str | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -92,6 +102,7 @@ class ImageData(ImageSet):
         class_names: names of the classes.
         source: the spec or description it came from.
         fingerprint: sha256 of the arrays (first 16 hex digits), for provenance records.
+        labeled, folder_classes, class_map, label_note: see :class:`ImageSet`.
     """
 
     images: np.ndarray
@@ -99,6 +110,10 @@ class ImageData(ImageSet):
     class_names: list[str]
     source: str
     fingerprint: str = field(default="")
+    labeled: bool = True
+    folder_classes: bool = False
+    class_map: dict | None = None
+    label_note: str | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:

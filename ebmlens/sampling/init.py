@@ -246,13 +246,15 @@ class DataInit:
     same_class: bool = False
 
     def __post_init__(self) -> None:
-        from ..data import ImageSet, load_data
+        from ..data import ImageSet, load_data, require_labels
 
         imgs = self.images
         if isinstance(imgs, str):
             imgs = load_data(imgs)
             object.__setattr__(self, "images", imgs)
         if isinstance(imgs, ImageSet):  # in memory or streamed (random access: decoded per batch)
+            if self.same_class:
+                object.__setattr__(self, "images", imgs := require_labels(imgs, "DataInit(same_class=True)"))
             if len(imgs) == 0:
                 raise ValueError("DataInit got an empty image set")
         elif isinstance(imgs, torch.Tensor):

@@ -217,12 +217,12 @@ def class_stats(
 def image_set(source: Any, split: str | None, who: str):
     """The image set a fit reads: a data spec (its train split unless ``split`` or the spec says
     otherwise) or an image set as is; anything else fails naming ``who``."""
-    from ..data import ImageSet, load_data
+    from ..data import ImageSet, load_data, require_labels
 
     if isinstance(source, (str, Path)):
-        return load_data(str(source), split, default_split="train")
+        return require_labels(load_data(str(source), split, default_split="train"), who)
     if isinstance(source, ImageSet):
-        return source
+        return require_labels(source, who)
     raise TypeError(f"{who} source must be a data spec like 'cifar10:PATH', an image set, a .safetensors "
                     f"file or an image tensor, got {type(source).__name__}")
 

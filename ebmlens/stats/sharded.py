@@ -75,11 +75,11 @@ def fit_stats_dir(source: Any, out: str | Path, *, downsample: int = 4, rank: in
     Returns:
         ``out`` as a Path.
     """
-    from ..data import load_data
+    from ..data import load_data, require_labels
 
     if not (isinstance(rank, int) and rank >= 1):
         raise ValueError(f"rank must be a positive int, got {rank!r}")
-    data = load_data(source, split, default_split="train", preprocess=preprocess)
+    data = require_labels(load_data(source, split, default_split="train", preprocess=preprocess), "class statistics")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     idx = np.arange(len(data)) if n is None else data.strided(int(n))
