@@ -151,3 +151,34 @@ def test_tar_png_bytes_are_the_same_through_every_reader(tmp_path):
     Image.open(root / "cat" / "0.png").save(buf, "PNG")
     a = load_data(f"folder:{root}", classes=CIFAR10_CLASSES)
     assert np.array_equal(a.images[0], np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+
+
+def test_cli_accuracy_on_cat_and_dog_folders_maps_by_name(tmp_path, cifar_test):
+    """The issue's row end to end: real CIFAR cats and dogs in cat/ and dog/ score what the same images
+    score with their true labels (it was 0.00: labels 0 and 1); other names need --class-map."""
+    from click.testing import CliRunner
+
+    from ebmlens.cli import main
+
+    idx = np.concatenate([np.flatnonzero(cifar_test.labels == k)[:12] for k in (3, 5)])
+    for name, k in (("cat", 3), ("kitty", 3), ("dog", 5)):
+        for i in idx[cifar_test.labels[idx] == k]:
+            (tmp_path / "f" / name).mkdir(parents=True, exist_ok=True)
+            if name != "kitty":
+                Image.fromarray(cifar_test.images[i]).save(tmp_path / "f" / name / f"{i}.png")
+            (tmp_path / "g" / name).mkdir(parents=True, exist_ok=True)
+            if name != "cat":
+                Image.fromarray(cifar_test.images[i]).save(tmp_path / "g" / name / f"{i}.png")
+    np.savez(tmp_path / "true.npz", images=cifar_test.images[idx], labels=cifar_test.labels[idx])
+    (tmp_path / "map.json").write_text(json.dumps({"kitty": "cat"}))
+    args = ["accuracy", "--model", "ebmlens:cifar10-l2-small", "--steps", "1", "--device", "cpu", "--out"]
+    res = {}
+    for key, extra in (("folder", ["--data", f"folder:{tmp_path / 'f'}"]), ("npz", ["--data", f"npz:{tmp_path / 'true.npz'}"]),
+                       ("mapped", ["--data", f"folder:{tmp_path / 'g'}", "--class-map", str(tmp_path / "map.json")])):
+        r = CliRunner().invoke(main, args + [str(tmp_path / f"{key}.json")] + extra)
+        assert r.exit_code == 0, r.output
+        res[key] = json.loads((tmp_path / f"{key}.json").read_text())["clean_acc"]
+    assert res["folder"] == res["npz"] == res["mapped"] > 0.3
+    r = CliRunner().invoke(main, args + [str(tmp_path / "x.json"), "--data", f"folder:{tmp_path / 'g'}"])
+    assert r.exit_code == 2 and "'kitty'" in r.output and "--class-map" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1

@@ -267,9 +267,11 @@ def _read_torchvision(path: Path, kind: str, split: str):
     return np.concatenate(images), np.concatenate(labels), names
 
 
-def _load_npz(path: Path, spec: str, *, unlabeled: bool = False, layout: str | None = None) -> ImageData:
+def _load_npz(path: Path, spec: str, *, unlabeled: bool = False, layout: str | None = None,
+              labels_optional: bool = False) -> ImageData:
     """An ``.npz`` with ``images`` and ``labels`` (``class_names`` optional), read under the
-    contract (:mod:`ebmlens.data.contract`); ``unlabeled``: no labels expected (they are ignored)."""
+    contract (:mod:`ebmlens.data.contract`); ``unlabeled``: no labels expected (they are ignored);
+    ``labels_optional``: without ``labels`` the set is unlabeled (for consumers that need none)."""
     import zipfile
 
     try:
@@ -288,7 +290,7 @@ def _load_npz(path: Path, spec: str, *, unlabeled: bool = False, layout: str | N
                              "arrays (images uint8 or float32, labels int64)") from None
         raise
     images = read_pixels(images, str(path), layout=layout)
-    if labels is None and not unlabeled:
+    if labels is None and not (unlabeled or labels_optional):
         raise ValueError(f"{path} has no 'labels' array; save labels=, or write npz:{path}?unlabeled for a set "
                          "without labels (OOD sets, unconditional FD/IS/KID)")
     if labels is None:

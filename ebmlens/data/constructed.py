@@ -72,8 +72,11 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def _as_data(x: torch.Tensor, labels: np.ndarray, names: list[str], source: str) -> ImageData:
-    return ImageData(to_uint8_images(x.clamp(0, 1)), np.asarray(labels, dtype=np.int64), names, source)
+def _as_data(x: torch.Tensor, labels: np.ndarray, names: list[str], source: str, like=None) -> ImageData:
+    """Built images; ``like``: the set they came from (its labels' flags carry over)."""
+    flags = {} if like is None else {"labeled": like.labeled, "folder_classes": like.folder_classes,
+                                     "class_map": like.class_map}
+    return ImageData(to_uint8_images(x.clamp(0, 1)), np.asarray(labels, dtype=np.int64), names, source, **flags)
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -94,7 +97,8 @@ def synthetic_data(spec: str, *, n: int | None = None, shape: tuple[int, int, in
         x = (0.5 + 0.25 * torch.randn(count, c, h, w, generator=g)).clamp(0, 1)
     else:
         x = torch.rand(count, c, 1, 1, generator=g).expand(count, c, h, w)
-    return _as_data(x, np.zeros(count), ["ood"], f"synthetic:{kind}?n={count}&seed={seed}")
+    return ImageData(to_uint8_images(x), np.zeros(count, np.int64), ["ood"], f"synthetic:{kind}?n={count}&seed={seed}",
+                     labeled=False)
 
 
 # --------------------------------------------------------------------------- interpolations
@@ -112,12 +116,12 @@ def interp_data(spec: str, *, n: int | None = None, base: ImageData | None = Non
     seed = _int_opt(opts, "seed", 0, spec, 0)
     n = _int_opt(opts, "n", n, spec, 1)
     _no_more(opts, spec, "lambda=, seed= and n=")
-    data = base if base is not None else load_data(inner, default_split="test")
+    data = base if base is not None else load_data(inner, default_split="test", need_labels=False)
     idx = np.arange(len(data)) if n is None else data.strided(min(n, len(data)))
     perm = torch.randperm(idx.size, generator=_gen(seed)).numpy()
     x = data.tensor(idx)
     x = lam * x + (1.0 - lam) * x[perm]
-    return _as_data(x, data.labels[idx], list(data.class_names), f"interp:{data.source}?lambda={lam}&seed={seed}")
+    return _as_data(x, data.labels[idx], list(data.class_names), f"interp:{data.source}?lambda={lam}&seed={seed}", data)
 
 
 # --------------------------------------------------------------------------- corruptions
@@ -219,13 +223,13 @@ def corrupt_data(spec: str, *, n: int | None = None, base: ImageData | None = No
     seed = _int_opt(opts, "seed", 0, spec, 0)
     n = _int_opt(opts, "n", n, spec, 1)
     _no_more(opts, spec, "seed= and n=")
-    data = base if base is not None else load_data(inner, default_split="test")
+    data = base if base is not None else load_data(inner, default_split="test", need_labels=False)
     idx = np.arange(len(data)) if n is None else data.strided(min(n, len(data)))
     fn, params = CORRUPTIONS[name]
     c, g = params[int(sev_s) - 1], _gen(seed)
     parts = [fn(data.tensor(idx[s:s + batch_size]), c, g).clamp(0, 1) for s in range(0, idx.size, batch_size)]
     return _as_data(torch.cat(parts), data.labels[idx], list(data.class_names),
-                    f"corrupt:{name}@{sev_s}:{data.source}?seed={seed}")
+                    f"corrupt:{name}@{sev_s}:{data.source}?seed={seed}", data)
 
 
 OOD_KINDS = {"synthetic": synthetic_data, "interp": interp_data, "corrupt": corrupt_data}
@@ -251,7 +255,7 @@ def resolve_ood(spec: ImageData | str, in_data: ImageData | None = None, model=N
         return synthetic_data(spec, n=n, shape=shape)  # type: ignore[arg-type]
     if kind in OOD_KINDS:
         return OOD_KINDS[kind](spec, n=n)
-    return load_data(spec, default_split="test")
+    return load_data(spec, default_split="test", need_labels=False)
 
 
 # Registered as data specs: load_data("synthetic:uniform?n=100"), "interp:cifar10:PATH?lambda=0.5", ...

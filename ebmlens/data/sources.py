@@ -158,7 +158,7 @@ def parse_data_spec(spec: str) -> tuple[str, str, str | None]:
 
 def load_data(spec: str | ImageSet, split: str | None = None, *, default_split: str = "test",
               preprocess: Preprocess | None = None, classes: list[str] | None = None,
-              class_map: dict | str | os.PathLike | None = None) -> ImageSet:
+              class_map: dict | str | os.PathLike | None = None, need_labels: bool = True) -> ImageSet:
     """Load an image set from a data spec (see :mod:`ebmlens.data`). ``split`` overrides the spec's
     ``@split``; without either, ``default_split`` is used (statistics use train, analysis and metrics
     test; ImageNet's test is its ``val``). ``preprocess``: the model's resize / crop
@@ -167,7 +167,9 @@ def load_data(spec: str | ImageSet, split: str | None = None, *, default_split: 
     ``classes`` (``model.class_names``): class folders are matched to these names now
     (:func:`ebmlens.data.classmap.map_classes`; ``cifar10:``/``cifar100:`` default to their own
     names); otherwise the set keeps its folder names until a consumer maps them to its model
-    (:func:`ebmlens.data.require_labels`). ``class_map``: a dict or JSON file for folders named otherwise."""
+    (:func:`ebmlens.data.require_labels`). ``class_map``: a dict or JSON file for folders named otherwise.
+    ``need_labels=False`` (consumers that need none: FD/IS/KID images and references, OOD sets): an
+    npz without ``labels`` reads as an unlabeled set instead of an error."""
     if isinstance(spec, ImageSet):
         return map_classes(spec, classes, _class_map(class_map)) if classes is not None else spec
     d = _parse(spec)
@@ -179,7 +181,8 @@ def load_data(spec: str | ImageSet, split: str | None = None, *, default_split: 
         want = src.splits[-1]  # e.g. imagenet has no "test": its "val" is the held-out split
     if want not in src.splits:
         raise ValueError(f"unknown split {want!r} for {d.kind}: data; use one of {', '.join(src.splits)}")
-    data = src.fn(DataSpec(d.kind, d.path, want, d.options, d.text), preprocess)
+    opts = d.options if need_labels else {**d.options, "_labels_optional": "1"}
+    data = src.fn(DataSpec(d.kind, d.path, want, opts, d.text), preprocess)
     if "unlabeled" in d.options and data.labeled:
         data = _with(data, labeled=False, folder_classes=False)
     cmap = _class_map(class_map if class_map is not None else d.options.get("class_map"))
@@ -226,7 +229,7 @@ def _cifar(kind: str):
 
 def _npz(spec: DataSpec, preprocess: Preprocess | None) -> ImageSet:
     return _load_npz(_existing(spec, "an .npz file"), spec.text, unlabeled="unlabeled" in spec.options,
-                     layout=spec.options.get("layout"))
+                     layout=spec.options.get("layout"), labels_optional="_labels_optional" in spec.options)
 
 
 def _folder(spec: DataSpec, preprocess: Preprocess | None) -> ImageSet:
@@ -242,7 +245,8 @@ def _folder(spec: DataSpec, preprocess: Preprocess | None) -> ImageSet:
         names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 1)]
         return ImageData(images, labels, names, spec.text, fingerprint(*chunks, labels))
     if path.is_dir() and (path / "samples.npz").exists():
-        return _load_npz(path / "samples.npz", spec.text, unlabeled="unlabeled" in spec.options)
+        return _load_npz(path / "samples.npz", spec.text, unlabeled="unlabeled" in spec.options,
+                         labels_optional="_labels_optional" in spec.options)
     if path.is_file() and path.name.endswith(".tar"):  # random access through a member index
         from .tarindex import tar_index
 
@@ -281,11 +285,13 @@ register_data_source("imagenet", _imagenet, splits=("train", "val"))
 
 
 def as_image_data(x: object, what: str = "images", *, default_split: str = "test",
-                  preprocess: Preprocess | None = None) -> ImageSet:
+                  preprocess: Preprocess | None = None, need_labels: bool = False) -> ImageSet:
     """An image set from what a user hands in: an :class:`ImageSet` (returned as is); a batch (see
     :func:`to_uint8_images`; an unlabeled set: consumers that need labels refuse it); a folder (an
     ebmlens samples folder or image files); an
-    ``.npz``; or a data spec (without ``@split``: ``default_split``). ``what`` names it in errors."""
+    ``.npz``; or a data spec (without ``@split``: ``default_split``). ``what`` names it in errors.
+    ``need_labels`` (default ``False``: what reads these needs no labels, e.g. FD/IS/KID): see
+    :func:`load_data`; a consumer that needs labels checks them with :func:`require_labels`."""
     if isinstance(x, ImageSet):
         data = x
     elif isinstance(x, (torch.Tensor, np.ndarray)):
@@ -294,14 +300,14 @@ def as_image_data(x: object, what: str = "images", *, default_split: str = "test
     elif isinstance(x, (str, os.PathLike)):
         p = Path(x).expanduser()
         if p.is_dir():
-            data = load_data(f"folder:{p}", preprocess=preprocess)
+            data = load_data(f"folder:{p}", preprocess=preprocess, need_labels=need_labels)
         elif p.suffix == ".npz" and p.is_file():
-            data = load_data(f"npz:{p}")
+            data = load_data(f"npz:{p}", need_labels=need_labels)
         elif ":" not in str(x):
             raise FileNotFoundError(f"{what} {str(x)!r} does not exist; give a samples or image folder, an .npz, "
                                     "or a data spec like cifar10:PATH@train")
         else:
-            data = load_data(str(x), default_split=default_split, preprocess=preprocess)
+            data = load_data(str(x), default_split=default_split, preprocess=preprocess, need_labels=need_labels)
     else:
         raise TypeError(f"{what} must be images (a tensor or array), an ImageData, a folder, an .npz or a data spec "
                         f"like 'cifar10:PATH@train', got {type(x).__name__}")
