@@ -30,6 +30,7 @@ import dataclasses
 import difflib
 import json
 import logging
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -55,7 +56,7 @@ def _norm(s: str) -> str:
     return re.sub(r"[\s_\-]+", "", s).lower()
 
 
-def read_class_map(path: str | Path) -> dict[str, str | int]:
+def read_class_map(path: str | os.PathLike) -> dict[str, str | int]:
     """A ``--class-map`` JSON file: ``{"folder name": "class name" or class index}``."""
     p = Path(path).expanduser()
     try:

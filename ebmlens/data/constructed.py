@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Callable
+from typing import Callable, overload
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ._readers import to_uint8_images
-from .memory import ImageData
+from .memory import ImageData, ImageSet
 from .sources import load_data, register_data_source
 
 __all__ = ["synthetic_data", "interp_data", "corrupt_data", "resolve_ood", "CORRUPTIONS", "OOD_KINDS"]
@@ -51,6 +51,10 @@ def _split_query(spec: str, kind: str) -> tuple[str, dict[str, str]]:
     return body, {}
 
 
+@overload
+def _int_opt(opts: dict, key: str, default: int, spec: str, low: int) -> int: ...
+@overload
+def _int_opt(opts: dict, key: str, default: int | None, spec: str, low: int) -> int | None: ...
 def _int_opt(opts: dict, key: str, default: int | None, spec: str, low: int) -> int | None:
     if key not in opts:
         return default
@@ -80,7 +84,7 @@ def _as_data(x: torch.Tensor, labels: np.ndarray, names: list[str], source: str,
 
 
 # --------------------------------------------------------------------------- synthetic
-def synthetic_data(spec: str, *, n: int | None = None, shape: tuple[int, int, int] | None = None) -> ImageData:
+def synthetic_data(spec: str, *, n: int | None = None, shape: tuple[int, ...] | None = None) -> ImageData:
     """``synthetic:KIND[?n=N&seed=S]``: noise images; ``n`` (default: the argument, else 1000) and
     ``shape`` ``(C, H, W)`` (default ``(3, 32, 32)``) are supplied by :func:`resolve_ood`."""
     kind, opts = _split_query(spec, "synthetic")
@@ -164,8 +168,8 @@ def _pil_map(x: torch.Tensor, fn: Callable) -> torch.Tensor:
     from PIL import Image
 
     arr = to_uint8_images(x.clamp(0, 1))
-    out = [np.asarray(fn(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a)), dtype=np.uint8) for a in arr]
-    out = np.stack([o[..., None] if o.ndim == 2 else o for o in out])
+    maps = [np.asarray(fn(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a)), dtype=np.uint8) for a in arr]
+    out = np.stack([o[..., None] if o.ndim == 2 else o for o in maps])
     return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255.0
 
 
@@ -232,27 +236,28 @@ def corrupt_data(spec: str, *, n: int | None = None, base: ImageData | None = No
                     f"corrupt:{name}@{sev_s}:{data.source}?seed={seed}", data)
 
 
-OOD_KINDS = {"synthetic": synthetic_data, "interp": interp_data, "corrupt": corrupt_data}
+OOD_KINDS: dict[str, Callable[..., ImageData]] = {"synthetic": synthetic_data, "interp": interp_data,
+                                                  "corrupt": corrupt_data}
 
 
-def resolve_ood(spec: ImageData | str, in_data: ImageData | None = None, model=None, *,
-                n: int | None = None) -> ImageData:
-    """An :class:`ImageData` from an OOD set given as data or spec.
+def resolve_ood(spec: ImageSet | str, in_data: ImageSet | None = None, model=None, *,
+                n: int | None = None) -> ImageSet:
+    """An image set from an OOD set given as data or spec (built sets are :class:`ImageData`).
 
     ``n`` (default ``len(in_data)``): the number of in-distribution images scored; ``synthetic:``
     makes that many, ``interp:`` and ``corrupt:`` build only that many (spread evenly over their
     inner spec) unless the spec says ``?n=``. The shape of ``synthetic:`` is ``model.input_shape``.
     Anything else is :func:`ebmlens.data.load_data` (test split).
     """
-    if isinstance(spec, ImageData):
+    if isinstance(spec, ImageSet):
         return spec
     if not isinstance(spec, str):
-        raise TypeError(f"an OOD set must be an ImageData or a data spec string, got {type(spec).__name__}")
+        raise TypeError(f"an OOD set must be an image set or a data spec string, got {type(spec).__name__}")
     kind = spec.partition(":")[0]
     n = n if n is not None else (len(in_data) if in_data is not None else None)
     if kind == "synthetic":
-        shape = tuple(getattr(model, "input_shape", ())) or None
-        return synthetic_data(spec, n=n, shape=shape)  # type: ignore[arg-type]
+        shape = tuple(int(s) for s in getattr(model, "input_shape", ())) or None
+        return synthetic_data(spec, n=n, shape=shape)
     if kind in OOD_KINDS:
         return OOD_KINDS[kind](spec, n=n)
     return load_data(spec, default_split="test", need_labels=False)

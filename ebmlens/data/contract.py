@@ -86,8 +86,8 @@ def read_pixels(a: Any, where: str, *, layout: str | None = None, allow_3d: bool
     if a.dtype == np.uint8:
         return np.ascontiguousarray(a)
     if a.dtype == np.bool_ or a.dtype.kind in "iu":
-        hi = int(a.max()) if a.size else 0
-        fix = "x.astype(np.uint8)" if a.size and a.min() >= 0 and hi <= 255 else "x / 65535 (16-bit) as float32"
+        top = int(a.max()) if a.size else 0
+        fix = "x.astype(np.uint8)" if a.size and a.min() >= 0 and top <= 255 else "x / 65535 (16-bit) as float32"
         raise ValueError(f"{where}: images are {a.dtype}, which is not read (only uint8 or float in [0, 1]); "
                          f"save {fix}")
     if a.dtype.kind != "f":

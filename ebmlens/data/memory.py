@@ -61,7 +61,7 @@ class ImageSet:
     def image_shape(self) -> tuple[int, int, int]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def tensor(self, idx: Sequence[int] | slice | None = None, device=None) -> torch.Tensor:  # pragma: no cover
+    def tensor(self, idx: Sequence[int] | np.ndarray | slice | None = None, device=None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def arrays(self, batch_size: int, indices: Sequence[int] | None = None
@@ -130,7 +130,7 @@ class ImageData(ImageSet):
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
 
-    def tensor(self, idx: Sequence[int] | slice | None = None, device=None) -> torch.Tensor:
+    def tensor(self, idx: Sequence[int] | np.ndarray | slice | None = None, device=None) -> torch.Tensor:
         """Float ``(n, C, H, W)`` in [0, 1] of the selected images."""
         return to_float(self.images if idx is None else self.images[idx], device)
 

@@ -113,7 +113,7 @@ class StreamedImages(ImageSet):
             return _decode(self.tar.read(i), self.tar.where(i), self.preprocess)
         return decode_file(self.files[i], self.preprocess)
 
-    def tensor(self, idx: Sequence[int] | slice | None = None, device=None) -> torch.Tensor:
+    def tensor(self, idx: Sequence[int] | np.ndarray | slice | None = None, device=None) -> torch.Tensor:
         """Float ``(n, C, H, W)`` in [0, 1] of the selected images, decoded here (random access)."""
         sel = np.arange(len(self))[idx] if idx is not None else np.arange(len(self))
         arrs = [self.decode(int(i)) for i in np.atleast_1d(sel)]
