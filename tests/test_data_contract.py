@@ -182,3 +182,24 @@ def test_cli_accuracy_on_cat_and_dog_folders_maps_by_name(tmp_path, cifar_test):
     r = CliRunner().invoke(main, args + [str(tmp_path / "x.json"), "--data", f"folder:{tmp_path / 'g'}"])
     assert r.exit_code == 2 and "'kitty'" in r.output and "--class-map" in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_datainit_same_class_seeds_map_folders_to_the_models_classes(tmp_path):
+    """DataInit(same_class=True) on a cat/dog folder seeds class 3 from cat/ (it took folder positions)."""
+    import torch
+
+    from ebmlens.sampling import DataInit
+
+    root = tmp_path / "cd"
+    for c, v in (("cat", 30), ("dog", 200)):
+        (root / c).mkdir(parents=True)
+        Image.fromarray(np.full((4, 4, 3), v, np.uint8)).save(root / c / "0.png")
+    init = DataInit(load_data(f"folder:{root}"), same_class=True)
+    model = SimpleNamespace(class_names=CIFAR10_CLASSES, num_classes=10, input_shape=(3, 4, 4))
+    x = init(model, torch.tensor([3, 5, 3]), generator=torch.Generator().manual_seed(0))
+    assert (x[:, 0, 0, 0] * 255).round().tolist() == [30.0, 200.0, 30.0]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(flat / "a.png")
+    with pytest.raises(ValueError, match=r"DataInit\(same_class=True\) needs class labels"):
+        DataInit(load_data(f"folder:{flat}"), same_class=True)

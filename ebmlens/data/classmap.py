@@ -109,6 +109,14 @@ def map_classes(data: Any, classes: Sequence[str] | None, class_map: Mapping[str
         return data
     folders = list(data.class_names)
     cmap = class_map if class_map is not None else getattr(data, "class_map", None)
+    key = (None if classes is None else tuple(classes), None if cmap is None else json.dumps(cmap, sort_keys=True))
+    done = data.__dict__.setdefault("_mapped", {})  # a consumer that maps per batch (DataInit) maps once
+    if key not in done:
+        done[key] = _map(data, folders, classes, cmap)
+    return done[key]
+
+
+def _map(data: Any, folders: list[str], classes: Sequence[str] | None, cmap: Mapping[str, str | int] | None):
     if classes is not None and not isinstance(classes, (list, tuple)):
         raise TypeError(f"classes must be a list of class names, got {type(classes).__name__}")
     named = classes is not None and list(classes) != [str(i) for i in range(len(classes))]

@@ -253,8 +253,8 @@ class DataInit:
             imgs = load_data(imgs)
             object.__setattr__(self, "images", imgs)
         if isinstance(imgs, ImageSet):  # in memory or streamed (random access: decoded per batch)
-            if self.same_class:
-                object.__setattr__(self, "images", imgs := require_labels(imgs, "DataInit(same_class=True)"))
+            if self.same_class and not imgs.labeled:
+                require_labels(imgs, "DataInit(same_class=True)")  # raises: an unlabeled set has no classes
             if len(imgs) == 0:
                 raise ValueError("DataInit got an empty image set")
         elif isinstance(imgs, torch.Tensor):
@@ -284,7 +284,9 @@ class DataInit:
     def __call__(self, model, y: torch.Tensor, *, generator: rng.GeneratorLike = None) -> torch.Tensor:
         imgs, n, dev = self.images, y.shape[0], y.device
         if self.same_class:
-            labels = torch.as_tensor(imgs.labels)
+            from ..data import require_labels  # class folders map to the model's classes (once, cached)
+
+            labels = torch.as_tensor(require_labels(imgs, "DataInit(same_class=True)", model).labels)
             u = rng.rand(generator, n, (), device="cpu")
             idx = torch.empty(n, dtype=torch.long)
             for k in torch.unique(y).tolist():
