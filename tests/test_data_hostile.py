@@ -264,6 +264,14 @@ def class_map_to_a_missing_class_is_refused(tmp):
 
 
 @case
+def class_map_indices_without_a_model(tmp):
+    _one(tmp, Image.fromarray(_rgb()), "kitty/0.png")
+    _one(tmp, Image.fromarray(_rgb()), "dog/0.png")
+    d = require_labels(load_data(f"folder:{tmp}", class_map={"kitty": 3, "dog": 5}), "class_stats")
+    assert d.labels.tolist() == [5, 3]  # folders sorted: dog, kitty
+
+
+@case
 def imagenet_wnid_folders_map_through_the_table(tmp):
     names = [f"class{i}" for i in range(1000)]
     wn = imagenet_wnids()

@@ -131,8 +131,10 @@ def _map(data: Any, folders: list[str], classes: Sequence[str] | None, cmap: Map
             log.warning("%s: %s", data.source, note)
             index = {f: i for i, f in enumerate(sorted(folders))}
             k = max(k, len(folders))
-        elif classes is None:
-            k = max((int(f) for f in folders if f.isdigit()), default=-1) + 1
+        elif classes is None:  # indices: numeric folders, class-map indices
+            ints = [int(f) for f in folders if f.isdigit()] + [int(v) for v in (cmap or {}).values()
+                                                               if isinstance(v, int) or str(v).isdigit()]
+            k = max(ints, default=-1) + 1
     if note is None:
         names = list(classes) if classes is not None else [str(i) for i in range(k)]
         index, missing = {}, []
@@ -149,7 +151,7 @@ def _map(data: Any, folders: list[str], classes: Sequence[str] | None, cmap: Map
                     c for c in names if _norm(c) and (_norm(c) in _norm(f) or _norm(f) in _norm(c))][:1]
                 hints.append(f"{f!r}" + (f" (close: {', '.join(dict.fromkeys(close))})" if close else ""))
             raise ValueError(f"{data.source}: class folder(s) {', '.join(hints)}{' ...' if len(missing) > 5 else ''} "
-                             f"match none of the model's {k} classes; rename them or give --class-map FILE.json "
+                             f"match none of the {k} classes; rename them or give --class-map FILE.json "
                              '({"folder": "class name"})')
     out_names = list(classes) if classes is not None and named else (
         sorted(folders) if note else [str(i) for i in range(k)])
