@@ -222,6 +222,22 @@ def hidden_files_and_os_junk_are_skipped(tmp):
 
 
 @case
+def hidden_members_of_tar_archives_are_skipped(tmp):
+    import tarfile
+
+    buf = io.BytesIO()
+    Image.fromarray(_rgb()).save(buf, "PNG")
+    with tarfile.open(tmp / "a.tar", "w") as tar:
+        for name, data in (("test/cat/0.png", buf.getvalue()), ("test/cat/._0.png", b"\0\5\26\7"),
+                           ("test/.hidden/1.png", buf.getvalue())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert load_data(f"cifar10:{tmp / 'a.tar'}@test").labels.tolist() == [3]
+    assert require_labels(load_data(f"folder:{tmp / 'a.tar'}"), "x", CIFAR).labels.tolist() == [3]
+
+
+@case
 def empty_class_folders_are_skipped(tmp):
     _one(tmp, Image.fromarray(_rgb()))
     (tmp / "dog").mkdir()

@@ -165,8 +165,9 @@ def _decode_tar(path: Path, split: str, class_order: list[str] | None):
             if split not in parts:
                 continue
             i = parts.index(split)
-            if len(parts) != i + 3 or not parts[-1].lower().endswith(_IMAGE_EXT):
-                continue
+            if len(parts) != i + 3 or not parts[-1].lower().endswith(_IMAGE_EXT) or any(
+                    p.startswith(".") for p in parts[i + 1:]):
+                continue  # not split/class/image, or hidden (macOS ._x.png)
             fh = tar.extractfile(m)
             assert fh is not None
             per_class.setdefault(parts[i + 1], []).append((parts[-1], _decode(fh.read(), f"{path}:{m.name}")))
