@@ -67,8 +67,9 @@ def test_tar_decode_and_cache(tmp_path):
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     tr = load_data(f"cifar10:{path}@train")
-    assert tr.class_names == ["airplane", "cat"]  # CIFAR-10 order, not file order
-    assert len(tr) == 4 and tr.labels.tolist() == [0, 0, 1, 1]
+    # classes by name: cat is CIFAR-10's class 3 even when the archive holds only two classes
+    assert tr.class_names == CIFAR10_CLASSES and not tr.folder_classes
+    assert len(tr) == 4 and tr.labels.tolist() == [0, 0, 3, 3]
     assert np.array_equal(tr.images[0], imgs[1])  # PNG is lossless
     te = load_data(f"cifar10:{path}", default_split="test")
     assert len(te) == 2 and te.source.endswith("@test")
@@ -80,17 +81,17 @@ def test_tar_decode_and_cache(tmp_path):
 
 def test_imagefolder_and_flat_folder(tmp_path):
     imgs = _images(5, 1)
-    for i, cls in enumerate(["b", "a", "b", "c", "a"]):
+    for i, cls in enumerate(["bird", "airplane", "bird", "cat", "airplane"]):
         (tmp_path / "train" / cls).mkdir(parents=True, exist_ok=True)
         Image.fromarray(imgs[i]).save(tmp_path / "train" / cls / f"{i}.png")
     ds = load_data(f"cifar10:{tmp_path}@train")
-    assert ds.class_names == ["a", "b", "c"] and sorted(ds.labels.tolist()) == [0, 0, 1, 1, 2]
-    fd = load_data(f"folder:{tmp_path / 'train'}")
-    assert len(fd) == 5
+    assert ds.class_names == CIFAR10_CLASSES and sorted(ds.labels.tolist()) == [0, 0, 2, 2, 3]
+    fd = load_data(f"folder:{tmp_path / 'train'}")  # folder names kept until a model's classes are known
+    assert len(fd) == 5 and fd.folder_classes and fd.class_names == ["airplane", "bird", "cat"]
     flat = tmp_path / "flat"
     flat.mkdir()
     Image.fromarray(imgs[0]).save(flat / "x.png")
-    assert load_data(str(flat)).labels.tolist() == [0]
+    assert not load_data(str(flat)).labeled  # a flat folder has no labels (it was label 0)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images found"):
         load_data(f"folder:{tmp_path / 'empty'}")
@@ -141,11 +142,13 @@ def test_npz_layouts(tmp_path):
     atomic_save_npz(p, images=imgs, labels=np.array([0, 1, 2, 1]), class_names=np.array(["x", "y", "z"]))
     ds = load_data(f"npz:{p}")
     assert ds.class_names == ["x", "y", "z"] and np.array_equal(ds.images, imgs)
-    # NCHW floats in [0, 1] without labels
+    # NCHW floats in [0, 1] without labels: an error unless the spec says ?unlabeled (it was labels 0)
     q = tmp_path / "b.npz"
     np.savez(q, images=imgs.transpose(0, 3, 1, 2).astype(np.float32) / 255)
-    ds2 = load_data(str(q))
-    assert np.array_equal(ds2.images, imgs) and ds2.labels.tolist() == [0] * 4
+    with pytest.raises(ValueError, match=r"no 'labels' array.*\?unlabeled"):
+        load_data(str(q))
+    ds2 = load_data(f"npz:{q}?unlabeled")
+    assert np.array_equal(ds2.images, imgs) and not ds2.labeled
     r = tmp_path / "c.npz"
     np.savez(r, pixels=imgs)
     with pytest.raises(ValueError, match="no 'images' array"):
@@ -188,10 +191,12 @@ def test_one_image_coercion_for_arrays_folders_and_specs(tmp_path):
         to_uint8_images(x * 2)
     with pytest.raises(ValueError, match="channels last"):
         to_uint8_images(x.permute(0, 2, 3, 1))
-    # files of other tools: grayscale (N, H, W), floats beyond 1 clipped
-    assert to_uint8_images(np.full((2, 4, 4), 300.0), strict=False).tolist() == np.full((2, 4, 4, 1), 255).tolist()
-    d = as_image_data(x, "samples")
-    assert np.array_equal(d.images, u8) and d.labels.tolist() == [0] * 5 and d.source == "samples array (5, 3, 8, 8)"
+    # files of other tools: grayscale (N, H, W) read; floats beyond [0, 1] refused with the fix (were clipped)
+    assert to_uint8_images(np.full((2, 4, 4), 1.0), strict=False).tolist() == np.full((2, 4, 4, 1), 255).tolist()
+    with pytest.raises(ValueError, match=r"x / 255"):
+        to_uint8_images(np.full((2, 4, 4), 200.0), strict=False)
+    d = as_image_data(x, "samples")  # a tensor without labels is an unlabeled set
+    assert np.array_equal(d.images, u8) and not d.labeled and d.source == "samples array (5, 3, 8, 8)"
     folder = tmp_path / "run"
     folder.mkdir()
     atomic_save_npz(folder / "samples.npz", images=u8, labels=np.arange(5))

@@ -40,6 +40,31 @@ def model_options(*, model_default: str | None = DEFAULT_MODEL, arch_help: str |
     return _stack(opts)
 
 
+def with_class_map(spec: str | None, class_map: str | None) -> str | None:
+    """``spec`` with ``?class_map=FILE`` added (how ``--class-map`` reaches every reader)."""
+    if not spec or not class_map:
+        return spec
+    return f"{spec}{'&' if '?' in spec else '?'}class_map={class_map}"
+
+
+def class_map_option(fn: Callable) -> Callable:
+    """``--class-map FILE.json``: ``{"folder": "class name" or index}`` for class folders of ``--data``
+    not named as the model's classes; added to the data spec (``?class_map=FILE``)."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, class_map: str | None = None, **kw):
+        if class_map is not None:
+            if not kw.get("data"):
+                raise click.UsageError("--class-map needs --data")
+            kw["data"] = with_class_map(kw["data"], class_map)
+        return fn(*args, **kw)
+
+    return click.option("--class-map", "class_map", default=None, type=click.Path(dir_okay=False),
+                        help='JSON {"folder": "class name" or index} for class folders of --data not named as '
+                             "the model's classes (folders match by name otherwise).")(run)
+
+
 def runtime_options(*, device_default: str = "auto") -> Callable:
     """``--device`` (default auto) and ``--threads``."""
     return _stack([

@@ -6,7 +6,8 @@ from __future__ import annotations
 import click
 
 from . import friendly_errors, parse_number
-from ._common import attack_geometry, check_threat_model, load_model_from_cli, model_options, runtime_options, setup_runtime
+from ._common import (attack_geometry, check_threat_model, class_map_option, load_model_from_cli,
+                      model_options, runtime_options, setup_runtime)
 
 
 @click.command("accuracy")
@@ -26,6 +27,7 @@ from ._common import attack_geometry, check_threat_model, load_model_from_cli, m
 @runtime_options()
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of randomized attacks (APGD).")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the result as JSON here.")
+@class_map_option
 @friendly_errors
 def accuracy_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpoint, model_threat_model,
                  attack_threat_model, data, n, attack, eps, steps, step_size, batch_size, device, threads, seed,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import click
 
 from . import friendly_errors, parse_number
-from ._common import attack_geometry, check_threat_model, load_model_from_cli, model_options, runtime_options, setup_runtime, write_report
+from ._common import (attack_geometry, check_threat_model, class_map_option, load_model_from_cli,
+                      model_options, runtime_options, setup_runtime, write_report)
 
 
 @click.command("calibration")
@@ -28,6 +29,7 @@ from ._common import attack_geometry, check_threat_model, load_model_from_cli, m
 @click.option("--seed", default=0, show_default=True, type=int)
 @runtime_options()
 @click.option("--out", default=None, type=click.Path(), help="Folder for report.json, table.md, reliability.png.")
+@class_map_option
 @friendly_errors
 def calibration_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpoint, data, bins, attack,
                     attack_threat_model, eps, steps, n, batch_size, seed, device, threads, out) -> None:

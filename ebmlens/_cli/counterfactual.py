@@ -11,7 +11,8 @@ from __future__ import annotations
 import click
 
 from . import friendly_errors, parse_number
-from ._common import attack_geometry, check_threat_model, load_model_from_cli, model_options, runtime_options, setup_runtime
+from ._common import (attack_geometry, check_threat_model, class_map_option, load_model_from_cli,
+                      model_options, runtime_options, setup_runtime)
 
 
 def parse_target(text: str) -> str | int:
@@ -39,6 +40,7 @@ def parse_target(text: str) -> str | int:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of --target random.")
 @runtime_options()
 @click.option("--out", default=None, type=click.Path(), help="Folder for counterfactuals.json, table.md, grid.png.")
+@class_map_option
 @friendly_errors
 def counterfactual_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpoint, data, n, target, eps,
                        attack_threat_model, steps, step_size, batch_size, seed, device, threads, out) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from . import friendly_errors, parse_number
-from ._common import attack_geometry, check_threat_model, load_model_from_cli, model_options, runtime_options, setup_runtime
+from ._common import (attack_geometry, check_threat_model, class_map_option, load_model_from_cli,
+                      model_options, runtime_options, setup_runtime)
 
 
 def _print_attacks() -> None:
@@ -54,6 +55,7 @@ def _check_out(out: str) -> Path:
 @runtime_options()
 @click.option("--out", default=None, type=click.Path(), help="Folder for report.json, table.md, table.csv, energies.png.")
 @click.option("--list-attacks", is_flag=True, help="List the attack names and exit.")
+@class_map_option
 @friendly_errors
 def energy_cmd(model_spec: str, model_dir: str | None, dataset: str | None, threat_model: str | None, arch: str | None,
                trust_checkpoint: bool, attack_threat_model: str | None, checkpoints: str | None, data: str | None,

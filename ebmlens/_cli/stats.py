@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from . import friendly_errors
-from ._common import runtime_options, setup_runtime
+from ._common import class_map_option, runtime_options, setup_runtime
 
 
 @click.command("stats")
@@ -27,6 +27,7 @@ from ._common import runtime_options, setup_runtime
               "imagenet: 256; folders: as stored).")
 @click.option("--crop", default=None, type=int, help="Center-crop image files to this (imagenet default 224).")
 @runtime_options()
+@class_map_option
 @friendly_errors
 def stats_cmd(data, out, downsample, rank, n, batch_size, resize, crop, device, threads) -> None:
     """Fit per-class mean, pixel variances and top-RANK principal components (streamed, class by class);

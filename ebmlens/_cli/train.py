@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from . import friendly_errors, parse_number
-from ._common import runtime_options, setup_runtime
+from ._common import class_map_option, runtime_options, setup_runtime
 
 
 @click.command("train")
@@ -41,6 +41,7 @@ from ._common import runtime_options, setup_runtime
 @click.option("--jem-init", default="gaussian", show_default=True, type=click.Choice(["gaussian", "uniform"]),
               help="robust-jem: buffer init (class Gaussians of the training set, as JEM++, or uniform noise).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt after a kill.")
+@class_map_option
 @friendly_errors
 def train_cmd(resume: bool, eps: str, attack_step_size: str | None, objective: str, beta: float, buffer_size: int,
               reinit_freq: float, gamma: float, sgld_steps: int, sgld_inner_steps: int, sgld_step_size: float,

@@ -31,7 +31,7 @@ from .. import rng
 from .._io import jsonable, save_figure
 from .._validate import validate_images
 from ..attacks import choose_targets
-from ..data import ImageData
+from ..data import ImageData, require_labels
 from ..energy import EnergyModel
 from .energies import as_energy_model, as_image_data, build_attacks
 from .report import report_json, require_matplotlib
@@ -190,7 +190,7 @@ def calibration_report(
         n: images spread evenly over ``data`` (``None``: all).
     """
     model = as_energy_model(model, device)
-    data = as_image_data(data)
+    data = require_labels(as_image_data(data), "calibration", model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:

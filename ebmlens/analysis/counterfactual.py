@@ -29,7 +29,7 @@ from .. import rng
 from .._io import atomic_write_bytes, jsonable
 from .._validate import validate_images
 from ..attacks import choose_targets, default_step_size, make_geometry, pgd
-from ..data import ImageData
+from ..data import ImageData, require_labels
 from ..energy import EnergyModel
 from .calibration import model_geometry
 from .energies import as_energy_model, as_image_data
@@ -164,7 +164,7 @@ def counterfactuals(
         batch_size, seed, device: memory, the per-image random streams of ``"random"``, placement.
     """
     model = as_energy_model(model, device)
-    data = as_image_data(data)
+    data = require_labels(as_image_data(data), "counterfactual", model)
     if isinstance(target, bool) or not (isinstance(target, int) or target in ("next", "random", "least-likely")):
         raise ValueError(f"unknown target {target!r}; choose 'next', 'random', 'least-likely' or a class index")
     if isinstance(target, int) and not 0 <= target < model.num_classes:

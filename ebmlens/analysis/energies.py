@@ -33,7 +33,7 @@ import torch
 
 from .. import _dist, rng
 from ..attacks import Attack, TargetChoice, choose_targets, get_attack
-from ..data import ImageSet, load_data
+from ..data import ImageSet, load_data, require_labels
 from ..energy import EnergyModel, validate_images
 from ..models import resolve_model
 from .report import EnergyReport, summarize_kind
@@ -150,6 +150,7 @@ def energy_report(
     """
     model = as_energy_model(model, device)
     data = as_image_data(data, getattr(model, "preprocess", None))
+    data = require_labels(data, "energy_report", model)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
         raise ValueError(f"eps must be > 0 (in [0, 1] pixel units, e.g. 0.5 or 8/255), got {eps!r}")
     if not isinstance(batch_size, int) or batch_size <= 0:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Callable
+from typing import Callable, overload
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ._readers import to_uint8_images
-from .memory import ImageData
+from .memory import ImageData, ImageSet
 from .sources import load_data, register_data_source
 
 __all__ = ["synthetic_data", "interp_data", "corrupt_data", "resolve_ood", "CORRUPTIONS", "OOD_KINDS"]
@@ -51,6 +51,10 @@ def _split_query(spec: str, kind: str) -> tuple[str, dict[str, str]]:
     return body, {}
 
 
+@overload
+def _int_opt(opts: dict, key: str, default: int, spec: str, low: int) -> int: ...
+@overload
+def _int_opt(opts: dict, key: str, default: int | None, spec: str, low: int) -> int | None: ...
 def _int_opt(opts: dict, key: str, default: int | None, spec: str, low: int) -> int | None:
     if key not in opts:
         return default
@@ -72,12 +76,15 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def _as_data(x: torch.Tensor, labels: np.ndarray, names: list[str], source: str) -> ImageData:
-    return ImageData(to_uint8_images(x.clamp(0, 1)), np.asarray(labels, dtype=np.int64), names, source)
+def _as_data(x: torch.Tensor, labels: np.ndarray, names: list[str], source: str, like=None) -> ImageData:
+    """Built images; ``like``: the set they came from (its labels' flags carry over)."""
+    flags = {} if like is None else {"labeled": like.labeled, "folder_classes": like.folder_classes,
+                                     "class_map": like.class_map}
+    return ImageData(to_uint8_images(x.clamp(0, 1)), np.asarray(labels, dtype=np.int64), names, source, **flags)
 
 
 # --------------------------------------------------------------------------- synthetic
-def synthetic_data(spec: str, *, n: int | None = None, shape: tuple[int, int, int] | None = None) -> ImageData:
+def synthetic_data(spec: str, *, n: int | None = None, shape: tuple[int, ...] | None = None) -> ImageData:
     """``synthetic:KIND[?n=N&seed=S]``: noise images; ``n`` (default: the argument, else 1000) and
     ``shape`` ``(C, H, W)`` (default ``(3, 32, 32)``) are supplied by :func:`resolve_ood`."""
     kind, opts = _split_query(spec, "synthetic")
@@ -94,7 +101,8 @@ def synthetic_data(spec: str, *, n: int | None = None, shape: tuple[int, int, in
         x = (0.5 + 0.25 * torch.randn(count, c, h, w, generator=g)).clamp(0, 1)
     else:
         x = torch.rand(count, c, 1, 1, generator=g).expand(count, c, h, w)
-    return _as_data(x, np.zeros(count), ["ood"], f"synthetic:{kind}?n={count}&seed={seed}")
+    return ImageData(to_uint8_images(x), np.zeros(count, np.int64), ["ood"], f"synthetic:{kind}?n={count}&seed={seed}",
+                     labeled=False)
 
 
 # --------------------------------------------------------------------------- interpolations
@@ -112,12 +120,12 @@ def interp_data(spec: str, *, n: int | None = None, base: ImageData | None = Non
     seed = _int_opt(opts, "seed", 0, spec, 0)
     n = _int_opt(opts, "n", n, spec, 1)
     _no_more(opts, spec, "lambda=, seed= and n=")
-    data = base if base is not None else load_data(inner, default_split="test")
+    data = base if base is not None else load_data(inner, default_split="test", need_labels=False)
     idx = np.arange(len(data)) if n is None else data.strided(min(n, len(data)))
     perm = torch.randperm(idx.size, generator=_gen(seed)).numpy()
     x = data.tensor(idx)
     x = lam * x + (1.0 - lam) * x[perm]
-    return _as_data(x, data.labels[idx], list(data.class_names), f"interp:{data.source}?lambda={lam}&seed={seed}")
+    return _as_data(x, data.labels[idx], list(data.class_names), f"interp:{data.source}?lambda={lam}&seed={seed}", data)
 
 
 # --------------------------------------------------------------------------- corruptions
@@ -160,8 +168,8 @@ def _pil_map(x: torch.Tensor, fn: Callable) -> torch.Tensor:
     from PIL import Image
 
     arr = to_uint8_images(x.clamp(0, 1))
-    out = [np.asarray(fn(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a)), dtype=np.uint8) for a in arr]
-    out = np.stack([o[..., None] if o.ndim == 2 else o for o in out])
+    maps = [np.asarray(fn(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a)), dtype=np.uint8) for a in arr]
+    out = np.stack([o[..., None] if o.ndim == 2 else o for o in maps])
     return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255.0
 
 
@@ -219,39 +227,40 @@ def corrupt_data(spec: str, *, n: int | None = None, base: ImageData | None = No
     seed = _int_opt(opts, "seed", 0, spec, 0)
     n = _int_opt(opts, "n", n, spec, 1)
     _no_more(opts, spec, "seed= and n=")
-    data = base if base is not None else load_data(inner, default_split="test")
+    data = base if base is not None else load_data(inner, default_split="test", need_labels=False)
     idx = np.arange(len(data)) if n is None else data.strided(min(n, len(data)))
     fn, params = CORRUPTIONS[name]
     c, g = params[int(sev_s) - 1], _gen(seed)
     parts = [fn(data.tensor(idx[s:s + batch_size]), c, g).clamp(0, 1) for s in range(0, idx.size, batch_size)]
     return _as_data(torch.cat(parts), data.labels[idx], list(data.class_names),
-                    f"corrupt:{name}@{sev_s}:{data.source}?seed={seed}")
+                    f"corrupt:{name}@{sev_s}:{data.source}?seed={seed}", data)
 
 
-OOD_KINDS = {"synthetic": synthetic_data, "interp": interp_data, "corrupt": corrupt_data}
+OOD_KINDS: dict[str, Callable[..., ImageData]] = {"synthetic": synthetic_data, "interp": interp_data,
+                                                  "corrupt": corrupt_data}
 
 
-def resolve_ood(spec: ImageData | str, in_data: ImageData | None = None, model=None, *,
-                n: int | None = None) -> ImageData:
-    """An :class:`ImageData` from an OOD set given as data or spec.
+def resolve_ood(spec: ImageSet | str, in_data: ImageSet | None = None, model=None, *,
+                n: int | None = None) -> ImageSet:
+    """An image set from an OOD set given as data or spec (built sets are :class:`ImageData`).
 
     ``n`` (default ``len(in_data)``): the number of in-distribution images scored; ``synthetic:``
     makes that many, ``interp:`` and ``corrupt:`` build only that many (spread evenly over their
     inner spec) unless the spec says ``?n=``. The shape of ``synthetic:`` is ``model.input_shape``.
     Anything else is :func:`ebmlens.data.load_data` (test split).
     """
-    if isinstance(spec, ImageData):
+    if isinstance(spec, ImageSet):
         return spec
     if not isinstance(spec, str):
-        raise TypeError(f"an OOD set must be an ImageData or a data spec string, got {type(spec).__name__}")
+        raise TypeError(f"an OOD set must be an image set or a data spec string, got {type(spec).__name__}")
     kind = spec.partition(":")[0]
     n = n if n is not None else (len(in_data) if in_data is not None else None)
     if kind == "synthetic":
-        shape = tuple(getattr(model, "input_shape", ())) or None
-        return synthetic_data(spec, n=n, shape=shape)  # type: ignore[arg-type]
+        shape = tuple(int(s) for s in getattr(model, "input_shape", ())) or None
+        return synthetic_data(spec, n=n, shape=shape)
     if kind in OOD_KINDS:
         return OOD_KINDS[kind](spec, n=n)
-    return load_data(spec, default_split="test")
+    return load_data(spec, default_split="test", need_labels=False)
 
 
 # Registered as data specs: load_data("synthetic:uniform?n=100"), "interp:cifar10:PATH?lambda=0.5", ...

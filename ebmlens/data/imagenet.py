@@ -25,7 +25,7 @@ __all__ = ["imagenet_files"]
 def _wnids(root: Path) -> list[str] | None:
     train = root / "train"
     if train.is_dir():
-        return sorted(p.name for p in train.iterdir() if p.is_dir())
+        return sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
     return None
 
 
@@ -42,7 +42,7 @@ def imagenet_files(root: Path, split: str) -> tuple[list[str], np.ndarray, list[
     split_dir = root / split
     if not split_dir.is_dir():
         raise ValueError(f"{root} has no {split}/ folder; imagenet:ROOT expects ROOT/train/<wnid>/ and ROOT/val/")
-    subdirs = [p for p in split_dir.iterdir() if p.is_dir()]
+    subdirs = [p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
     names = _wnids(root)
     if subdirs:
         by_class = list_folder(split_dir)
@@ -58,7 +58,7 @@ def imagenet_files(root: Path, split: str) -> tuple[list[str], np.ndarray, list[
     if label_file is None:
         raise ValueError(f"{split_dir} is a flat folder but no label file was found; put LOC_val_solution.csv or "
                          f"val.txt ('<file> <class index>' lines) in {split_dir} or {root}")
-    by_stem = {f.stem: f for f in split_dir.iterdir() if f.suffix.lower() in _IMAGE_EXT}
+    by_stem = {f.stem: f for f in split_dir.iterdir() if f.suffix.lower() in _IMAGE_EXT and not f.name.startswith(".")}
     pairs: list[tuple[int, str]] = []
     if label_file.suffix == ".csv":
         with open(label_file, newline="") as fh:

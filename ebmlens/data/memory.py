@@ -40,6 +40,16 @@ class ImageSet:
     source: str
     fingerprint: str
     split: str | None = None  # the split read ("train", "test", "val"...); None: the set has no splits
+    #: False for a set read without labels (``npz:PATH?unlabeled``, a flat folder, a bare tensor):
+    #: its ``labels`` are placeholders (0) and consumers that need labels refuse it (``require_labels``)
+    labeled: bool = True
+    #: True while ``class_names`` are folder names not yet matched to a model's classes
+    #: (:func:`ebmlens.data.classmap.map_classes`); labels are positions among those folders
+    folder_classes: bool = False
+    #: ``{"folder": "class name" or index}`` from the spec's ``?class_map=FILE.json``
+    class_map: dict | None = None
+    #: how labels were assigned when that is worth saying in a report (e.g. sorted folder order)
+    label_note: str | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -52,7 +62,7 @@ class ImageSet:
     def image_shape(self) -> tuple[int, int, int]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def tensor(self, idx: Sequence[int] | slice | None = None, device=None) -> torch.Tensor:  # pragma: no cover
+    def tensor(self, idx: Sequence[int] | np.ndarray | slice | None = None, device=None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def arrays(self, batch_size: int, indices: Sequence[int] | None = None
@@ -94,6 +104,7 @@ class ImageData(ImageSet):
         source: the spec or description it came from.
         fingerprint: sha256 of the arrays (first 16 hex digits), for provenance records.
         split: the split the images were read from (set by :func:`~ebmlens.data.load_data`), or None.
+        labeled, folder_classes, class_map, label_note: see :class:`ImageSet`.
     """
 
     images: np.ndarray
@@ -102,6 +113,10 @@ class ImageData(ImageSet):
     source: str
     fingerprint: str = field(default="")
     split: str | None = None
+    labeled: bool = True
+    folder_classes: bool = False
+    class_map: dict | None = None
+    label_note: str | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
@@ -118,7 +133,7 @@ class ImageData(ImageSet):
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.images.shape[1:])  # type: ignore[return-value]
 
-    def tensor(self, idx: Sequence[int] | slice | None = None, device=None) -> torch.Tensor:
+    def tensor(self, idx: Sequence[int] | np.ndarray | slice | None = None, device=None) -> torch.Tensor:
         """Float ``(n, C, H, W)`` in [0, 1] of the selected images."""
         return to_float(self.images if idx is None else self.images[idx], device)
 

@@ -75,11 +75,14 @@ class StreamedImages(ImageSet):
         workers: decoding processes (``None``: :func:`data_workers`).
         tar: the images are the members of this uncompressed tar (``files`` = its member names,
             in the index's order), read by seek instead of from files.
+        labeled, folder_classes: see :class:`~ebmlens.data.ImageSet`.
     """
 
     def __init__(self, files: Sequence[str], labels: np.ndarray, class_names: Sequence[str], source: str,
-                 preprocess: Preprocess | None = None, workers: int | None = None, tar: TarIndex | None = None) -> None:
+                 preprocess: Preprocess | None = None, workers: int | None = None, tar: TarIndex | None = None,
+                 *, labeled: bool = True, folder_classes: bool = False) -> None:
         self.tar = tar
+        self.labeled, self.folder_classes = bool(labeled), bool(folder_classes)
         if tar is not None and len(files) != len(tar.members):
             raise ValueError(f"{len(files)} files for the {len(tar.members)} members of {tar.path}")
         self.files = tuple(str(f) for f in files)
@@ -110,7 +113,7 @@ class StreamedImages(ImageSet):
             return _decode(self.tar.read(i), self.tar.where(i), self.preprocess)
         return decode_file(self.files[i], self.preprocess)
 
-    def tensor(self, idx: Sequence[int] | slice | None = None, device=None) -> torch.Tensor:
+    def tensor(self, idx: Sequence[int] | np.ndarray | slice | None = None, device=None) -> torch.Tensor:
         """Float ``(n, C, H, W)`` in [0, 1] of the selected images, decoded here (random access)."""
         sel = np.arange(len(self))[idx] if idx is not None else np.arange(len(self))
         arrs = [self.decode(int(i)) for i in np.atleast_1d(sel)]
@@ -134,16 +137,18 @@ class StreamedImages(ImageSet):
     @classmethod
     def from_folder_lists(cls, files_by_class: dict[str, list[Path]], source: str,
                           preprocess: Preprocess | None = None) -> "StreamedImages":
-        """From ``{class name: [files]}``: classes sorted by name, labels their positions."""
+        """From ``{class folder: [files]}``: folder-named classes (sorted; labels their positions until
+        :func:`~ebmlens.data.classmap.map_classes` matches them to a model's); ``{"": files}``: unlabeled."""
         names = sorted(files_by_class)
         files = tuple(str(f) for c in names for f in files_by_class[c])
         labels = np.repeat(np.arange(len(names), dtype=np.int64), [len(files_by_class[c]) for c in names])
-        return cls(files, labels, names, source, preprocess)
+        flat = names == [""]
+        return cls(files, labels, ["0"] if flat else names, source, preprocess, labeled=not flat, folder_classes=not flat)
 
     @classmethod
     def from_tar(cls, index: TarIndex, source: str, preprocess: Preprocess | None = None) -> "StreamedImages":
-        """The members of an indexed uncompressed tar: classes sorted by name, labels their positions."""
+        """The members of an indexed uncompressed tar: folder-named classes, as :meth:`from_folder_lists`."""
         names = sorted({c for _, c, _, _ in index.members})
         pos = {c: k for k, c in enumerate(names)}
         labels = np.asarray([pos[c] for _, c, _, _ in index.members], np.int64)
-        return cls([m[0] for m in index.members], labels, names, source, preprocess, tar=index)
+        return cls([m[0] for m in index.members], labels, names, source, preprocess, tar=index, folder_classes=True)

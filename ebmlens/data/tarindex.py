@@ -61,7 +61,10 @@ class TarIndex:
 
 
 def _is_image(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in _IMAGE_EXT
+    """An image member: an image extension, and no hidden part (``._x.jpg`` of macOS tar, ``.cache/``)."""
+    p = PurePosixPath(name)
+    hidden = any(part.startswith(".") and part not in (".", "..") for part in p.parts)
+    return p.suffix.lower() in _IMAGE_EXT and not hidden
 
 
 def _scan(path: Path) -> list[tuple[str, str, int, int]]:

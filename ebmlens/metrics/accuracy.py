@@ -34,7 +34,7 @@ import torch
 
 from .. import rng
 from ..attacks import Attack, default_step_size
-from ..data import ImageSet, load_data
+from ..data import ImageSet, load_data, require_labels
 from ..energy import EnergyModel
 
 __all__ = ["robust_accuracy", "RobustAccuracy"]
@@ -95,7 +95,8 @@ def robust_accuracy(model: EnergyModel | str, data: ImageSet | str, attack: Atta
     from ..models import resolve_model
 
     model = resolve_model(model)
-    data = load_data(data, default_split="test", preprocess=getattr(model, "preprocess", None))
+    data = require_labels(load_data(data, default_split="test", preprocess=getattr(model, "preprocess", None)),
+                          "robust_accuracy", model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     idx = np.arange(len(data)) if indices is None else np.asarray(indices)
     if len(idx) == 0:

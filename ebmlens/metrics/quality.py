@@ -20,7 +20,7 @@ import torch
 
 from .. import _dist
 from .._io import versions
-from ..data import ImageSet
+from ..data import ImageSet, require_labels
 from ._math import frechet_distance, inception_score, kernel_distance
 from .manifold import density_coverage, precision_recall, within_class_diversity
 from .features import INCEPTION_NETWORK, extract, extractor, rgb_images, slug
@@ -165,7 +165,7 @@ def evaluate(images: object, ref: object = None, metrics: str | Sequence[str] = 
             size = int(kid_subset_size) if kid_subset_size is not None else min(1000, len(feats), len(r.features))
             scores.append(_kernel(ext, feats, r, kid_subsets, size, seed))
         if any(m in _MANIFOLD or m == "diversity" for m in metrics):
-            scores.append(_manifold(ext, feats, r, metrics, prc_k, dc_k, data.labels if labels is None else labels))
+            scores.append(_manifold(ext, feats, r, metrics, prc_k, dc_k, require_labels(data, "within-class diversity").labels if labels is None else labels))
         values = {k: float(v) for sc in scores for k, v in sc.values.items()}
         w = ext.weights
         log.info("evaluated %d images in %s (%s): %s", len(data), ext.network, ext.layer, values)

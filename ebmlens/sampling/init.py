@@ -246,13 +246,15 @@ class DataInit:
     same_class: bool = False
 
     def __post_init__(self) -> None:
-        from ..data import ImageSet, load_data
+        from ..data import ImageSet, load_data, require_labels
 
         imgs = self.images
         if isinstance(imgs, str):
             imgs = load_data(imgs)
             object.__setattr__(self, "images", imgs)
         if isinstance(imgs, ImageSet):  # in memory or streamed (random access: decoded per batch)
+            if self.same_class and not imgs.labeled:
+                require_labels(imgs, "DataInit(same_class=True)")  # raises: an unlabeled set has no classes
             if len(imgs) == 0:
                 raise ValueError("DataInit got an empty image set")
         elif isinstance(imgs, torch.Tensor):
@@ -282,7 +284,9 @@ class DataInit:
     def __call__(self, model, y: torch.Tensor, *, generator: rng.GeneratorLike = None) -> torch.Tensor:
         imgs, n, dev = self.images, y.shape[0], y.device
         if self.same_class:
-            labels = torch.as_tensor(imgs.labels)
+            from ..data import require_labels  # class folders map to the model's classes (once, cached)
+
+            labels = torch.as_tensor(require_labels(imgs, "DataInit(same_class=True)", model).labels)
             u = rng.rand(generator, n, (), device="cpu")
             idx = torch.empty(n, dtype=torch.long)
             for k in torch.unique(y).tolist():

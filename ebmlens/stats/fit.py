@@ -134,12 +134,12 @@ def class_stats(
 def image_set(source: Any, split: str | None, who: str):
     """The image set a fit reads: a data spec (its train split unless ``split`` or the spec says
     otherwise) or an image set as is; anything else fails naming ``who``."""
-    from ..data import ImageSet, load_data
+    from ..data import ImageSet, load_data, require_labels
 
     if isinstance(source, (str, Path)):
-        return load_data(str(source), split, default_split="train")
+        return require_labels(load_data(str(source), split, default_split="train"), who)
     if isinstance(source, ImageSet):
-        return source
+        return require_labels(source, who)
     raise TypeError(f"{who} source must be a data spec like 'cifar10:PATH', an image set, a .safetensors "
                     f"file or an image tensor, got {type(source).__name__}")
 
@@ -206,11 +206,11 @@ def fit_stats_dir(source: Any, out: str | Path, *, downsample: int = 4, rank: in
     Returns:
         ``out`` as a Path.
     """
-    from ..data import load_data
+    from ..data import load_data, require_labels
 
     if not (isinstance(rank, int) and rank >= 1):
         raise ValueError(f"rank must be a positive int, got {rank!r}")
-    data = load_data(source, split, default_split="train", preprocess=preprocess)
+    data = require_labels(load_data(source, split, default_split="train", preprocess=preprocess), "class statistics")
     out = Path(out)
     idx = np.arange(len(data)) if n is None else data.strided(int(n))
     h, w, c = data.image_shape

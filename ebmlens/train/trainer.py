@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .._io import atomic_write_json
 from .._perf import autocast_context
-from ..data import ImageData, load_data
+from ..data import ImageData, load_data, require_labels
 from ..energy import EnergyModel
 from ..models.archs import get_arch
 from ..rng import sample_seed
@@ -187,8 +187,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
     _autocast(device, cfg.amp)  # an amp the device cannot run fails here, before anything is written
     out = Path(cfg.out)
     _prepare_out(out)
-    train_data = load_data(cfg.data, "train")
-    test_data = load_data(cfg.data, "test")  # folder:/npz: specs have no split: the same images
+    train_data = require_labels(load_data(cfg.data, "train"), "train")
+    test_data = require_labels(load_data(cfg.data, "test"), "train")  # folder:/npz: specs have no split: the same images
     n_train = len(train_data) if cfg.max_train_images is None else min(len(train_data), int(cfg.max_train_images))
     train_idx = train_data.strided(n_train) if n_train < len(train_data) else np.arange(len(train_data))
     eval_idx = test_data.strided(min(cfg.eval_n, len(test_data)))
