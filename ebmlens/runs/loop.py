@@ -28,7 +28,7 @@ from ..rng import SampleStreams
 from . import shards
 from .outputs import nhwc_numpy, to_uint8, write_pngs
 from .plan import RunPlan
-from .records import trace_to_cpu
+from ..sampling.records import trace_to_cpu
 from .writer import BatchWriter
 
 __all__ = ["sample_batches", "write_batch", "auto_batch_size_all_ranks", "trim_heap"]
@@ -58,7 +58,7 @@ def write_batch(plan: RunPlan, idx: np.ndarray, images: torch.Tensor, seconds: f
     ``(B, C, H, W)`` on the sampling device, or already a numpy ``(B, H, W, C)`` array."""
     u8 = images if isinstance(images, np.ndarray) else nhwc_numpy(images)  # a GPU's device-to-host copy
     shards.write(plan.out_dir / "shards", idx, plan.labels[idx], u8, seconds, rank, trace)
-    if plan.save_png:
+    if plan.options.png:
         write_pngs(plan.out_dir, u8, plan.labels[idx], plan.class_names, indices=idx, n=plan.n)
 
 
@@ -80,8 +80,8 @@ def sample_batches(plan: RunPlan, model, mine: list[np.ndarray], dev: torch.devi
         for idx in mine:
             t0 = time.perf_counter()
             y = torch.from_numpy(plan.labels[idx]).to(dev)
-            with autocast_context(dev, plan.dtype):
-                out = plan.pipeline(model, y, generator=SampleStreams(plan.seed, idx.tolist()))
+            with autocast_context(dev, plan.options.dtype):
+                out = plan.pipeline(model, y, generator=SampleStreams(plan.options.seed, idx.tolist()))
             images = getattr(out, "images", out)
             if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] != idx.size:
                 raise ValueError(f"the pipeline returned {type(images).__name__} "
