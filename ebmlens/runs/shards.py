@@ -24,7 +24,7 @@ from ..sampling.records import StageRecord
 __all__ = ["paths", "write", "covered", "merge", "item_shape", "check_meta"]
 
 #: the keys of ``meta.json`` that a resumed run (or a sibling job-array task) must share
-IDENTITY = ("n", "options", "labels_sha256", "pipeline", "model")
+IDENTITY = ("n", "labels_sha256", "pipeline", "model", "options")
 FORMAT = "ebmlens.sample/2"
 _SHARD_RE = re.compile(r"^shard_(\d+)\.npz$")
 
