@@ -64,16 +64,22 @@ def test_run_options_are_one_frozen_validated_object_mapped_flag_for_flag():
 
 
 def test_run_json_stores_the_options_and_every_attempt(tmp_path):
-    r = _run(tmp_path / "a", n=6, threads=1, seed=5)
-    assert r.run["format"] == "ebmlens.sample/2"
-    assert r.run["options"] == json.loads(json.dumps(RunOptions(batch_size=2, seed=5, threads=1, records="stages",
-                                                                 ).stored()))
-    assert torch.get_num_threads() == 1 and r.run["attempts"][-1]["threads"] == 1  # set process-wide, recorded
-    # batch size and thread count may change on resume; each attempt is recorded as it ran
-    shard = sorted((tmp_path / "a" / "shards").glob("shard_*.npz"))[1]
-    shard.unlink()
-    again = _run(tmp_path / "a", n=6, batch_size=3, threads=1, seed=5, resume=True)
-    assert [(a["batch_size"], a["images_sampled"]) for a in again.run["attempts"]] == [(2, 6), (3, 2)]
+    before = torch.get_num_threads()
+    t = before + 1
+    try:
+        r = _run(tmp_path / "a", n=6, threads=t, seed=5)
+        assert torch.get_num_threads() == t and r.run["attempts"][-1]["threads"] == t  # set process-wide, recorded
+        assert r.run["format"] == "ebmlens.sample/2"
+        assert r.run["options"] == json.loads(json.dumps(RunOptions(batch_size=2, seed=5, threads=t,
+                                                                     records="stages").stored()))
+        # batch size and thread count may change on resume; each attempt is recorded as it ran
+        shard = sorted((tmp_path / "a" / "shards").glob("shard_*.npz"))[1]
+        shard.unlink()
+        again = _run(tmp_path / "a", n=6, batch_size=3, threads=before, seed=5, resume=True)
+    finally:
+        torch.set_num_threads(before)
+    assert [(a["batch_size"], a["threads"], a["images_sampled"]) for a in again.run["attempts"]] == [
+        (2, t, 6), (3, before, 2)]
     np.testing.assert_array_equal(again.load()[0], r.load()[0])
 
 
