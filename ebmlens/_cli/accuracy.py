@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-
 import click
 
 from ..cli import friendly_errors, main, parse_number
-from ._common import (attack_geometry, check_out_file, check_threat_model, load_model_from_cli, model_options,
-                      overwrite_option, runtime_options, setup_runtime)
+from ._common import (
+    attack_geometry,
+    check_out_file,
+    check_threat_model,
+    load_model_from_cli,
+    model_options,
+    overwrite_option,
+    runtime_options,
+    setup_runtime,
+)
 
 
 @main.command("accuracy")

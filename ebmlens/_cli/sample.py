@@ -24,8 +24,8 @@ from typing import Any
 import click
 
 from ..cli import friendly_errors, main
-
 from ._common import load_model_from_cli, model_options, runtime_options, setup_runtime
+
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``"steps=20"`` -> ``("steps", 20)``; values become int, float (``8/255`` too), bool, None or str.
@@ -134,13 +134,13 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpo
                classes, batch_size, channels_last, compile_model, fast, records, seed, out, resume, overwrite, shard, device,
                threads, dtype, no_png, no_grid, overrides, eval_metrics, ref, inception_weights, feature_model) -> None:
     """Draw class-conditional samples with a preset; writes PNGs, samples.npz, grid.png and run.json."""
-    from ..sampling import presets
+    from .._dist import dist_env
     from ..runs.jobs import check_out_dir
     from ..runs.labels import resolve_classes
     from ..runs.options import RunOptions, check_n, cli_names
     from ..runs.plan import RunPlan
     from ..runs.runner import run as run_plan
-    from .._dist import dist_env
+    from ..sampling import presets
 
     # cheap checks first (the options' own checks, in the flags' names): no model is loaded for a typo
     batch_size = int(batch_size) if batch_size.strip().lstrip("-").isdigit() else batch_size

@@ -32,9 +32,9 @@ from typing import Sequence
 import numpy as np
 
 from .._io import atomic_path, atomic_write_bytes
+from ..sampling.records import StageRecord
 from . import shards
 from .outputs import GRID_PER_CLASS, make_grid, png_bytes, write_pngs
-from ..sampling.records import StageRecord
 
 __all__ = ["NPZ_MAX_BYTES", "SampleRun", "npy_header", "write_run_files"]
 

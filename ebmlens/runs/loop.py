@@ -25,10 +25,10 @@ import torch
 from .. import _dist
 from .._perf import autocast_context
 from ..rng import SampleStreams
+from ..sampling.records import trace_to_cpu
 from . import shards
 from .outputs import nhwc_numpy, to_uint8, write_pngs
 from .plan import RunPlan
-from ..sampling.records import trace_to_cpu
 from .writer import BatchWriter
 
 __all__ = ["sample_batches", "write_batch", "auto_batch_size_all_ranks", "trim_heap"]

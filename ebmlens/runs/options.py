@@ -22,7 +22,7 @@ be an ``"identity"`` field; run.json then stores it under ``"options"`` with no 
 >>> RunOptions(batch_size=0)
 Traceback (most recent call last):
 ...
-ValueError: batch_size must be a positive integer or 'auto' (CUDA), got 0; e.g. batch_size=256 (lower it if memory runs out)
+ValueError: batch_size must be a positive integer or 'auto' (CUDA), got 0; e.g. batch_size=256
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class RunOptions:
         bs = self.batch_size
         if bs != "auto" and (not _is_int(bs) or int(bs) <= 0):
             raise ValueError(f"{_name('batch_size')} must be a positive integer or 'auto' (CUDA), got {bs!r}; "
-                             f"e.g. {_example('batch_size', 256)} (lower it if memory runs out)")
+                             f"e.g. {_example('batch_size', 256)}")
         if not _is_int(self.seed) or int(self.seed) < 0:
             raise ValueError(f"{_name('seed')} must be an integer >= 0, got {self.seed!r}")
         if self.dtype not in AUTOCAST_DTYPES:

@@ -121,9 +121,10 @@ class RunPlan:
         """The plan of a run recorded in ``shards/meta.json`` (for ``ebmlens merge``): no model and no
         pipeline, only what the merge and run.json need (``meta["run"]``: :meth:`facts`)."""
         run = meta["run"]
+        stored = {k: v for k, v in run["options"].items() if k != "device"}  # the merging host may lack that device
         return cls(model=None, pipeline=None, n=int(meta["n"]), out_dir=Path(out_dir), labels=labels,  # type: ignore[arg-type]
                    classes=tuple(run["classes"]), class_names=tuple(run["class_names"]),
-                   options=RunOptions(**{k: v for k, v in run["options"].items() if k != "device"}), mode=run["mode"], compile_mode=run.get("compile_mode"),
+                   options=RunOptions(**stored), mode=run["mode"], compile_mode=run.get("compile_mode"),
                    record_points=tuple((int(i), str(src)) for i, src in run.get("record_points") or ()) or None)
 
     def facts(self) -> dict[str, Any]:

@@ -84,6 +84,7 @@ from .. import _dist
 from .._io import atomic_write_json
 from .._lock import RunLock
 from .._perf import AUTOCAST_DTYPES, autocast_context, matmul_precision
+from ..sampling.records import summarize
 from . import jobs, record, shards
 from .flat import SampleRun, write_run_files
 from .labels import balanced_labels, resolve_classes
@@ -91,7 +92,6 @@ from .loop import auto_batch_size_all_ranks, sample_batches
 from .outputs import GRID_PER_CLASS, make_grid
 from .plan import RunPlan
 from .record import record_evaluation
-from ..sampling.records import summarize
 
 __all__ = ["sample", "run", "merge", "RunPlan", "SampleRun", "balanced_labels", "resolve_classes", "make_grid",
            "DTYPES", "GRID_PER_CLASS", "record_evaluation"]
