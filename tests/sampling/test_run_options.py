@@ -182,3 +182,14 @@ def test_stats_resumes_its_own_folder_and_refuses_others(tmp_path):
     (out / "meta.json").write_text("{}")  # its own record: continues there without a flag
     r = _cli("stats", "--data", "npz:nothing.npz", "--out", str(out))
     assert "not empty" not in r.output
+
+
+def test_evaluate_may_write_a_runs_metrics_json_the_one_cross_write(tmp_path):
+    _run(tmp_path / "r")
+    (tmp_path / "r" / "metrics.json").write_text("{}")
+    (tmp_path / "r" / "other.json").write_text("{}")
+    run = str(tmp_path / "r")
+    _one_line_error(_cli("evaluate", run, "--out", str(tmp_path / "r" / "other.json"), "--metrics", "nonsense"),
+                    "exists")
+    r = _cli("evaluate", run, "--out", str(tmp_path / "r" / "metrics.json"), "--metrics", "nonsense")
+    assert r.exit_code == 2 and "exists" not in r.output and "nonsense" in r.output, r.output
