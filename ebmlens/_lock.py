@@ -155,7 +155,7 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             rec = read_holder(self.path)
-            if holder_alive(rec) is False:
+            if rec is not None and holder_alive(rec) is False:
                 log.warning("taking over the lock %s left by dead pid %s", self.path, rec.get("pid"))
                 self.path.unlink(missing_ok=True)
                 return None

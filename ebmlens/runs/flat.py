@@ -117,7 +117,7 @@ class _ImagesNpy:
 
 def _grid_rows(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     """The indices the grid shows: the first :data:`GRID_PER_CLASS` of each class, in index order."""
-    return np.sort(np.concatenate([np.flatnonzero(labels == k)[:GRID_PER_CLASS] for k in classes] or [[]])
+    return np.sort(np.concatenate([np.flatnonzero(labels == k)[:GRID_PER_CLASS] for k in classes] or [np.zeros(0, np.int64)])
                    ).astype(np.int64)
 
 
@@ -142,8 +142,8 @@ def write_run_files(out: Path, labels: np.ndarray, classes: Sequence[int], class
                 tiles[pos[hit]] = images[hit]
 
         trace, batch_seconds = shards.merge(out / "shards", labels, put)
-    with atomic_path(out / "labels.npy") as tmp, open(tmp, "wb") as fh:
-        np.save(fh, labels.astype(np.int64))
+    with atomic_path(out / "labels.npy") as tmp, open(tmp, "wb") as labels_fh:
+        np.save(labels_fh, labels.astype(np.int64))
     small = n * int(np.prod(item)) <= NPZ_MAX_BYTES
     if small:
         with atomic_path(out / "samples.npz") as tmp:

@@ -88,9 +88,11 @@ def sample_batches(plan: RunPlan, model, mine: list[np.ndarray], dev: torch.devi
                                  f"{tuple(getattr(images, 'shape', ()))} for a batch of {idx.size}; "
                                  "a pipeline must return Samples with images (B, C, H, W)")
             trace = trace_to_cpu(() if out is images else getattr(out, "trace", ()))  # one copy per batch
-            u8 = to_uint8(images)  # a quarter of the float batch waits for the writer; the float one is freed
-            if u8.device.type == "cpu":  # large buffers are made and freed in one thread (glibc keeps
-                u8 = nhwc_numpy(u8)      # per-thread arenas: +50 MiB at 224x224 measured otherwise)
+            t8 = to_uint8(images)  # a quarter of the float batch waits for the writer; the float one is freed
+            # large buffers are made and freed in one thread (glibc keeps per-thread arenas: +50 MiB at 224x224
+            # measured otherwise): on the CPU the numpy copy is made here
+            u8: torch.Tensor | np.ndarray = nhwc_numpy(t8) if t8.device.type == "cpu" else t8
+            del t8
             del out, images
             writer.submit(write_batch, plan, idx, u8, time.perf_counter() - t0, d.rank, trace)
             n_done += idx.size

@@ -90,10 +90,10 @@ class RunPlan:
                                 f"{type(pipeline).__name__}; leave records=None for your own pipeline")
             pipeline = dataclasses.replace(pipeline, records=opts.records)  # type: ignore[type-var]
         opts = opts.replace(records=getattr(pipeline, "records", None))
-        num_classes = int(model.num_classes)
+        num_classes = int(getattr(model, "num_classes"))  # an EnergyModel's int (checked above)
         names = tuple(getattr(model, "class_names", None) or [str(i) for i in range(num_classes)])
         y, order = run_labels(n, num_classes, names, classes, labels)
-        mode = getattr(pipeline, "mode", None) or getattr(model, "sampling_mode", "eval")
+        mode = str(getattr(pipeline, "mode", None) or getattr(model, "sampling_mode", "eval"))
         return cls(model=model, pipeline=pipeline, n=n, out_dir=Path(out_dir), labels=y, classes=tuple(order),
                    class_names=names, options=opts, mode=mode)
 

@@ -240,7 +240,10 @@ def _images_path(out: Path) -> Path:
 
 
 def _task_record(plan: RunPlan, attempt: dict) -> dict:
-    return {**attempt, "kind": "task", "indices": list(jobs.block(plan.n, *plan.options.shard))}
+    shard = plan.options.shard
+    if shard is None:
+        raise ValueError("a task record is written by a job-array task (shard=(i, K)) only")
+    return {**attempt, "kind": "task", "indices": list(jobs.block(plan.n, *shard))}
 
 
 def _write_record(plan: RunPlan, meta: dict, files: dict, trace, timings: dict, world_size: int,

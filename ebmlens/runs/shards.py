@@ -48,7 +48,7 @@ def _trace_arrays(trace: Sequence[StageRecord], size: int) -> dict[str, np.ndarr
                 raise ValueError(f"trace record {j} ({r.stage}) has {q} of shape {tuple(v.shape)} for a batch of "
                                  f"{size}; a record holds one value per sample")
             arrays[f"trace/{j}:{r.stage}/{q}"] = v.detach().float().cpu().numpy()
-        arrays[f"tsec/{j}:{r.stage}"] = np.float64(r.seconds)
+        arrays[f"tsec/{j}:{r.stage}"] = np.asarray(r.seconds, np.float64)
     return arrays
 
 

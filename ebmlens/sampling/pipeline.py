@@ -142,7 +142,7 @@ class Pipeline:
     """
 
     init: Initializer
-    stages: tuple = ()
+    stages: Sequence[Any] = ()  # kept as a tuple
     mode: Literal["eval", "train"] | None = field(default=None, kw_only=True)
     trace_steps: bool = field(default=False, kw_only=True)
     records: Literal["stages", "all", "final", "none"] = field(default="stages", kw_only=True)
@@ -164,7 +164,7 @@ class Pipeline:
         """JSON-able description (for run.json): the init and stages as their fields, statistics and
         seed images as fingerprints, the BN mode (``None``: the model's own), ``trace_steps`` and, when not
         the default ``"stages"``, ``records``."""
-        cfg = {"init": stage_config(self.init), "stages": [stage_config(s) for s in self.stages],
+        cfg: dict[str, Any] = {"init": stage_config(self.init), "stages": [stage_config(s) for s in self.stages],
                "mode": self.mode, "trace_steps": self.trace_steps}
         if self.records != "stages":  # the default stays out: runs made before the option resume
             cfg["records"] = self.records

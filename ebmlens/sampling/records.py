@@ -248,16 +248,21 @@ class Recorder:
     def __init__(self, model, y: torch.Tensor, points: Mapping[int, str], *, trace_steps: bool = False) -> None:
         self.model, self.y, self.points, self.trace_steps = model, y, dict(points), trace_steps
         self.trace: list[StageRecord] = []
-        self._index, self._t0, self._x_in = 0, 0.0, None
+        self._index, self._t0 = 0, 0.0
+        self._x_in: torch.Tensor | None = None
         self._first: _FirstPass | None = None
         self._producer: Any = None
-        self._seconds, self._steps, self._next_steps = 0.0, None, None
+        self._seconds = 0.0
+        self._steps: _Steps | None = None
+        self._next_steps: _Steps | None = None
 
     def start(self, stage: Any, x_in: torch.Tensor | None = None) -> Callable | None:
         """Before ``stage`` runs on ``x_in`` (the previous point; ``None`` for the initializer); returns the
         callback to hand it (``None`` when nothing listens)."""
         self._first, self._x_in = None, x_in
         if self._index > 0:
+            if x_in is None:
+                raise TypeError("Recorder.start(stage, x): after the initializer every stage needs its input x")
             src = self.points.get(self._index - 1)
             if src == "record":
                 self.trace.append(self._record(x_in, self._index - 1))
@@ -270,7 +275,7 @@ class Recorder:
     def end(self, stage: Any) -> None:
         """After ``stage`` ran: the record of its input point from its first pass, when planned so."""
         seconds = time.perf_counter() - self._t0
-        if self._first is not None:
+        if self._first is not None and self._x_in is not None:  # (start() set both after the initializer)
             if self._first.energies is None:  # the stage did not hand its first pass back: measure after all
                 self.trace.append(self._record(self._x_in, self._index - 1))
             else:
