@@ -35,12 +35,14 @@ import numpy as np
 from .._io import atomic_path, atomic_write_json, create_json
 from .._lock import RunLock, describe_holder, held_by
 from . import shards
+from .outputs import safe_name
 
 __all__ = ["check_out_dir", "parse_shard", "block", "claim", "claim_on_rank0", "live_tasks", "missing_message", "task_records", "labels_path",
            "write_task_record"]
 
 _LOCK_RE = re.compile(r"^\.lock-(\d+)-of-(\d+)$")
 _TASK_RE = re.compile(r"^task-(\d+)-of-(\d+)\.json$")
+_PNG_RE = re.compile(r"^\d+\.png$")
 
 
 def parse_shard(text: str | tuple | None, env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
@@ -141,9 +143,23 @@ def check_out_dir(out: str | os.PathLike, *, resume: bool = False, overwrite: bo
 
 
 def _clear_run(out: Path) -> None:
-    """``overwrite``: remove an earlier run's shards and top-level run files (not the caller's lock)."""
+    """``overwrite``: remove an earlier run's shards, top-level run files and the PNGs it wrote
+    (``<class_name>/<index>.png`` of the classes its ``shards/meta.json`` names; nothing else in those
+    folders), not the caller's lock."""
     if not _holds_run(out):
         return
+    try:
+        names = json.loads((out / "shards" / "meta.json").read_text())["run"]["class_names"]
+    except (OSError, ValueError, KeyError, TypeError):
+        names = []
+    for name in names:
+        folder = out / safe_name(name)
+        if folder.is_dir():
+            for png in folder.iterdir():
+                if _PNG_RE.match(png.name) and png.is_file():
+                    png.unlink()
+            if not any(folder.iterdir()):
+                folder.rmdir()
     for p in (out / "shards").iterdir() if (out / "shards").is_dir() else ():
         if p.is_dir():
             shutil.rmtree(p)

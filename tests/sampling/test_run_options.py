@@ -128,9 +128,12 @@ def test_sample_refuses_an_earlier_run_unless_resume_or_overwrite(tmp_path):
     first = _run(tmp_path / "r", n=6)
     with pytest.raises(ValueError, match=r"already holds a sampling run; pass --resume .* --overwrite"):
         _run(tmp_path / "r", n=4, seed=1)
-    new = _run(tmp_path / "r", n=4, seed=1, overwrite=True)  # another run replaces it, no shard of the old kept
+    (tmp_path / "r" / "0" / "notes.txt").write_text("mine")  # a file of the user's inside a class folder
+    new = _run(tmp_path / "r", n=4, seed=1, overwrite=True)  # another run replaces it, nothing of the old kept
     assert new.load()[0].shape[0] == 4 and len(new.run["attempts"]) == 1
     assert len(list((tmp_path / "r" / "shards").glob("shard_*.npz"))) == 2
+    assert sorted(p.name for p in (tmp_path / "r").glob("*/*.png")) == [f"00000{i}.png" for i in range(4)]
+    assert (tmp_path / "r" / "0" / "notes.txt").read_text() == "mine"
     assert new.run["timings"] != first.run["timings"] or new.run["created"] >= first.run["created"]
 
 
