@@ -1,4 +1,5 @@
-"""The files of a finished run (:class:`SampleRun` reopens them), written in flat memory: the shards stream, one at a time, into
+"""The files of a finished run (:class:`SampleRun` reopens them), written in flat memory: the shards
+stream, one at a time, into
 
 * ``images.npy``: uint8 ``(N, H, W, C)`` in index order, a plain ``.npy`` (read it with
   ``np.load(path, mmap_mode="r")``: nothing is read until it is indexed);
@@ -117,8 +118,8 @@ class _ImagesNpy:
 
 def _grid_rows(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     """The indices the grid shows: the first :data:`GRID_PER_CLASS` of each class, in index order."""
-    return np.sort(np.concatenate([np.flatnonzero(labels == k)[:GRID_PER_CLASS] for k in classes] or [np.zeros(0, np.int64)])
-                   ).astype(np.int64)
+    per_class = [np.flatnonzero(labels == k)[:GRID_PER_CLASS] for k in classes]
+    return np.sort(np.concatenate(per_class or [np.zeros(0, np.int64)])).astype(np.int64)
 
 
 def write_run_files(out: Path, labels: np.ndarray, classes: Sequence[int], class_names: Sequence[str], *,

@@ -37,8 +37,8 @@ from .._lock import RunLock, describe_holder, held_by
 from . import shards
 from .outputs import safe_name
 
-__all__ = ["check_out_dir", "parse_shard", "block", "claim", "claim_on_rank0", "live_tasks", "missing_message", "task_records", "labels_path",
-           "write_task_record"]
+__all__ = ["check_out_dir", "parse_shard", "block", "claim", "claim_on_rank0", "live_tasks", "missing_message",
+           "task_records", "labels_path", "write_task_record"]
 
 _LOCK_RE = re.compile(r"^\.lock-(\d+)-of-(\d+)$")
 _TASK_RE = re.compile(r"^task-(\d+)-of-(\d+)\.json$")
@@ -89,7 +89,8 @@ def live_tasks(shard_dir: Path, skip_k: int | None = None) -> list[str]:
             if m and int(m.group(2)) != skip_k:
                 rec = held_by(p)
                 if rec is not None:
-                    found.append(f"task {m.group(1)}/{m.group(2)} (pid {rec.get('pid', '?')} on {rec.get('host', '?')})")
+                    who = f"pid {rec.get('pid', '?')} on {rec.get('host', '?')}"
+                    found.append(f"task {m.group(1)}/{m.group(2)} ({who})")
     return found
 
 
