@@ -105,7 +105,7 @@ class RunPlan:
         if o.fast:
             f = fast_settings(device, dtype=o.dtype, channels_last=o.channels_last, compile=o.compile)
             if device.type != "cuda":
-                log.info("fast=True changes nothing on %s (see benchmarks/README.md)", device.type)
+                log.info("fast=True changes nothing on %s (measured effects: docs/cli.md, fast paths)", device.type)
             plan = dataclasses.replace(self, options=o.replace(dtype=f["dtype"], channels_last=f["channels_last"],
                                                                compile=f["compile"]),
                                        compile_mode=f["compile_mode"], matmul_precision=f["matmul_precision"])
