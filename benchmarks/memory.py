@@ -81,7 +81,7 @@ def peak_rss(ckpt: Path, seeds: Path, n: int, out: Path, batch_size: int) -> tup
 #: library loading at start-up (~900 MiB with a CUDA build of torch) and hides the run itself.
 PROBE = """
 import sys
-import torch, ebmlens.cli, ebmlens.sampling.runner, ebmlens.sampling.presets, ebmlens.models, ebmlens.data
+import torch, ebmlens.cli, ebmlens.runs.runner, ebmlens.sampling.presets, ebmlens.models, ebmlens.data
 torch.set_num_threads(1)
 try:
     with open("/proc/self/clear_refs", "w") as fh:

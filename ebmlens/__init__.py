@@ -29,9 +29,10 @@ _LAZY = {
     "pgd": ("ebmlens.attacks", "pgd"),
     "class_stats": ("ebmlens.stats", "class_stats"),
     "bundled_stats": ("ebmlens.models.bundled", "bundled_stats"),
-    "sample": ("ebmlens.sampling.runner", "sample"),
+    "sample": ("ebmlens.runs.runner", "sample"),
+    "RunOptions": ("ebmlens.runs.options", "RunOptions"),
 }
-_SUBMODULES = {"energy", "attacks", "rng", "data", "stats", "models", "sampling", "analysis", "metrics", "train", "cli"}
+_SUBMODULES = {"energy", "attacks", "rng", "data", "stats", "models", "sampling", "runs", "analysis", "metrics", "train", "cli"}
 
 __all__ = ["__version__", "DEFAULT_MODEL", *sorted(_LAZY), *sorted(_SUBMODULES)]
 

@@ -141,9 +141,10 @@ class RunLock:
             os.close(fd)
             return None
         old = read_holder(self.path)
-        if old and old.get("pid") != os.getpid():
-            log.warning("taking over the lock %s left by pid %s on %s (the process is gone)", self.path,
-                        old.get("pid"), old.get("host"))
+        if old:  # a holder unlinks the file before it unlocks: a record left behind is a dead holder's (its pid may
+            # equal ours: a fresh container or job step often starts its process under the same pid)
+            log.warning("taking over the lock %s left by pid %s on %s (since %s; the process is gone)", self.path,
+                        old.get("pid"), old.get("host"), old.get("since"))
         os.ftruncate(fd, 0)
         os.write(fd, self._record())
         os.fsync(fd)
@@ -154,7 +155,7 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             rec = read_holder(self.path)
-            if holder_alive(rec) is False:
+            if rec is not None and holder_alive(rec) is False:
                 log.warning("taking over the lock %s left by dead pid %s", self.path, rec.get("pid"))
                 self.path.unlink(missing_ok=True)
                 return None

@@ -82,14 +82,17 @@ def test_default_model_and_shipped_stats(bundled, tmp_path):
     # SGLD (only Clamp follows); the init's and the Contrast's energies come from the next stage's first pass
     assert [(r["index"], r["stage"], r["source"]) for r in run["energy"]] == [
         (0, "GaussianInit", "pass"), (1, "TargetedPGD", "record"), (2, "Contrast", "pass"), (4, "Clamp", "record")]
-    assert run["records"] == "stages" and run["fast"] is False
+    assert run["options"]["records"] == "stages" and run["options"]["fast"] is False
 
-    # --resume on a finished run re-merges, samples nothing, and gives the same images
-    r2 = _invoke(["--n", "12", "--classes", "0,cat,9", "--batch-size", "4", "--out", str(out), "--resume",
-                  "--no-png", *QUICK])
+    # --resume on a finished run re-merges, samples nothing, gives the same images and keeps the run's timings;
+    # the batch size may change, --no-png (an identity option) may not
+    r2 = _invoke(["--n", "12", "--classes", "0,cat,9", "--batch-size", "4", "--out", str(out), "--resume", *QUICK])
     assert r2.exit_code == 0, r2.output
     run2 = json.loads((out / "run.json").read_text())
-    assert run2["timings"]["images_sampled"] == 0 and run2["timings"]["images_resumed"] == 12
+    assert run2["attempts"][-1]["images_sampled"] == 0 and run2["attempts"][-1]["images_resumed"] == 12
+    assert run2["timings"] == run["timings"] and run2["attempts"][-1]["batch_size"] == 4
+    bad = _invoke(["--n", "12", "--classes", "0,cat,9", "--out", str(out), "--resume", "--no-png", *QUICK])
+    assert bad.exit_code == 2 and "different png" in bad.output and len(bad.output.strip().splitlines()) == 1
     with np.load(out / "samples.npz") as z:
         assert z["labels"].tolist() == [0, 3, 9] * 4
 
@@ -100,10 +103,11 @@ def test_records_none_and_fast_on_the_cpu(bundled, tmp_path):
                  "--fast", "--device", "cpu", *QUICK])
     assert r.exit_code == 0, r.output
     run = json.loads((out / "run.json").read_text())
-    assert run["records"] == "none" and run["energy"] == []
-    # --fast changes nothing on the CPU and says so in run.json's resolved settings
-    assert run["fast"] is True and run["dtype"] == "float32" and run["channels_last"] is False
-    assert run["compile"] is False and run["compile_mode"] is None
+    assert run["options"]["records"] == "none" and run["energy"] == []
+    # --fast changes nothing on the CPU and says so in run.json's resolved settings (the attempt's)
+    a = run["attempts"][-1]
+    assert run["options"]["fast"] is True and a["dtype"] == "float32" and a["channels_last"] is False
+    assert a["compile"] is False and run["compile_mode"] is None
     bad = CliRunner().invoke(main, ["sample", "--records", "some", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--records" in bad.output
 
@@ -117,7 +121,8 @@ def test_file_model_with_stats_file_and_dtype(tmp_path):
                  "--n", "4", "--out", str(out), "--no-png", "--no-grid", "--dtype", "bfloat16", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     run = json.loads((out / "run.json").read_text())
-    assert run["dtype"] == "bfloat16" and run["device"] == "cpu" and run["files"]["grid"] is None
+    assert run["options"]["dtype"] == "bfloat16" and run["options"]["device"] == "cpu"
+    assert run["attempts"][-1]["device"] == "cpu" and run["files"]["grid"] is None
     assert run["pipeline"]["stages"][0]["name"] == "TargetedPGD" and run["pipeline"]["stages"][0]["steps"] == 2
     assert not (out / "grid.png").exists() and not list(out.glob("*/*.png"))
 

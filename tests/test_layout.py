@@ -36,6 +36,7 @@ LAYERS: dict[str, set[str]] = {
     "stats": LEAF | {"data", "energy"},
     "models": LEAF | {"energy", "data", "stats", "attacks"},  # attacks: the one threat-model parser
     "sampling": LEAF | {"rng", "energy", "attacks", "data", "stats", "_dist", "_perf"},
+    "runs": LEAF | {"rng", "energy", "attacks", "data", "stats", "sampling", "_dist", "_perf"},  # many samples
     "metrics": LEAF | {"rng", "energy", "attacks", "data", "models", "_dist"},
     "analysis": LEAF | {"rng", "energy", "attacks", "data", "stats", "models", "_dist"},
     "train": LEAF | {"rng", "energy", "attacks", "data", "stats", "models", "sampling", "analysis", "metrics", "_perf"},
@@ -123,6 +124,14 @@ def test_only_the_cli_and_main_import_the_cli():
         if src in CLI_UNITS or src == "__main__":
             continue
         assert not {_unit(m) for m in ebmlens_imports(p)} & CLI_UNITS, p
+
+
+def test_sampling_imports_nothing_from_runs():
+    """The algorithms (sampling/) know nothing of batches, files and processes (runs/)."""
+    assert "runs" not in LAYERS["sampling"]
+    for p in _modules():
+        if _unit(_module_name(p)) == "sampling":
+            assert not {m for m in ebmlens_imports(p) if _unit(m) == "runs"}, p
 
 
 def test_layering_check_catches_a_source_that_imports_sampling(tmp_path):

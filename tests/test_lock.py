@@ -55,3 +55,19 @@ def test_stale_lock_of_dead_process_is_taken_over_with_a_warning(tmp_path, caplo
         with RunLock(p) as lock:
             assert lock.held and read_holder(p)["pid"] == os.getpid()
     assert any(f"pid {pid}" in r.getMessage() for r in caplog.records)
+
+
+def test_stale_lock_with_our_own_pid_is_taken_over_with_a_warning(tmp_path, caplog):
+    """kill -9, then --resume in a fresh container or job step: the new process often gets the dead one's pid;
+    the warning must still appear (issue 22 item 4: it never did)."""
+    p = tmp_path / ".lock"
+    p.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "earlier", "what": "killed"}))
+    with caplog.at_level(logging.WARNING, logger="ebmlens._lock"):
+        with RunLock(p):
+            pass
+    assert any("taking over the lock" in r.getMessage() and "since earlier" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ebmlens._lock"):
+        with RunLock(p):  # a lock released normally leaves nothing behind: no warning
+            pass
+    assert not caplog.records

@@ -154,8 +154,8 @@ def test_sample_checks_its_labels(tmp_path):
     m = make_tiny_model()
     pipe = presets.get("dat2025", data=torch.rand(4, 3, 32, 32, generator=G), steps=1)
     with pytest.raises(ValueError, match="labels has 2 labels for 3 images"):
-        ebmlens.sample(m, pipe, n=3, out_dir=tmp_path / "a", labels=[0, 1], save_png=False)
+        ebmlens.sample(m, pipe, n=3, out_dir=tmp_path / "a", labels=[0, 1], png=False)
     with pytest.raises(TypeError, match="integer class indices"):
-        ebmlens.sample(m, pipe, n=2, out_dir=tmp_path / "b", labels=np.array([0.5, 1.0]), save_png=False)
-    run = ebmlens.sample(m, pipe, n=2, out_dir=tmp_path / "c", labels=7, save_png=False, grid=False)
+        ebmlens.sample(m, pipe, n=2, out_dir=tmp_path / "b", labels=np.array([0.5, 1.0]), png=False)
+    run = ebmlens.sample(m, pipe, n=2, out_dir=tmp_path / "c", labels=7, png=False, grid=False)
     assert np.load(run.images)["labels"].tolist() == [7, 7]

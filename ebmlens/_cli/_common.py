@@ -12,6 +12,7 @@ is loaded. Nothing here imports torch at import time (``--help`` stays fast).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -157,3 +158,49 @@ def load_model_from_cli(spec, *, model_dir=None, dataset=None, threat_model=None
     return resolve_model(spec or DEFAULT_MODEL, model_dir=model_dir, dataset=dataset,
                          threat_model=check_threat_model(threat_model), arch=arch,
                          trust_checkpoint=trust_checkpoint, device=None if device in (None, "auto") else device)
+
+
+def overwrite_option() -> Callable:
+    """``--overwrite``: replace an existing ``--out`` file."""
+    return click.option("--overwrite", is_flag=True, help="Replace --out if it exists (refused otherwise).")
+
+
+def check_out_file(out: str | None, *, overwrite: bool, flag: str = "--out") -> None:
+    """Before anything is computed: a file ``--out`` must not exist (unless ``--overwrite``) and its folder must
+    be one we can create or write in. ``None`` (no ``--out``) passes."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"{flag} {out} is a folder; give a file name (e.g. {path / 'result.json'})")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{flag} {out} exists; pass --overwrite to replace it, or choose another file")
+    probe = path.parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{flag} {out} cannot be written: {probe} is a file, not a folder; choose another {flag}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {out} cannot be written: {probe} does not allow writing; choose another {flag}")
+
+
+def check_out_folder(out: str, *, own: str, overwrite: bool, what: str, flag: str = "--out") -> None:
+    """Before anything is computed: a folder ``--out`` must be creatable and writable, and empty unless it holds
+    this command's own record ``own`` (a file name inside it: the command then continues its work there)
+    or ``--overwrite`` is given."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {out} is a file; choose a folder")
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{flag} {out} cannot be created: {probe} is a file; choose another {flag}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {out} cannot be written: {probe} does not allow writing; choose another {flag}")
+    if path.is_dir() and not overwrite and not (path / own).exists():
+        found = sorted(p.name for p in path.iterdir())
+        if found:
+            shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+            raise ValueError(f"{flag} {out} is not empty and holds no {what} ({shown}); choose an empty or new "
+                             "folder, or pass --overwrite to write into it")

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-
 import click
 
 from . import friendly_errors, parse_number
-from ._common import (attack_geometry, check_threat_model, class_map_option, load_model_from_cli,
-                      model_options, runtime_options, setup_runtime)
+from ._common import (
+    attack_geometry,
+    check_out_file,
+    check_threat_model,
+    class_map_option,
+    load_model_from_cli,
+    model_options,
+    overwrite_option,
+    runtime_options,
+    setup_runtime,
+)
 
 
 @click.command("accuracy")
@@ -28,10 +36,11 @@ from ._common import (attack_geometry, check_threat_model, class_map_option, loa
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of randomized attacks (APGD).")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write the result as JSON here.")
 @class_map_option
+@overwrite_option()
 @friendly_errors
 def accuracy_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpoint, model_threat_model,
                  attack_threat_model, data, n, attack, eps, steps, step_size, batch_size, device, threads, seed,
-                 out) -> None:
+                 out, overwrite) -> None:
     """Clean accuracy and robust accuracy under an attack, on a dataset's test split."""
     import numpy as np
 
@@ -40,6 +49,7 @@ def accuracy_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_check
     from ..data import load_data
     from ..metrics import robust_accuracy
 
+    check_out_file(out, overwrite=overwrite)  # before anything is computed
     if model_threat_model is not None:
         click.echo("note: --model-threat-model is deprecated; use --threat-model (the model's threat model)", err=True)
         if threat_model is not None and check_threat_model(threat_model) != check_threat_model(model_threat_model):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from . import friendly_errors
-from ._common import TRUST_HELP, load_model_from_cli, runtime_options, setup_runtime
+from ._common import TRUST_HELP, check_out_file, load_model_from_cli, overwrite_option, runtime_options, setup_runtime
 
 
 @click.command("evaluate")
@@ -33,19 +33,28 @@ from ._common import TRUST_HELP, load_model_from_cli, runtime_options, setup_run
 @click.option("--trust-checkpoint", is_flag=True,
               help=TRUST_HELP + " Also: an Inception weights file other than the official one.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
-              help="Write the result (.json), or the statistics (.npz) with --make-ref-stats.")
+              help="Write the result (.json), or the statistics (.npz) with --make-ref-stats. SAMPLES/metrics.json "
+                   "of a sampling run records the evaluation in its run.json too.")
+@overwrite_option()
 @friendly_errors
 def evaluate_cmd(samples, ref, ref_stats, make_ref_stats, keep_features, metrics, inception_weights, feature_model,
                  arch, layer, batch_size, device, threads, splits, kid_subsets, kid_subset_size, trust_checkpoint,
-                 out) -> None:
+                 out, overwrite) -> None:
     """Inception Score, FID, KID (and precision, recall, density, coverage, diversity) of SAMPLES (a samples folder, image folder, .npz or data spec).
 
     Standard numbers need the official Inception weights file (never downloaded); with
     --feature-model the numbers are named after that network (fd_<net>, kd_<net>, is_<net>).
     """
+    from pathlib import Path
+
     from .. import _dist
     from .. import metrics as M
 
+    # --out first, before anything is computed; SAMPLES/metrics.json of a sampling run is its evaluation record
+    # (the one file a command may write into another command's folder; a new evaluation replaces it)
+    into_run = bool(out and samples and not make_ref_stats and (Path(samples) / "run.json").is_file()
+                    and Path(out).resolve() == (Path(samples) / "metrics.json").resolve())
+    check_out_file(out, overwrite=overwrite or into_run)
     device = setup_runtime(device, threads)
     _dist.init_if_needed(device)  # under torchrun: join first (each rank extracts a share; rank 0 writes)
     device = _dist.resolve_device(device)
@@ -76,7 +85,11 @@ def evaluate_cmd(samples, ref, ref_stats, make_ref_stats, keep_features, metrics
     if not _dist.is_rank0():  # under torchrun only rank 0 writes and prints
         return
     text = r.to_json()
-    if out:
+    if into_run:
+        from ..runs.record import record_evaluation
+
+        record_evaluation(samples, r.to_dict())  # metrics.json and run.json's "evaluation"
+    elif out:
         from .._io import atomic_write_text
 
         atomic_write_text(out, text + "\n")

@@ -1,8 +1,8 @@
 """``ebmlens merge OUT``: merge the shards of a job array (``ebmlens sample --shard i/K``) into a run.
 
-The command is :func:`ebmlens.sampling.runner.merge`::
+The command is :func:`ebmlens.runs.merge`::
 
-    from ebmlens.sampling.runner import merge
+    from ebmlens.runs import merge
     run = merge("samples/")
 
 It takes ``OUT/.lock``, refuses while a task still runs, names the missing tasks and indices, and
@@ -21,7 +21,7 @@ from . import friendly_errors
 @friendly_errors
 def merge_cmd(out: str) -> None:
     """Merge the shards of a finished job array in OUT (after every `ebmlens sample --shard i/K` task)."""
-    from ..sampling.runner import merge
+    from ..runs.runner import merge
 
     run = merge(out)
     files = ", ".join(v for k, v in run.run["files"].items() if v and k in ("images", "labels", "samples", "grid"))

@@ -6,8 +6,11 @@ The command is :func:`ebmlens.sample` with a preset::
     pipe = ebmlens.sampling.presets.get("robust-jem", stats=stats, **overrides)
     ebmlens.sample(model, pipe, n=64, out_dir="samples/", batch_size=256, seed=0)
 
+Every run option is a field of :class:`ebmlens.runs.RunOptions` and one flag here (``--no-png`` is
+``png=False``, ``--no-grid`` ``grid=False``, ``--compile`` ``compile=True``).
+
 Under ``torchrun --nproc_per_node=K -m ebmlens sample ...`` (or ``srun``) the sample indices are split
-across the K processes and rank 0 merges the shards (see :mod:`ebmlens.sampling.runner`). In a job
+across the K processes and rank 0 merges the shards (see :mod:`ebmlens.runs.runner`). In a job
 array, ``--shard i/K`` (or ``--shard auto`` from SLURM's array variables) samples task i's block of
 indices only; ``ebmlens merge OUT`` merges after the last task.
 """
@@ -21,11 +24,7 @@ from typing import Any
 import click
 
 from . import friendly_errors
-
 from ._common import load_model_from_cli, model_options, runtime_options, setup_runtime
-
-#: option name -> flag, so that the run plan's errors name the flags
-FLAGS = {"n": "--n", "batch_size": "--batch-size", "seed": "--seed", "dtype": "--dtype"}
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -92,28 +91,29 @@ def bundled_stats(model) -> Any:
 @click.option("--batch-size", default="256", show_default=True,
               help="Images per pass, or 'auto' (CUDA: the largest batch that fits in memory).")
 @click.option("--channels-last", is_flag=True,
-              help="Channels-last weights, on a copy of the model. CPU: no gain (measured); CUDA: not measured.")
+              help="Channels-last weights, on a copy of the model (measured effect: docs/cli.md).")
 @click.option("--compile", "compile_model", is_flag=True,
-              help="torch.compile a copy of the classifier. CPU: ~21 s to compile, then 12% slower (measured); "
-                   "CUDA: not measured.")
+              help="torch.compile a copy of the classifier (measured effect: docs/cli.md).")
 @click.option("--fast", is_flag=True,
               help="CUDA: bf16 autocast (float32 energies), channels_last, torch.compile with CUDA graphs "
                    "(reduce-overhead; a partial last batch compiles once more), TF32 matmuls; recorded in run.json; "
-                   "GPU effect not measured yet. CPU: does nothing (for the CPU's one gain use --dtype bfloat16).")
+                   "CPU: does nothing (measured effect of each fast path: docs/cli.md).")
 @click.option("--records", default="stages", show_default=True, type=click.Choice(["stages", "all", "final", "none"]),
               help="Energy records in run.json: stages = the init, each stage feeding the next and the final point "
                    "(taken from the next stage's first gradient pass where it is at that point: no extra forward); "
                    "all = every point; final; none (production runs).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sample i uses stream (seed, i).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--resume", is_flag=True, help="Continue a killed run in --out.")
+@click.option("--resume", is_flag=True, help="Continue a killed run in --out (same settings; batch size, device "
+              "and threads may change).")
+@click.option("--overwrite", is_flag=True, help="Sample into a non-empty --out: an earlier run there (shards/, run.json "
+              "and the run files) is removed first; other files are kept unless a run file replaces them.")
 @click.option("--shard", default=None, metavar="i/K|auto",
               help="Be task i (0-based) of a K-task job array: sample only its index block, no merge (then "
                    "`ebmlens merge OUT`); 'auto': SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT.")
 @runtime_options()
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]),
-              help="Autocast precision of the model passes (energies stay float32). CPU bfloat16: same energies, "
-                   "1.76x faster on an AMD EPYC, no gain on an Intel Xeon (measured); CUDA: not measured.")
+              help="Autocast precision of the model passes (energies stay float32; measured effect: docs/cli.md).")
 @click.option("--no-png", is_flag=True, help="Skip the per-image PNGs (samples.npz and grid.png are written).")
 @click.option("--no-grid", is_flag=True, help="Skip grid.png.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -129,23 +129,29 @@ def bundled_stats(model) -> Any:
               help="Measure in another network (e.g. ebmlens:cifar10-l2-small): non-standard fd_/kd_/is_ scores.")
 @friendly_errors
 def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpoint, data, stats_path, preset, n,
-               classes, batch_size, channels_last, compile_model, fast, records, seed, out, resume, shard, device,
+               classes, batch_size, channels_last, compile_model, fast, records, seed, out, resume, overwrite, shard, device,
                threads, dtype, no_png, no_grid, overrides, eval_metrics, ref, inception_weights, feature_model) -> None:
     """Draw class-conditional samples with a preset; writes PNGs, samples.npz, grid.png and run.json."""
-    from ..sampling import presets
-    from ..sampling.labels import resolve_classes
-    from ..sampling.jobs import parse_shard
-    from ..sampling.plan import RunPlan, check_options
-    from ..sampling.runner import run as run_plan
     from .._dist import dist_env
+    from ..runs.jobs import check_out_dir
+    from ..runs.labels import resolve_classes
+    from ..runs.options import RunOptions, check_n, cli_names
+    from ..runs.plan import RunPlan
+    from ..runs.runner import run as run_plan
+    from ..sampling import presets
 
-    # cheap checks first (the plan's own checks, in the flags' names): no model is loaded for a typo
+    # cheap checks first (the options' own checks, in the flags' names): no model is loaded for a typo
     batch_size = int(batch_size) if batch_size.strip().lstrip("-").isdigit() else batch_size
-    check_options(n, batch_size, seed, dtype, device=device, flags=FLAGS)
-    task = parse_shard(shard)
+    with cli_names():
+        check_n(n)
+        options = RunOptions(batch_size=batch_size, seed=seed, dtype=dtype, device=device, png=not no_png,
+                             grid=not no_grid, channels_last=channels_last, compile=compile_model, fast=fast,
+                             records=records, threads=threads, shard=shard, resume=resume, overwrite=overwrite)
+    task = options.shard
     if task is not None and eval_metrics is not None:
         raise ValueError(f"--evaluate needs the merged run, not one task: after the job array run `ebmlens merge {out}` "
                          f"then `ebmlens evaluate {out} --metrics {eval_metrics}`")
+    check_out_dir(out, resume=resume, overwrite=overwrite, shard=task)  # before any model or statistics
     setup_runtime(device, threads)
     if preset not in presets.names():
         presets.get(preset)  # raises the error with close matches
@@ -176,10 +182,7 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpo
     elif data is None:
         stats = bundled_stats(model)
     pipe = presets.get(preset, stats=stats, data=data, dataset=model.dataset, **opts)
-    plan = RunPlan.build(model, pipe, n, out, batch_size=batch_size, seed=seed, classes=wanted, resume=resume,
-                         device=device, dtype=dtype, save_png=not no_png, grid=not no_grid,
-                         channels_last=channels_last, compile=compile_model, fast=fast, records=records, shard=task,
-                         flags=FLAGS)
+    plan = RunPlan.build(model, pipe, n, out, classes=wanted, options=options)
     run = run_plan(plan, progress=True)
     if dist_env().rank != 0:
         return
@@ -194,7 +197,7 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpo
     click.echo(f"wrote {run.n} samples to {run.out_dir}{grid} ({preset}{ips})")
     if metrics is not None:
         evaluate_run(run, metrics, ref_spec, inception_weights=inception_weights, feature_model=feature_model,
-                     device=device, batch_size=run.run["batch_size"], trust_checkpoint=trust_checkpoint)
+                     device=device, batch_size=run.run["attempts"][-1]["batch_size"], trust_checkpoint=trust_checkpoint)
 
 
 def default_ref(data: str) -> str:
@@ -208,7 +211,7 @@ def evaluate_run(run, metrics, ref, *, inception_weights=None, feature_model=Non
     """Measure a finished run with :func:`ebmlens.metrics.evaluate`; write ``metrics.json`` and add it
     to ``run.json`` (both atomically); print the values on one line."""
     from ..metrics import evaluate
-    from ..sampling.runner import record_evaluation
+    from ..runs.record import record_evaluation
 
     res = evaluate(run.out_dir, ref=ref, metrics=metrics, feature_model=feature_model,
                    inception_weights=inception_weights, device=None if device == "auto" else device,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from . import friendly_errors
-from ._common import class_map_option, runtime_options, setup_runtime
+from ._common import check_out_folder, class_map_option, runtime_options, setup_runtime
 
 
 @click.command("stats")
@@ -28,8 +28,9 @@ from ._common import class_map_option, runtime_options, setup_runtime
 @click.option("--crop", default=None, type=int, help="Center-crop image files to this (imagenet default 224).")
 @runtime_options()
 @class_map_option
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty --out that holds no `ebmlens stats` directory.")
 @friendly_errors
-def stats_cmd(data, out, downsample, rank, n, batch_size, resize, crop, device, threads) -> None:
+def stats_cmd(data, out, downsample, rank, n, batch_size, resize, crop, device, threads, overwrite) -> None:
     """Fit per-class mean, pixel variances and top-RANK principal components (streamed, class by class);
     `ebmlens sample --stats OUT` reads the directory."""
     from .. import _dist
@@ -38,6 +39,8 @@ def stats_cmd(data, out, downsample, rank, n, batch_size, resize, crop, device, 
 
     if downsample < 1 or rank < 1 or batch_size < 1:
         raise ValueError(f"--downsample, --rank and --batch-size must be >= 1, got {downsample}, {rank}, {batch_size}")
+    # its own directory (meta.json) resumes without a flag; anything else is refused before any fitting
+    check_out_folder(out, own="meta.json", overwrite=overwrite, what="`ebmlens stats` directory (meta.json)")
     device = setup_runtime(device, threads)
     pre = Preprocess(resize, crop) if resize or crop else None
     path = fit_stats_dir(data, out, downsample=downsample, rank=rank, n=n, batch_size=batch_size, preprocess=pre,

@@ -20,14 +20,13 @@ from . import presets
 from .init import DataInit, GaussianInit, NoiseInit, PCAInit
 from .pgd import TargetedPGD
 from .pipeline import Initializer, Pipeline, Stage, StepCallback, draw_labels, stage_config
-from .plan import RunPlan
 from .records import Samples, StageRecord
 from .sgld import SGLD, MomentumSGLD
 from ..stats import ClassStats, class_stats
 from .transforms import Clamp, Contrast
 
 __all__ = [
-    "Initializer", "Stage", "StepCallback", "Pipeline", "Samples", "StageRecord", "RunPlan", "draw_labels",
+    "Initializer", "Stage", "StepCallback", "Pipeline", "Samples", "StageRecord", "draw_labels",
     "stage_config",
     "GaussianInit", "PCAInit", "NoiseInit", "DataInit", "TargetedPGD", "SGLD", "MomentumSGLD", "Contrast", "Clamp",
     "ClassStats", "class_stats", "presets", "STAGES", "INITIALIZERS", "register_stage",

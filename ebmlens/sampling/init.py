@@ -119,6 +119,10 @@ class GaussianInit:
     def fingerprint(self) -> dict[str, Any]:
         return self.stats.fingerprint
 
+    def unit_range_after(self, unit_in: bool) -> bool:
+        """Its images lie in [0, 1] when clamped (what the pipeline's records plan on)."""
+        return bool(self.clamp)
+
     def __call__(self, model, y: torch.Tensor, *, generator: rng.GeneratorLike = None) -> torch.Tensor:
         s, dev = self.stats, y.device
         _check_model_stats(model, s, "GaussianInit")
@@ -181,6 +185,10 @@ class PCAInit:
     def fingerprint(self) -> dict[str, Any]:
         return self.stats.fingerprint
 
+    def unit_range_after(self, unit_in: bool) -> bool:
+        """Its images lie in [0, 1] (what the pipeline's records plan on)."""
+        return True
+
     def __call__(self, model, y: torch.Tensor, *, generator: rng.GeneratorLike = None) -> torch.Tensor:
         s, dev = self.stats, y.device
         _check_model_stats(model, s, "PCAInit")
@@ -217,6 +225,10 @@ class NoiseInit:
             raise ValueError(f"NoiseInit kind must be 'uniform' or 'gaussian', got {self.kind!r}")
         if not self.std >= 0:
             raise ValueError(f"NoiseInit std must be >= 0, got {self.std!r}")
+
+    def unit_range_after(self, unit_in: bool) -> bool:
+        """Its images lie in [0, 1] (what the pipeline's records plan on)."""
+        return True
 
     def __call__(self, model, y: torch.Tensor, *, generator: rng.GeneratorLike = None) -> torch.Tensor:
         shape = tuple(model.input_shape)
@@ -280,6 +292,10 @@ class DataInit:
             h = hashlib.sha256(np.ascontiguousarray(imgs.detach().cpu().float().numpy()).data).hexdigest()[:16]
             return {"source": "tensor", "count": int(imgs.shape[0]), "sha256": h}
         return {"source": imgs.source, "count": len(imgs), "sha256": imgs.fingerprint}
+
+    def unit_range_after(self, unit_in: bool) -> bool:
+        """Its images lie in [0, 1] (what the pipeline's records plan on)."""
+        return True
 
     def __call__(self, model, y: torch.Tensor, *, generator: rng.GeneratorLike = None) -> torch.Tensor:
         imgs, n, dev = self.images, y.shape[0], y.device

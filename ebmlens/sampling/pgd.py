@@ -100,3 +100,7 @@ class TargetedPGD:
         fits = self.clamp is None or (unit_range and self.clamp[0] <= 0 and self.clamp[1] >= 1)
         return self.steps > 0 and not self.random_start and fits
 
+    def unit_range_after(self, unit_in: bool) -> bool:
+        """Its output lies in [0, 1] when its clamp range does (what the pipeline's records plan on)."""
+        return self.clamp is not None and self.clamp[0] >= 0 and self.clamp[1] <= 1
+

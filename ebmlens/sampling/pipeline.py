@@ -34,7 +34,6 @@ point, a point before a pixel map) one no-grad forward runs (``source="record"``
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
@@ -43,7 +42,8 @@ import torch
 from .. import rng
 from .._io import fingerprint, jsonable
 from ..energy import validate_labels
-from .records import RECORDS, Samples, StageRecord
+from .records import RECORDS, Recorder, Samples, StageRecord, record_points
+from .records import stage_name as _stage_name
 
 __all__ = ["Stage", "StepCallback", "Initializer", "Pipeline", "Samples", "StageRecord", "draw_labels",
            "stage_config"]
@@ -120,10 +120,6 @@ def stage_config(stage: Any) -> dict[str, Any]:
     return out
 
 
-def _stage_name(stage: Any) -> str:
-    return getattr(stage, "__name__", None) or type(stage).__name__
-
-
 @dataclass(frozen=True)
 class Pipeline:
     """``Pipeline(init, stages, mode=None, trace_steps=False, records="stages")``.
@@ -146,7 +142,7 @@ class Pipeline:
     """
 
     init: Initializer
-    stages: tuple = ()
+    stages: Sequence[Any] = ()  # kept as a tuple
     mode: Literal["eval", "train"] | None = field(default=None, kw_only=True)
     trace_steps: bool = field(default=False, kw_only=True)
     records: Literal["stages", "all", "final", "none"] = field(default="stages", kw_only=True)
@@ -168,7 +164,7 @@ class Pipeline:
         """JSON-able description (for run.json): the init and stages as their fields, statistics and
         seed images as fingerprints, the BN mode (``None``: the model's own), ``trace_steps`` and, when not
         the default ``"stages"``, ``records``."""
-        cfg = {"init": stage_config(self.init), "stages": [stage_config(s) for s in self.stages],
+        cfg: dict[str, Any] = {"init": stage_config(self.init), "stages": [stage_config(s) for s in self.stages],
                "mode": self.mode, "trace_steps": self.trace_steps}
         if self.records != "stages":  # the default stays out: runs made before the option resume
             cfg["records"] = self.records
@@ -176,19 +172,9 @@ class Pipeline:
 
     def record_points(self) -> dict[int, str]:
         """``{point index: source}`` of the records this pipeline keeps: ``"pass"`` (taken from the next
-        stage's first gradient pass) or ``"record"`` (one no-grad forward)."""
-        last = len(self.stages)
-        if self.records == "none":
-            return {}
-        if self.records == "final":
-            keep = [last]
-        elif self.records == "all":
-            keep = list(range(last + 1))
-        else:  # drop points after which only pixel maps (Contrast, Clamp) follow
-            keep = [0] + [i for i in range(1, last) if not all(_pixel_map(s) for s in self.stages[i:])] + [last]
-        unit = _unit_ranges(self.init, self.stages)
-        return {i: "pass" if i < last and _first_pass_at_input(self.stages[i], unit[i]) else "record"
-                for i in sorted(set(keep))}
+        stage's first gradient pass) or ``"record"`` (one no-grad forward); planned from what each stage
+        declares (:func:`~ebmlens.sampling.records.record_points`)."""
+        return record_points(self.init, self.stages, self.records)
 
     def prior(self, num_classes: int) -> torch.Tensor:
         stats = getattr(self.init, "stats", None)
@@ -212,76 +198,26 @@ class Pipeline:
                 raise ValueError(f"number of samples must be > 0, got {y}")
             y = draw_labels(y, self.prior(model.num_classes), generator, device=device)
         y = validate_labels(y, model.num_classes).to(device)   # samples live on the model's device
-        steps: _Steps | None = None
-        mode = self.mode or model.sampling_mode
-        total, points = 1 + len(self.stages), self.record_points()
-        trace: list[StageRecord] = []
+        mode, total = self.mode or model.sampling_mode, 1 + len(self.stages)
         with model.mode(mode):
-            t0 = time.perf_counter()
+            rec = Recorder(model, y, self.record_points(), trace_steps=self.trace_steps)
+            rec.start(self.init)
             x = self.init(model, y, generator=generator)
             _check_init(x, y, model, self.init)
-            producer, seconds = self.init, time.perf_counter() - t0
-            if progress is not None:
-                progress(1, total, _stage_name(self.init))
+            rec.end(self.init)
+            _report(progress, 1, total, self.init)
             for i, stage in enumerate(self.stages, start=1):
-                src = points.get(i - 1)           # the record of point i - 1 (this stage's input), if kept
-                if src == "record":
-                    trace.append(_record(model, x, y, i - 1, producer, seconds, steps))
-                first = _FirstPass(model, y) if src == "pass" else None
-                steps_i = _Steps() if self.trace_steps else None
-                t0 = time.perf_counter()
-                x_in, x = x, _run_stage(stage, model, x, y, generator, _callback(steps_i, first))
-                if first is not None:             # from the first gradient pass, else a record pass after all
-                    trace.append(first.record(model, x_in, y, i - 1, producer, seconds, steps))
-                producer, seconds, steps = stage, time.perf_counter() - t0, steps_i
-                if progress is not None:
-                    progress(i + 1, total, _stage_name(stage))
-            if len(self.stages) in points:
-                trace.append(_record(model, x, y, len(self.stages), producer, seconds, steps))
-        return Samples(images=x.detach(), labels=y, trace=tuple(trace), mode=mode)
+                callback = rec.start(stage, x)    # the record of the stage's input point, when planned
+                x = _run_stage(stage, model, x, y, generator, callback)
+                rec.end(stage)
+                _report(progress, i + 1, total, stage)
+            trace = rec.finish(x)
+        return Samples(images=x.detach(), labels=y, trace=trace, mode=mode)
 
 
-class _Steps:
-    """The pipeline's :class:`StepCallback` under ``trace_steps``: keeps each step's value on the CPU."""
-
-    def __init__(self) -> None:
-        self.values: list[torch.Tensor] = []
-
-    def __call__(self, step: int, value: torch.Tensor, *, logits: torch.Tensor | None = None) -> None:
-        self.values.append(value.detach().float().cpu())
-
-    def stacked(self, n: int) -> torch.Tensor:
-        return torch.stack(self.values) if self.values else torch.empty(0, n)
-
-
-class _FirstPass:
-    """A :class:`StepCallback` that takes the energies of step 0's logits (the stage's input, see
-    ``first_pass_at_input``) at once: under CUDA graphs a later replay may overwrite the logits' memory."""
-
-    def __init__(self, model, y: torch.Tensor) -> None:
-        self.model, self.y = model, y
-        self.energies: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def __call__(self, step: int, value: torch.Tensor, *, logits: torch.Tensor | None = None) -> None:
-        if step == 0 and logits is not None:
-            lg = logits.detach()
-            self.energies = (self.model.energy_from_logits(lg), self.model.joint_energy_from_logits(lg, self.y))
-
-    def record(self, model, x, y, index: int, stage, seconds: float, steps: _Steps | None) -> StageRecord:
-        if self.energies is None:  # the stage did not hand its first pass back: measure the point after all
-            return _record(model, x, y, index, stage, seconds, steps)
-        return _make_record(self.energies, y, index, stage, seconds, steps, "pass")
-
-
-def _callback(*parts: Any) -> Callable | None:
-    live = [p for p in parts if p is not None]
-    if len(live) <= 1:
-        return live[0] if live else None
-
-    def both(step: int, value: torch.Tensor, *, logits: torch.Tensor | None = None) -> None:
-        for p in live:
-            p(step, value, logits=logits)
-    return both
+def _report(progress: Callable[[int, int, str], None] | None, done: int, total: int, stage: Any) -> None:
+    if progress is not None:
+        progress(done, total, _stage_name(stage))
 
 
 def _run_stage(stage, model, x, y, generator, callback) -> torch.Tensor:
@@ -295,55 +231,6 @@ def _run_stage(stage, model, x, y, generator, callback) -> torch.Tensor:
         raise TypeError(f"stage {_stage_name(stage)} does not accept callback=, which trace_steps=True passes; "
                         "the Stage protocol is stage(model, x, y, *, generator=None, callback=None) (a stage "
                         "without steps may ignore it)") from e
-
-
-def _make_record(energies: tuple[torch.Tensor, torch.Tensor], y, index: int, stage, seconds: float,
-                 steps: _Steps | None, source: str) -> StageRecord:
-    """``(E(x), E(x, y))``, float32 (``*_from_logits`` also under autocast), kept on the device."""
-    return StageRecord(stage=_stage_name(stage), index=index, energy=energies[0].detach(),
-                       joint_energy=energies[1].detach(), seconds=seconds,
-                       steps=steps.stacked(y.shape[0]) if steps is not None else None,
-                       source=source)  # type: ignore[arg-type]
-
-
-def _record(model, x, y, index: int, stage, seconds: float, steps: _Steps | None) -> StageRecord:
-    """The record pass: one no-grad forward at the point ``x`` (its time is added to the stage's)."""
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        logits = model(x)  # unchecked: stages may leave [0, 1] between steps
-        energies = (model.energy_from_logits(logits), model.joint_energy_from_logits(logits, y))
-    return _make_record(energies, y, index, stage, seconds + time.perf_counter() - t0, steps, "record")
-
-
-def _pixel_map(stage: Any) -> bool:
-    from .transforms import Clamp, Contrast
-
-    return isinstance(stage, (Clamp, Contrast))
-
-
-def _first_pass_at_input(stage: Any, unit_range: bool) -> bool:
-    hook = getattr(stage, "first_pass_at_input", None)
-    return bool(hook(unit_range)) if callable(hook) else False
-
-
-def _unit_ranges(init: Any, stages: Sequence[Any]) -> list[bool]:
-    """Per point: whether its images are known to lie in [0, 1] (what TargetedPGD's start clamp keeps)."""
-    from .init import DataInit, GaussianInit, NoiseInit, PCAInit
-    from .transforms import Clamp, Contrast
-
-    inside = lambda lo, hi: lo >= 0 and hi <= 1  # noqa: E731
-    unit = isinstance(init, (PCAInit, NoiseInit, DataInit)) or (isinstance(init, GaussianInit) and init.clamp)
-    out = [bool(unit)]
-    for s in stages:
-        if isinstance(s, Clamp):
-            unit = inside(s.lo, s.hi)
-        elif isinstance(s, Contrast):  # m + c (x - m) with c <= 1 and m in [0, 1] stays in [0, 1]
-            unit = unit and s.c <= 1
-        else:
-            clamp = getattr(s, "clamp", None)
-            unit = clamp is not None and inside(*clamp) and hasattr(s, "first_pass_at_input")
-        out.append(bool(unit))
-    return out
 
 
 def _check_init(x: Any, y: torch.Tensor, model, init: Any) -> None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from ..attacks import L2Ball, LinfBall, Unconstrained, default_step_size
 from .init import DataInit, GaussianInit, PCAInit
@@ -204,7 +204,8 @@ def dat2025(stats=None, data=None, *, steps: int = 22, step_size: float = 0.2, s
 
 
 def mixture_ascent(stats=None, data=None, *, components: int = 8, rank: int = 128, steps: int = 22,
-                   step_size: float = 0.2, stop_at: float = 0.9, loss: str = "joint") -> Pipeline:
+                   step_size: float = 0.2, stop_at: float = 0.9,
+                   loss: Literal["ce", "joint", "marginal"] = "joint") -> Pipeline:
     """Ours (not a published sampler): class-*mixture* seeds, then target-logit ascent that stops each
     sample as soon as the model itself is sure of its class.
 

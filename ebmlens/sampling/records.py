@@ -7,7 +7,16 @@ holds ``E(x)`` and ``E(x, y)`` per sample at that point, the stage's wall time, 
 come from (``source``: ``"pass"``, the next stage's first gradient pass, or ``"record"``, a no-grad
 forward of the pipeline) and, with ``Pipeline(trace_steps=True)``, the per-step values the stage
 reported through its callback. Which points get a record is the pipeline's ``records`` option
-(:data:`RECORDS`).
+(:data:`RECORDS`). A :class:`Recorder` keeps the records of one pipeline call; :func:`record_points`
+plans them from what each stage class declares about itself (never from its type, so a user's stage
+is treated like ours):
+
+* ``pixel_map`` (class attribute, default ``False``): the stage maps each pixel on its own and reads
+  no gradient (Clamp, Contrast); points followed only by pixel maps get no record under ``"stages"``;
+* ``unit_range_after(unit_in: bool) -> bool`` (default: ``False``): whether the stage's output is
+  known to lie in [0, 1], given whether its input is (an initializer is asked with ``False``);
+* ``first_pass_at_input(unit_range: bool) -> bool`` (default: ``False``): whether its first gradient
+  pass is at its input itself, so the previous point's energies come from that pass's logits.
 
 >>> import torch
 >>> r = StageRecord("Clamp", 1, energy=torch.tensor([1.0, 3.0]), joint_energy=torch.tensor([2.0, 4.0]), seconds=0.5)
@@ -17,13 +26,15 @@ reported through its callback. Which points get a record is the pipeline's ``rec
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["StageRecord", "Samples", "summarize", "RECORDS", "trace_to_cpu", "with_sources"]
+__all__ = ["StageRecord", "Samples", "summarize", "RECORDS", "trace_to_cpu", "with_sources", "Recorder",
+           "record_points"]
 
 #: the pipeline's ``records`` choices: ``"stages"`` (default: the init, each stage whose output feeds the
 #: next one, the final point; points followed only by pixel maps such as Clamp are dropped), ``"all"``
@@ -148,3 +159,148 @@ class Samples:
     def summary(self) -> list[dict[str, Any]]:
         """Per-point means and stds of ``E(x)`` and ``E(x, y)`` (:func:`summarize`; JSON-able)."""
         return summarize(self.trace)
+
+
+# ----------------------------------------------------------------------------- planning and keeping records
+def stage_name(stage: Any) -> str:
+    return getattr(stage, "__name__", None) or type(stage).__name__
+
+
+def _declared(stage: Any, fact: str, arg: bool) -> bool:
+    hook = getattr(stage, fact, None)
+    return bool(hook(arg)) if callable(hook) else False
+
+
+def record_points(init: Any, stages: Sequence[Any], records: str) -> dict[int, str]:
+    """``{point index: source}`` of the records a pipeline keeps (module doc): ``"pass"`` (taken from the
+    next stage's first gradient pass) or ``"record"`` (one no-grad forward)."""
+    last = len(stages)
+    if records == "none":
+        return {}
+    if records == "final":
+        keep = [last]
+    elif records == "all":
+        keep = list(range(last + 1))
+    else:  # drop points after which only pixel maps follow
+        keep = [0] + [i for i in range(1, last) if not all(getattr(s, "pixel_map", False) for s in stages[i:])]
+        keep.append(last)
+    unit = [_declared(init, "unit_range_after", False)]
+    for s in stages:
+        unit.append(_declared(s, "unit_range_after", unit[-1]))
+    return {i: "pass" if i < last and _declared(stages[i], "first_pass_at_input", unit[i]) else "record"
+            for i in sorted(set(keep))}
+
+
+class _Steps:
+    """The :class:`StepCallback` of ``trace_steps``: keeps each step's value on the CPU."""
+
+    def __init__(self) -> None:
+        self.values: list[torch.Tensor] = []
+
+    def __call__(self, step: int, value: torch.Tensor, *, logits: torch.Tensor | None = None) -> None:
+        self.values.append(value.detach().float().cpu())
+
+    def stacked(self, n: int) -> torch.Tensor:
+        return torch.stack(self.values) if self.values else torch.empty(0, n)
+
+
+class _FirstPass:
+    """A :class:`StepCallback` that takes the energies of step 0's logits (the stage's input, see
+    ``first_pass_at_input``) at once: under CUDA graphs a later replay may overwrite the logits' memory."""
+
+    def __init__(self, model, y: torch.Tensor) -> None:
+        self.model, self.y = model, y
+        self.energies: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, step: int, value: torch.Tensor, *, logits: torch.Tensor | None = None) -> None:
+        if step == 0 and logits is not None:
+            lg = logits.detach()
+            self.energies = (self.model.energy_from_logits(lg), self.model.joint_energy_from_logits(lg, self.y))
+
+
+def _both(*parts: Any) -> Callable | None:
+    live = [p for p in parts if p is not None]
+    if len(live) <= 1:
+        return live[0] if live else None
+
+    def both(step: int, value: torch.Tensor, *, logits: torch.Tensor | None = None) -> None:
+        for p in live:
+            p(step, value, logits=logits)
+    return both
+
+
+class Recorder:
+    """The records of one pipeline call. Around each stage (the initializer is stage 0)::
+
+        callback = recorder.start(stage, x)   # the record of the stage's input point, when planned
+        x = stage(model, x, y, generator=g, callback=callback)
+        recorder.end(stage)
+        ...
+        trace = recorder.finish(x)            # the final point's record
+
+    Args:
+        model: the :class:`~ebmlens.energy.EnergyModel`.
+        y: the labels ``(N,)``.
+        points: ``{point: source}`` (:func:`record_points`).
+        trace_steps: hand every stage a callback that keeps its per-step values (``StageRecord.steps``).
+    """
+
+    def __init__(self, model, y: torch.Tensor, points: Mapping[int, str], *, trace_steps: bool = False) -> None:
+        self.model, self.y, self.points, self.trace_steps = model, y, dict(points), trace_steps
+        self.trace: list[StageRecord] = []
+        self._index, self._t0 = 0, 0.0
+        self._x_in: torch.Tensor | None = None
+        self._first: _FirstPass | None = None
+        self._producer: Any = None
+        self._seconds = 0.0
+        self._steps: _Steps | None = None
+        self._next_steps: _Steps | None = None
+
+    def start(self, stage: Any, x_in: torch.Tensor | None = None) -> Callable | None:
+        """Before ``stage`` runs on ``x_in`` (the previous point; ``None`` for the initializer); returns the
+        callback to hand it (``None`` when nothing listens)."""
+        self._first, self._x_in = None, x_in
+        if self._index > 0:
+            if x_in is None:
+                raise TypeError("Recorder.start(stage, x): after the initializer every stage needs its input x")
+            src = self.points.get(self._index - 1)
+            if src == "record":
+                self.trace.append(self._record(x_in, self._index - 1))
+            elif src == "pass":
+                self._first = _FirstPass(self.model, self.y)
+        self._next_steps = _Steps() if self.trace_steps and self._index > 0 else None
+        self._t0 = time.perf_counter()
+        return _both(self._next_steps, self._first)
+
+    def end(self, stage: Any) -> None:
+        """After ``stage`` ran: the record of its input point from its first pass, when planned so."""
+        seconds = time.perf_counter() - self._t0
+        if self._first is not None and self._x_in is not None:  # (start() set both after the initializer)
+            if self._first.energies is None:  # the stage did not hand its first pass back: measure after all
+                self.trace.append(self._record(self._x_in, self._index - 1))
+            else:
+                self.trace.append(self._make(self._first.energies, self._index - 1, self._seconds, "pass"))
+        self._producer, self._seconds, self._steps = stage, seconds, self._next_steps
+        self._index += 1
+
+    def finish(self, x: torch.Tensor) -> tuple[StageRecord, ...]:
+        """The final point's record (when kept); returns the trace."""
+        if self._index - 1 in self.points:
+            self.trace.append(self._record(x, self._index - 1))
+        return tuple(self.trace)
+
+    def _make(self, energies: tuple[torch.Tensor, torch.Tensor], index: int, seconds: float,
+              source: Literal["record", "pass"]) -> StageRecord:
+        """``(E(x), E(x, y))``, float32 (``*_from_logits`` also under autocast), kept on the device."""
+        return StageRecord(stage=stage_name(self._producer), index=index, energy=energies[0].detach(),
+                           joint_energy=energies[1].detach(), seconds=seconds,
+                           steps=self._steps.stacked(self.y.shape[0]) if self._steps is not None else None,
+                           source=source)
+
+    def _record(self, x: torch.Tensor, index: int) -> StageRecord:
+        """The record pass: one no-grad forward at the point ``x`` (its time is added to the stage's)."""
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            logits = self.model(x)  # unchecked: stages may leave [0, 1] between steps
+            energies = (self.model.energy_from_logits(logits), self.model.joint_energy_from_logits(logits, self.y))
+        return self._make(energies, index, self._seconds + time.perf_counter() - t0, "record")

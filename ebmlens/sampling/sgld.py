@@ -115,6 +115,10 @@ class SGLD:
         callback, give the previous point's energies."""
         return self.steps > 0
 
+    def unit_range_after(self, unit_in: bool) -> bool:
+        """Its output lies in [0, 1] when its clamp range does (what the pipeline's records plan on)."""
+        return self.clamp is not None and self.clamp[0] >= 0 and self.clamp[1] <= 1
+
 
 @dataclass(frozen=True)
 class MomentumSGLD:
@@ -182,3 +186,7 @@ class MomentumSGLD:
         """Step 0's gradient pass is at the stage's input (``steps > 0``): its logits, handed to the
         callback, give the previous point's energies."""
         return self.steps > 0
+
+    def unit_range_after(self, unit_in: bool) -> bool:
+        """Its output lies in [0, 1] when its clamp range does (what the pipeline's records plan on)."""
+        return self.clamp is not None and self.clamp[0] >= 0 and self.clamp[1] <= 1

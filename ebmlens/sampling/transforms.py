@@ -7,7 +7,7 @@ the Stage protocol's ``callback``) and keep shape, dtype and device.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 import torch
 
@@ -39,6 +39,13 @@ class Contrast:
     c: float
     center: Union[Literal["image", "data"], float] = "image"
     stats: ClassStats | None = field(default=None, compare=False, repr=False)
+
+    #: a map of each pixel on its own (no gradient): no energy record is planned just before it
+    pixel_map: ClassVar[bool] = True
+
+    def unit_range_after(self, unit_in: bool) -> bool:
+        """``m + c (x - m)`` with ``c <= 1`` and ``m`` in [0, 1] stays in [0, 1]."""
+        return unit_in and self.c <= 1
 
     def __post_init__(self) -> None:
         if not self.c > 0:
@@ -75,6 +82,11 @@ class Clamp:
 
     lo: float = 0.0
     hi: float = 1.0
+
+    pixel_map: ClassVar[bool] = True
+
+    def unit_range_after(self, unit_in: bool) -> bool:
+        return self.lo >= 0 and self.hi <= 1
 
     def __post_init__(self) -> None:
         if not self.lo < self.hi:

@@ -75,7 +75,7 @@ def compute(cifar_spec: str) -> dict:
             out[f"preset/{name}"] = {"images": _sha(s.images), "mean": float(s.images.double().mean())}
         with tempfile.TemporaryDirectory() as d:
             pipe = presets.get("robust-jem", stats=stats, **PRESETS["robust-jem"])
-            ebmlens.sample(model, pipe, n=12, out_dir=d, batch_size=5, seed=3, save_png=False, grid=False)
+            ebmlens.sample(model, pipe, n=12, out_dir=d, batch_size=5, seed=3, png=False, grid=False)
             z = np.load(Path(d) / "samples.npz")
             out["runner/robust-jem"] = {k: _sha(z[k]) for k in sorted(z.files)}
         rep = analysis.energy_report(model, test, ("pgd", "pgd-targeted"), eps=0.5, threat_model="L2", n=40,

@@ -21,9 +21,10 @@ from ebmlens import rng
 from ebmlens.cli import main
 from ebmlens.data import CIFAR10_CLASSES, as_image_data, load_data
 from ebmlens.models.archs import ConvNetSmall
-from ebmlens.sampling import class_stats, jobs, loop
+from ebmlens.sampling import class_stats
+from ebmlens.runs import jobs, loop
 from ebmlens.sampling.records import Samples
-from ebmlens.sampling.runner import SampleRun, sample
+from ebmlens.runs.runner import SampleRun, sample
 
 SHAPE = (3, 16, 16)
 
@@ -75,7 +76,7 @@ def test_two_tasks_and_merge_equal_one_process(files, tmp_path):
     (ia, la), (ib, lb) = a.load(), b.load()
     assert np.array_equal(la, lb) and la.tolist() == list(range(10))
     assert np.array_equal(ia, ib)  # per-index seeding, same batches, same device: identical
-    for key in ("pipeline", "model", "labels", "n", "seed"):
+    for key in ("pipeline", "model", "labels", "n", "options"):
         assert a.run[key] == b.run[key], key
     assert a.run["world_size"] == 2 and b.run["world_size"] == 1
     assert a.run["files"]["images"] == "images.npy" and a.run["files"]["samples"] == "samples.npz"
@@ -163,7 +164,7 @@ def _model():
 
 
 def test_images_npy_is_memory_mapped_and_equals_samples_npz(tmp_path):
-    run = sample(_model(), _noise, 7, tmp_path / "r", batch_size=3, save_png=False)
+    run = sample(_model(), _noise, 7, tmp_path / "r", batch_size=3, png=False)
     images = np.load(tmp_path / "r" / "images.npy", mmap_mode="r")
     assert isinstance(images, np.memmap) and images.dtype == np.uint8 and images.shape == (7, 8, 8, 3)
     with np.load(tmp_path / "r" / "samples.npz") as z:
@@ -216,7 +217,7 @@ def test_next_batch_samples_while_the_previous_one_is_written(tmp_path, monkeypa
         return _noise(model, y, generator=generator)
 
     monkeypatch.setattr(loop, "write_batch", slow_write)
-    sample(_model(), pipe, 6, tmp_path / "r", batch_size=2, save_png=False)
+    sample(_model(), pipe, 6, tmp_path / "r", batch_size=2, png=False)
     assert overlapped == [True, True]
 
 
@@ -232,22 +233,22 @@ def test_writer_errors_reach_the_caller(tmp_path, monkeypatch):
     real = loop.write_batch
     monkeypatch.setattr(loop, "write_batch", failing)
     with pytest.raises(OSError, match="disk full"):
-        sample(_model(), _noise, 10, tmp_path / "r", batch_size=2, save_png=False)
+        sample(_model(), _noise, 10, tmp_path / "r", batch_size=2, png=False)
     assert calls[:2] == [0, 2] and len(calls) <= 3  # stopped within a batch of the failure
     assert sorted(p.name for p in (tmp_path / "r" / "shards").glob("shard_*.npz"))[0] == "shard_000000000.npz"
     assert not (tmp_path / "r" / "run.json").exists()
     monkeypatch.setattr(loop, "write_batch", real)
-    done = sample(_model(), _noise, 10, tmp_path / "r", batch_size=2, save_png=False, resume=True)
+    done = sample(_model(), _noise, 10, tmp_path / "r", batch_size=2, png=False, resume=True)
     assert done.run["timings"]["images_resumed"] >= 2 and json.loads((tmp_path / "r" / "run.json").read_text())["n"] == 10
 
 
 def test_library_shard_argument(tmp_path):
-    a = sample(_model(), _noise, 5, tmp_path / "r", batch_size=2, save_png=False, shard=(1, 2))
+    a = sample(_model(), _noise, 5, tmp_path / "r", batch_size=2, png=False, shard=(1, 2))
     assert a.run["indices"] == [2, 5] and a.run["images_sampled"] == 3
-    b = ebmlens.sample(_model(), _noise, 5, tmp_path / "r", batch_size=2, save_png=False, shard="0/2")
+    b = ebmlens.sample(_model(), _noise, 5, tmp_path / "r", batch_size=2, png=False, shard="0/2")
     assert b.run["indices"] == [0, 2]
-    from ebmlens.sampling.runner import merge
+    from ebmlens.runs.runner import merge
 
     merged = merge(tmp_path / "r")
-    whole = sample(_model(), _noise, 5, tmp_path / "w", batch_size=2, save_png=False)
+    whole = sample(_model(), _noise, 5, tmp_path / "w", batch_size=2, png=False)
     assert np.abs(merged.load()[0].astype(int) - whole.load()[0].astype(int)).max() <= 1

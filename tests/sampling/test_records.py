@@ -149,3 +149,52 @@ def test_inits_gather_per_class_matrices_without_a_host_loop(monkeypatch):
     monkeypatch.setattr(torch, "unique", lambda *a, **k: pytest.fail("the gather path reads labels on the host"))
     monkeypatch.setattr("ebmlens.sampling.init._GATHER_BYTES", 2 * 4 * 5 * 4)   # chunks of 2 rows
     torch.testing.assert_close(_per_class_matmul(z, mats, y, gather=True), want)
+
+
+# ----------------------------------------------------------------------------- a user's stage (issue 19 item 3)
+@dataclasses.dataclass(frozen=True)
+class Invert:
+    """A user's own pixel map, declared as one (as ebmlens's Clamp and Contrast are)."""
+
+    pixel_map = True
+
+    def unit_range_after(self, unit_in: bool) -> bool:
+        return unit_in
+
+    def __call__(self, model, x, y, *, generator=None, callback=None):
+        return 1 - x
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitClamp:
+    """A user's clamp to [0, 1] that declares it keeps the unit range (not a pixel map here: it says nothing)."""
+
+    def unit_range_after(self, unit_in: bool) -> bool:
+        return True
+
+    def __call__(self, model, x, y, *, generator=None, callback=None):
+        return x.clamp(0, 1)
+
+
+def test_a_users_stage_is_planned_by_what_it_declares_like_ours():
+    sgld = S.SGLD(step_size=0.1, noise=0.0, steps=2)
+    ours = S.Pipeline(S.NoiseInit(), [sgld, S.Clamp()])
+    theirs = S.Pipeline(S.NoiseInit(), [sgld, Invert()])
+    assert theirs.record_points() == ours.record_points() == {0: "pass", 2: "record"}  # no record before the map
+    pgd = S.TargetedPGD(S.L2Ball(0.5), steps=2, step_size=0.1)  # clamps to [0, 1]: a pass at its input needs one
+    wide = S.GaussianInit(S.class_stats(torch.rand(8, 3, 8, 8), torch.arange(8) % SMALL_K), clamp=False)
+    assert S.Pipeline(wide, [UnitClamp(), pgd]).record_points() == {0: "record", 1: "pass", 2: "record"}
+    assert S.Pipeline(wide, [S.Clamp(), pgd]).record_points() == {0: "record", 1: "pass", 2: "record"}
+    assert S.Pipeline(wide, [lambda m, x, y, generator=None: x.clamp(0, 1), pgd]).record_points()[1] == "record"
+
+
+def test_a_users_stage_runs_with_the_records_it_was_planned():
+    model = make_small_model()
+    pipe = S.Pipeline(S.NoiseInit(), [S.SGLD(step_size=0.05, noise=0.0, steps=2), UnitClamp(), Invert()],
+                      records="all")
+    out = pipe(model, torch.arange(SMALL_K), generator=torch.Generator().manual_seed(0))
+    assert [(r.index, r.stage, r.source) for r in out.trace] == [
+        (0, "NoiseInit", "pass"), (1, "SGLD", "record"), (2, "UnitClamp", "record"), (3, "Invert", "record")]
+    with torch.no_grad():
+        e = model.energy_from_logits(model(out.images))
+    torch.testing.assert_close(out.trace[-1].energy, e)

@@ -31,11 +31,11 @@ def test_second_run_on_a_locked_folder_fails_naming_the_holder(tmp_path):
         assert holder.stdout.readline().strip() == "held"
         pipe = presets.get("dat2025", data=make_seed_images(), steps=1)
         with pytest.raises(ValueError, match=rf"in use by pid {holder.pid} on .*ebmlens sample of 8 images"):
-            ebmlens.sample(make_tiny_model(), pipe, n=4, out_dir=out, batch_size=2, resume=True, save_png=False)
+            ebmlens.sample(make_tiny_model(), pipe, n=4, out_dir=out, batch_size=2, resume=True, png=False)
         assert not (out / "shards").exists()  # nothing was written by the refused run
     finally:
         holder.communicate("\n", timeout=30)
-    run = ebmlens.sample(make_tiny_model(), pipe, n=4, out_dir=out, batch_size=2, resume=True, save_png=False)
+    run = ebmlens.sample(make_tiny_model(), pipe, n=4, out_dir=out, batch_size=2, resume=True, png=False)
     assert run.n == 4 and not (out / ".lock").exists()
 
 

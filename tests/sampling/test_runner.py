@@ -15,7 +15,8 @@ from ebmlens.data import CIFAR10_CLASSES
 from ebmlens.energy import EnergyModel
 from ebmlens.models.archs import ConvNetSmall
 from ebmlens.sampling import class_stats, presets
-from ebmlens.sampling.runner import SampleRun, balanced_labels, make_grid, resolve_classes, sample
+from ebmlens.runs import RunOptions
+from ebmlens.runs.runner import SampleRun, balanced_labels, make_grid, resolve_classes, sample
 
 
 N = 23  # 3 classes x 7 + 2: exercises the remainder rule
@@ -80,7 +81,7 @@ def test_batch_size_invariance(reference, tmp_path):
     model, ref = reference
     other = _run(model, tmp_path / "b7", batch_size=7)
     _assert_same(ref, other)
-    assert ref.run["batch_size"] == 16 and other.run["batch_size"] == 7
+    assert ref.run["options"]["batch_size"] == 16 and other.run["attempts"][-1]["batch_size"] == 7
     # a different seed gives different images
     third = _run(model, tmp_path / "s1", batch_size=16, seed=1)
     assert np.abs(third.load()[0].astype(int) - ref.load()[0].astype(int)).max() > 10
@@ -113,7 +114,9 @@ def test_resume_after_kill_equals_uninterrupted(reference, tmp_path):
     shard = sorted((tmp_path / "r" / "shards").glob("shard_*.npz"))[1]
     shard.unlink()
     again = _run(model, tmp_path / "r", batch_size=16, resume=True)
-    assert again.run["timings"]["images_sampled"] == 5
+    assert again.run["attempts"][-1]["images_sampled"] == 5 and again.run["attempts"][-1]["batch_size"] == 16
+    assert again.run["timings"] == done.run["timings"]  # a finished run keeps its timings
+    assert [a["batch_size"] for a in again.run["attempts"]] == [5, 4, 16]  # every attempt, as it ran
     _assert_same(ref, again)
 
 
@@ -144,8 +147,11 @@ def test_run_json_content(reference):
     model, ref = reference
     run = json.loads((ref.out_dir / "run.json").read_text())
     assert run == ref.run
-    assert run["n"] == N and run["seed"] == 0 and run["batch_size"] == 16 and run["dtype"] == "float32"
-    assert run["device"] == "cpu" and run["world_size"] == 1 and run["batch_coupled"] is False
+    o = run["options"]
+    assert run["format"] == "ebmlens.sample/2" and set(o) == set(RunOptions().stored())
+    assert run["n"] == N and o["seed"] == 0 and o["batch_size"] == 16 and o["dtype"] == "float32"
+    assert run["attempts"][-1]["device"] == "cpu" and run["attempts"][-1]["threads"] == torch.get_num_threads()
+    assert run["world_size"] == 1 and run["batch_coupled"] is False
     assert run["pipeline"] == json.loads(json.dumps(PIPES["robust-jem"].config()))
     assert run["model"]["name"] == "tiny" and run["model"]["num_classes"] == 10
     assert set(run["versions"]) >= {"ebmlens", "torch"}
@@ -156,7 +162,7 @@ def test_run_json_content(reference):
     # records="stages": the point after SGLD differs from the final one only by Clamp and is not kept
     assert [(r["index"], r["stage"], r["source"]) for r in e] == [
         (0, "GaussianInit", "pass"), (1, "TargetedPGD", "record"), (2, "Contrast", "pass"), (4, "Clamp", "record")]
-    assert run["records"] == "stages" and run["fast"] is False and run["compile_mode"] is None
+    assert o["records"] == "stages" and o["fast"] is False and run["compile_mode"] is None
     assert run["matmul_precision"] in ("highest", "high", "medium")
     for r in e:
         assert r["n"] == N and r["seconds"] >= 0
@@ -176,7 +182,7 @@ def test_options_no_png_no_grid_labels_and_train_mode(reference, stats, tmp_path
     model, _ = reference
     labels = [9, 9, 3]
     jempp = presets.get("jempp", stats=stats, steps=1, inner_steps=1)  # JEM++ samples with BN in train mode
-    r = sample(model, jempp, 3, tmp_path / "o", labels=labels, batch_size=2, save_png=False, grid=False)
+    r = sample(model, jempp, 3, tmp_path / "o", labels=labels, batch_size=2, png=False, grid=False)
     assert r.grid is None and not (tmp_path / "o" / "grid.png").exists()
     assert not list((tmp_path / "o").glob("*/*.png"))
     assert r.load()[1].tolist() == labels
@@ -186,12 +192,12 @@ def test_options_no_png_no_grid_labels_and_train_mode(reference, stats, tmp_path
 
 def test_bfloat16_autocast_runs_and_is_recorded(reference, tmp_path):
     model, ref = reference
-    r = _run(model, tmp_path / "bf", n=6, batch_size=6, dtype="bfloat16", save_png=False)
-    assert r.run["dtype"] == "bfloat16"
+    r = _run(model, tmp_path / "bf", n=6, batch_size=6, dtype="bfloat16", png=False)
+    assert r.run["options"]["dtype"] == "bfloat16"
     img = r.load()[0]
     assert img.shape == (6, 16, 16, 3)
     # the same init noise; bf16 only perturbs the passes: far closer than another seed's images
-    other = _run(model, tmp_path / "s9", n=6, batch_size=6, seed=9, save_png=False).load()[0]
+    other = _run(model, tmp_path / "s9", n=6, batch_size=6, seed=9, png=False).load()[0]
     ref6 = ref.load()[0][:6].astype(int)
     assert np.abs(img.astype(int) - ref6).mean() < 0.5 * np.abs(other.astype(int) - ref6).mean()
 
@@ -199,8 +205,8 @@ def test_bfloat16_autocast_runs_and_is_recorded(reference, tmp_path):
 def test_channels_last_runs_and_is_recorded(tmp_path, stats):
     model = _tiny_model()
     classifier, weights = model.classifier, {k: v.clone() for k, v in model.state_dict().items()}
-    r = _run(model, tmp_path / "cl", n=6, batch_size=6, channels_last=True, save_png=False)
-    assert r.run["channels_last"] is True and r.run["compile"] is False
+    r = _run(model, tmp_path / "cl", n=6, batch_size=6, channels_last=True, png=False)
+    assert r.run["options"]["channels_last"] is True and r.run["options"]["compile"] is False
     # the caller's model is unchanged: the runner converted a copy
     assert model.classifier is classifier
     assert all(p.is_contiguous() for p in model.parameters())
@@ -215,11 +221,12 @@ def test_channels_last_runs_and_is_recorded(tmp_path, stats):
 
 def test_fast_does_nothing_on_the_cpu_and_is_recorded(reference, tmp_path, caplog):
     model, ref = reference
-    with caplog.at_level(logging.INFO, logger="ebmlens.sampling.plan"):
-        r = _run(model, tmp_path / "fast", fast=True, records="final", batch_size=16, save_png=False, grid=False)
+    with caplog.at_level(logging.INFO, logger="ebmlens.runs.plan"):
+        r = _run(model, tmp_path / "fast", fast=True, records="final", batch_size=16, png=False, grid=False)
     assert "changes nothing on cpu" in caplog.text
-    assert r.run["fast"] is True and r.run["dtype"] == "float32" and r.run["channels_last"] is False
-    assert r.run["compile"] is False and r.run["records"] == "final"
+    o, a = r.run["options"], r.run["attempts"][-1]
+    assert o["fast"] is True and a["dtype"] == "float32" and a["channels_last"] is False
+    assert a["compile"] is False and o["records"] == "final"
     assert [(e["index"], e["source"]) for e in r.run["energy"]] == [(4, "record")]
     assert r.run["energy"][0] == {**ref.run["energy"][-1], "seconds": r.run["energy"][0]["seconds"]}
     np.testing.assert_array_equal(r.load()[0], ref.load()[0])
@@ -234,8 +241,8 @@ def test_any_callable_pipeline(reference, tmp_path):
     def noise(model, y, *, generator=None):
         return rng.rand(generator, len(y), model.input_shape)
 
-    a = sample(model, noise, 5, tmp_path / "a", batch_size=2, save_png=False)
-    b = sample(model, noise, 5, tmp_path / "b", batch_size=5, save_png=False)
+    a = sample(model, noise, 5, tmp_path / "a", batch_size=2, png=False)
+    b = sample(model, noise, 5, tmp_path / "b", batch_size=5, png=False)
     assert np.array_equal(a.load()[0], b.load()[0])  # noise alone is bitwise batch-size invariant
     assert a.run["energy"] == [] and "noise" in a.run["pipeline"]["repr"]
     with pytest.raises(ValueError, match="a pipeline must return Samples with images"):
@@ -275,8 +282,8 @@ def test_dtype_reaches_the_model_passes(reference, tmp_path):
         seen.append(model.logits(x).dtype)
         return x
 
-    sample(model, probe, 2, tmp_path / "bf", batch_size=2, dtype="bfloat16", save_png=False, grid=False)
-    sample(model, probe, 2, tmp_path / "f32", batch_size=2, save_png=False, grid=False)
+    sample(model, probe, 2, tmp_path / "bf", batch_size=2, dtype="bfloat16", png=False, grid=False)
+    sample(model, probe, 2, tmp_path / "f32", batch_size=2, png=False, grid=False)
     assert seen == [torch.bfloat16, torch.float32]
     assert torch.get_autocast_dtype("cpu") == torch.bfloat16 or not torch.is_autocast_enabled("cpu")
     with pytest.raises(ValueError, match="float16 autocast is for CUDA"):
@@ -289,7 +296,7 @@ def noise_run(reference, tmp_path):
     """A finished 6-sample run in two shards (indices 0-2 and 3-5)."""
     model, _ = reference
     out = tmp_path / "run"
-    sample(model, _noise, 6, out, batch_size=3, classes=[0, 1], save_png=False, grid=False)
+    sample(model, _noise, 6, out, batch_size=3, classes=[0, 1], png=False, grid=False)
     shards = sorted((out / "shards").glob("shard_*.npz"))
     assert [p.name for p in shards] == ["shard_000000000.npz", "shard_000000003.npz"]
     return model, out, shards
@@ -303,13 +310,17 @@ def _rewrite(src, dst, **changes):
 
 
 def _resume(model, out):
-    return sample(model, _noise, 6, out, batch_size=3, classes=[0, 1], save_png=False, grid=False, resume=True)
+    return sample(model, _noise, 6, out, batch_size=3, classes=[0, 1], png=False, grid=False, resume=True)
 
 
 def test_resume_of_a_complete_run_merges_again(noise_run):
     model, out, _ = noise_run
+    first = json.loads((out / "run.json").read_text())
     again = _resume(model, out)
-    assert again.run["timings"]["images_sampled"] == 0 and again.run["timings"]["images_resumed"] == 6
+    assert again.run["attempts"][-1]["images_sampled"] == 0 and again.run["attempts"][-1]["images_resumed"] == 6
+    # the finished run keeps its timings and creation time; the attempt is added (issue 22 item 4)
+    assert again.run["timings"] == first["timings"] and again.run["created"] == first["created"]
+    assert len(again.run["attempts"]) == len(first["attempts"]) + 1
 
 
 def test_repeated_shard_is_refused_by_name(noise_run):
@@ -344,17 +355,18 @@ def test_shard_with_out_of_range_indices_is_refused_by_name(noise_run):
 def test_run_plan_is_built_once_and_frozen(reference, tmp_path):
     from dataclasses import FrozenInstanceError
 
-    from ebmlens.sampling import RunPlan
-    from ebmlens.sampling.plan import check_options
-    from ebmlens.sampling.runner import run
+    from ebmlens.runs import RunOptions, RunPlan
+    from ebmlens.runs.runner import run
 
     model, _ = reference
-    plan = RunPlan.build(model, _noise, 5, tmp_path / "p", batch_size=2, classes=["cat", 0], save_png=False)
+    plan = RunPlan.build(model, _noise, 5, tmp_path / "p", batch_size=2, classes=["cat", 0], png=False)
     assert plan.labels.tolist() == [3, 0, 3, 0, 3] and plan.classes == (3, 0) and plan.class_names[3] == "cat"
-    assert plan.mode == "eval" and not plan.batch_coupled and plan.device is None
+    assert plan.mode == "eval" and not plan.batch_coupled and plan.options.device is None
     with pytest.raises(FrozenInstanceError):
         plan.n = 3
     r = run(plan)
     assert r.load()[1].tolist() == [3, 0, 3, 0, 3] and r.run["labels"]["classes"] == [3, 0]
     with pytest.raises(ValueError, match="--batch-size must be a positive integer or 'auto'"):
-        check_options(4, 0, 0, "float32", flags={"batch_size": "--batch-size"})
+        RunOptions.from_cli(batch_size=0)
+    with pytest.raises(FrozenInstanceError):
+        plan.options.seed = 3

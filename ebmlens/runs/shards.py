@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 from .._io import atomic_save_npz
-from .records import StageRecord
+from ..sampling.records import StageRecord
 
 __all__ = ["paths", "write", "covered", "merge", "item_shape", "check_meta"]
 
 #: the keys of ``meta.json`` that a resumed run (or a sibling job-array task) must share
-IDENTITY = ("n", "seed", "labels_sha256", "dtype", "pipeline", "model")
+IDENTITY = ("n", "labels_sha256", "pipeline", "model", "options")
+FORMAT = "ebmlens.sample/2"
 _SHARD_RE = re.compile(r"^shard_(\d+)\.npz$")
 
 
@@ -47,7 +48,7 @@ def _trace_arrays(trace: Sequence[StageRecord], size: int) -> dict[str, np.ndarr
                 raise ValueError(f"trace record {j} ({r.stage}) has {q} of shape {tuple(v.shape)} for a batch of "
                                  f"{size}; a record holds one value per sample")
             arrays[f"trace/{j}:{r.stage}/{q}"] = v.detach().float().cpu().numpy()
-        arrays[f"tsec/{j}:{r.stage}"] = np.float64(r.seconds)
+        arrays[f"tsec/{j}:{r.stage}"] = np.asarray(r.seconds, np.float64)
     return arrays
 
 
@@ -150,13 +151,25 @@ def check_meta(meta_path: Path, meta: dict) -> None:
     if not meta_path.exists():
         return
     old = json.loads(meta_path.read_text())
+    check_format(meta_path, old, "resume")
     for key in IDENTITY:
         diffs = differences(old.get(key), meta.get(key), key)
         if diffs:
             shown = "; ".join(diffs[:5]) + (f"; and {len(diffs) - 5} more" if len(diffs) > 5 else "")
             what = "labels (another --classes or n)" if key == "labels_sha256" else key
+            if key == "options":  # name the options: "a different seed, dtype"
+                what = ", ".join(sorted({d.split(" ")[0].split(".")[1] for d in diffs}))
             raise ValueError(f"{meta_path.parent.parent} holds a run with a different {what}: {shown} (on disk vs "
-                             "now); resume with the same settings or choose a new output folder")
+                             "now); resume with the same settings, or choose a new output folder (or --overwrite)")
+
+
+def check_format(meta_path: Path, meta: dict, what: str) -> None:
+    """Refuse (one line) a run written in an older format (``ebmlens.sample/1``: no ``"format"`` key)."""
+    found = meta.get("format", "ebmlens.sample/1") if isinstance(meta, dict) else "unknown"
+    if found != FORMAT:
+        raise ValueError(f"{meta_path.parent.parent} holds a run in format {found} (an older ebmlens); this version "
+                         f"cannot {what} it ({FORMAT}): sample into a new output folder, or finish it with the "
+                         "ebmlens version that started it")
 
 
 def differences(old: Any, new: Any, path: str) -> list[str]:

@@ -25,10 +25,10 @@ import torch
 from .. import _dist
 from .._perf import autocast_context
 from ..rng import SampleStreams
+from ..sampling.records import trace_to_cpu
 from . import shards
 from .outputs import nhwc_numpy, to_uint8, write_pngs
 from .plan import RunPlan
-from .records import trace_to_cpu
 from .writer import BatchWriter
 
 __all__ = ["sample_batches", "write_batch", "auto_batch_size_all_ranks", "trim_heap"]
@@ -58,7 +58,7 @@ def write_batch(plan: RunPlan, idx: np.ndarray, images: torch.Tensor, seconds: f
     ``(B, C, H, W)`` on the sampling device, or already a numpy ``(B, H, W, C)`` array."""
     u8 = images if isinstance(images, np.ndarray) else nhwc_numpy(images)  # a GPU's device-to-host copy
     shards.write(plan.out_dir / "shards", idx, plan.labels[idx], u8, seconds, rank, trace)
-    if plan.save_png:
+    if plan.options.png:
         write_pngs(plan.out_dir, u8, plan.labels[idx], plan.class_names, indices=idx, n=plan.n)
 
 
@@ -80,17 +80,19 @@ def sample_batches(plan: RunPlan, model, mine: list[np.ndarray], dev: torch.devi
         for idx in mine:
             t0 = time.perf_counter()
             y = torch.from_numpy(plan.labels[idx]).to(dev)
-            with autocast_context(dev, plan.dtype):
-                out = plan.pipeline(model, y, generator=SampleStreams(plan.seed, idx.tolist()))
+            with autocast_context(dev, plan.options.dtype):
+                out = plan.pipeline(model, y, generator=SampleStreams(plan.options.seed, idx.tolist()))
             images = getattr(out, "images", out)
             if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] != idx.size:
                 raise ValueError(f"the pipeline returned {type(images).__name__} "
                                  f"{tuple(getattr(images, 'shape', ()))} for a batch of {idx.size}; "
                                  "a pipeline must return Samples with images (B, C, H, W)")
             trace = trace_to_cpu(() if out is images else getattr(out, "trace", ()))  # one copy per batch
-            u8 = to_uint8(images)  # a quarter of the float batch waits for the writer; the float one is freed
-            if u8.device.type == "cpu":  # large buffers are made and freed in one thread (glibc keeps
-                u8 = nhwc_numpy(u8)      # per-thread arenas: +50 MiB at 224x224 measured otherwise)
+            t8 = to_uint8(images)  # a quarter of the float batch waits for the writer; the float one is freed
+            # large buffers are made and freed in one thread (glibc keeps per-thread arenas: +50 MiB at 224x224
+            # measured otherwise): on the CPU the numpy copy is made here
+            u8: torch.Tensor | np.ndarray = nhwc_numpy(t8) if t8.device.type == "cpu" else t8
+            del t8
             del out, images
             writer.submit(write_batch, plan, idx, u8, time.perf_counter() - t0, d.rank, trace)
             n_done += idx.size
@@ -110,13 +112,13 @@ def sample_batches(plan: RunPlan, model, mine: list[np.ndarray], dev: torch.devi
 def auto_batch_size_all_ranks(model, dev: torch.device, dtype: str, d: _dist.DistInfo) -> int:
     """The largest batch whose input-gradient pass fits (CUDA), the same on every rank (their minimum)."""
     from .._perf import auto_batch_size
-    from ..energy import energy_grad
+    from ..energy import input_grad
 
     def unit(m, b: int) -> None:  # one forward + input-gradient pass: what every stage step costs
         x = torch.rand(b, *m.input_shape, device=dev)
         y = torch.zeros(b, dtype=torch.long, device=dev)
         with autocast_context(dev, dtype):
-            energy_grad(lambda z: m.joint_energy_from_logits(m(z), y), x)
+            input_grad(m, x, m.joint_energy_from_logits, y)
 
     size = auto_batch_size(model, unit, dev)
     if d.active:

@@ -1,4 +1,5 @@
-"""The files of a finished run (:class:`SampleRun` reopens them), written in flat memory: the shards stream, one at a time, into
+"""The files of a finished run (:class:`SampleRun` reopens them), written in flat memory: the shards
+stream, one at a time, into
 
 * ``images.npy``: uint8 ``(N, H, W, C)`` in index order, a plain ``.npy`` (read it with
   ``np.load(path, mmap_mode="r")``: nothing is read until it is indexed);
@@ -32,9 +33,9 @@ from typing import Sequence
 import numpy as np
 
 from .._io import atomic_path, atomic_write_bytes
+from ..sampling.records import StageRecord
 from . import shards
 from .outputs import GRID_PER_CLASS, make_grid, png_bytes, write_pngs
-from .records import StageRecord
 
 __all__ = ["NPZ_MAX_BYTES", "SampleRun", "npy_header", "write_run_files"]
 
@@ -117,8 +118,8 @@ class _ImagesNpy:
 
 def _grid_rows(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     """The indices the grid shows: the first :data:`GRID_PER_CLASS` of each class, in index order."""
-    return np.sort(np.concatenate([np.flatnonzero(labels == k)[:GRID_PER_CLASS] for k in classes] or [[]])
-                   ).astype(np.int64)
+    per_class = [np.flatnonzero(labels == k)[:GRID_PER_CLASS] for k in classes]
+    return np.sort(np.concatenate(per_class or [np.zeros(0, np.int64)])).astype(np.int64)
 
 
 def write_run_files(out: Path, labels: np.ndarray, classes: Sequence[int], class_names: Sequence[str], *,
@@ -142,8 +143,8 @@ def write_run_files(out: Path, labels: np.ndarray, classes: Sequence[int], class
                 tiles[pos[hit]] = images[hit]
 
         trace, batch_seconds = shards.merge(out / "shards", labels, put)
-    with atomic_path(out / "labels.npy") as tmp, open(tmp, "wb") as fh:
-        np.save(fh, labels.astype(np.int64))
+    with atomic_path(out / "labels.npy") as tmp, open(tmp, "wb") as labels_fh:
+        np.save(labels_fh, labels.astype(np.int64))
     small = n * int(np.prod(item)) <= NPZ_MAX_BYTES
     if small:
         with atomic_path(out / "samples.npz") as tmp:

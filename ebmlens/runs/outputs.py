@@ -19,7 +19,8 @@ import torch
 
 from .._io import atomic_write_bytes
 
-__all__ = ["GRID_PER_CLASS", "to_uint8_nhwc", "to_uint8", "nhwc_numpy", "safe_name", "make_grid", "png_bytes", "png_path", "write_pngs"]
+__all__ = ["GRID_PER_CLASS", "to_uint8_nhwc", "to_uint8", "nhwc_numpy", "safe_name", "make_grid", "png_bytes",
+           "png_path", "write_pngs"]
 
 GRID_PER_CLASS = 10
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Mapping
 
@@ -34,12 +35,14 @@ import numpy as np
 from .._io import atomic_path, atomic_write_json, create_json
 from .._lock import RunLock, describe_holder, held_by
 from . import shards
+from .outputs import safe_name
 
-__all__ = ["parse_shard", "block", "claim", "claim_on_rank0", "live_tasks", "missing_message", "task_records", "labels_path",
-           "write_task_record"]
+__all__ = ["check_out_dir", "parse_shard", "block", "claim", "claim_on_rank0", "live_tasks", "missing_message",
+           "task_records", "labels_path", "write_task_record"]
 
 _LOCK_RE = re.compile(r"^\.lock-(\d+)-of-(\d+)$")
 _TASK_RE = re.compile(r"^task-(\d+)-of-(\d+)\.json$")
+_PNG_RE = re.compile(r"^\d+\.png$")
 
 
 def parse_shard(text: str | tuple | None, env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
@@ -86,19 +89,95 @@ def live_tasks(shard_dir: Path, skip_k: int | None = None) -> list[str]:
             if m and int(m.group(2)) != skip_k:
                 rec = held_by(p)
                 if rec is not None:
-                    found.append(f"task {m.group(1)}/{m.group(2)} (pid {rec.get('pid', '?')} on {rec.get('host', '?')})")
+                    who = f"pid {rec.get('pid', '?')} on {rec.get('host', '?')}"
+                    found.append(f"task {m.group(1)}/{m.group(2)} ({who})")
     return found
 
 
+#: the files a run writes at the top of its folder (besides the class folders of its PNGs)
+RUN_FILES = ("run.json", "images.npy", "labels.npy", "samples.npz", "grid.png", "metrics.json")
+
+
+def _holds_run(out: Path) -> bool:
+    return (out / "shards" / "meta.json").exists() or bool(shards.paths(out / "shards")) or (out / "run.json").exists()
+
+
+def _writable_dir(out: Path) -> None:
+    """``out`` (or, when it does not exist yet, its nearest existing parent) is a folder we may write in."""
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"cannot create the output folder {out}: {probe} is a file; choose another --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"the output folder {out} is not writable ({probe} does not allow writing); choose "
+                         "another --out")
+
+
+def check_out_dir(out: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
+                  shard: tuple[int, int] | None = None) -> None:
+    """Refuse an output folder before anything is computed: a file, an unwritable place, a folder that
+    holds another command's files or an earlier run (unless ``overwrite``; an earlier run of the same
+    settings continues with ``resume``; a job-array task joins its siblings' folder without it).
+    The run's own settings are compared later, under the lock (:func:`claim`)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {out} is a file; choose a folder")
+    _writable_dir(out)
+    if overwrite:
+        if shard is not None:
+            raise ValueError("--overwrite with --shard would remove the other tasks' work; empty the folder once "
+                             "before the job array starts, without --overwrite in the tasks")
+        return
+    if not out.is_dir():
+        return
+    if _holds_run(out):
+        if shard is None and not resume:
+            raise ValueError(f"{out} already holds a sampling run; pass --resume (resume=True) to continue it, "
+                             "--overwrite (overwrite=True) to replace it, or choose a new output folder")
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name not in (".lock", "shards"))
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise ValueError(f"{out} is not empty and holds no ebmlens sampling run ({shown}); choose an empty or new "
+                         "output folder, or pass --overwrite (overwrite=True) to write into it")
+
+
+def _clear_run(out: Path) -> None:
+    """``overwrite``: remove an earlier run's shards, top-level run files and the PNGs it wrote
+    (``<class_name>/<index>.png`` of the classes its ``shards/meta.json`` names; nothing else in those
+    folders), not the caller's lock."""
+    if not _holds_run(out):
+        return
+    try:
+        names = json.loads((out / "shards" / "meta.json").read_text())["run"]["class_names"]
+    except (OSError, ValueError, KeyError, TypeError):
+        names = []
+    for name in names:
+        folder = out / safe_name(name)
+        if folder.is_dir():
+            for png in folder.iterdir():
+                if _PNG_RE.match(png.name) and png.is_file():
+                    png.unlink()
+            if not any(folder.iterdir()):
+                folder.rmdir()
+    for p in (out / "shards").iterdir() if (out / "shards").is_dir() else ():
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif not p.name.startswith(".lock"):
+            p.unlink()
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
 def claim(out: Path, meta: dict, *, resume: bool, shard: tuple[int, int] | None, n: int,
-          labels: np.ndarray) -> RunLock:
+          labels: np.ndarray, overwrite: bool = False) -> RunLock:
     """Lock the folder for a whole run (``OUT/.lock``) or for one task's block, check and prepare it.
 
     Raises ``ValueError`` naming the holder or the differing settings; nothing is left locked then."""
     shard_dir = out / "shards"
     meta_path = shard_dir / "meta.json"
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir {out} is a file; choose a folder")
+    check_out_dir(out, resume=resume, overwrite=overwrite, shard=shard)
     if shard is None:
         lock = RunLock(out / ".lock", what=f"ebmlens sample of {n} images").acquire()
     else:
@@ -112,10 +191,9 @@ def claim(out: Path, meta: dict, *, resume: bool, shard: tuple[int, int] | None,
             if busy:
                 raise ValueError(f"{out} is being sampled by job-array tasks: {', '.join(busy[:5])}; wait for them, "
                                  f"then run `ebmlens merge {out}`")
-            if not resume and out.exists() and (meta_path.exists() or shards.paths(shard_dir)
-                                                or (out / "run.json").exists()):
-                raise ValueError(f"{out} already holds a sampling run; pass resume=True (--resume) to continue "
-                                 "it, or choose a new output folder")
+            check_out_dir(out, resume=resume, overwrite=overwrite, shard=shard)  # again, under the lock
+            if overwrite:
+                _clear_run(out)
         else:
             holder = held_by(out / ".lock")
             if holder is not None:
@@ -142,7 +220,9 @@ def claim_on_rank0(plan, meta: dict, d, dev) -> RunLock | None:
     lock = None
     if d.rank == 0:
         try:
-            lock = claim(plan.out_dir, meta, resume=plan.resume, shard=plan.shard, n=plan.n, labels=plan.labels)
+            o = plan.options
+            lock = claim(plan.out_dir, meta, resume=o.resume, shard=o.shard, n=plan.n, labels=plan.labels,
+                         overwrite=o.overwrite)
         except Exception as e:  # report on rank 0, but do not leave the others at the barrier
             err = e
     if d.active:
