@@ -175,6 +175,7 @@ class EnergyModel(nn.Module):
         self.allow_other_size = bool(allow_other_size)
         self.check_range = bool(check_range)
         self.preprocess = preprocess
+        self.compute_chunk: int | None = None  # rows per classifier call in eval mode (None: the whole batch)
         self.eval()
 
     # ------------------------------------------------------------------ energies
@@ -182,8 +183,15 @@ class EnergyModel(nn.Module):
         return validate_inputs(self, x, y, check_range=self.check_range, allow_other_size=self.allow_other_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D401 - nn.Module protocol
-        """Unchecked logits ``f(x)`` (the hot path the library's loops use)."""
-        return self.classifier((x - self.mean) / self.std)
+        """Unchecked logits ``f(x)`` (the hot path the library's loops use). With :attr:`compute_chunk`
+        ``= m`` (see :meth:`chunked`) and the classifier in eval mode, the classifier runs on chunks of
+        exactly ``m`` rows (the last one padded), so every row's logits and input gradient are the
+        same bits whatever the batch size."""
+        z = (x - self.mean) / self.std
+        m = getattr(self, "compute_chunk", None)
+        if m is None or self.classifier.training or z.shape[0] == m:
+            return self.classifier(z)
+        return _in_chunks(self.classifier, z, m)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``f(x)``: ``(N, K)`` logits of pixels ``x`` in [0, 1], validated (:func:`validate_inputs`)."""
@@ -242,6 +250,37 @@ class EnergyModel(nn.Module):
                     owner = self.classifier.get_submodule(owner_name) if owner_name else self.classifier
                     setattr(owner, attr, value)
 
+    @contextlib.contextmanager
+    def chunked(self, m: int | None) -> Iterator["EnergyModel"]:
+        """Run the classifier in compute chunks of ``m`` rows inside the block (``None``: whole batches);
+        the previous setting is restored afterwards.
+
+        Float32 kernels block their work by the number of rows they are given, so a row's logits can
+        move by ~1e-7 with the batch size (measured on the CPU: batches of 1-3 rows against larger ones,
+        and rows at some positions of 5-9-row batches on 2 threads), and sign steps (Linf PGD) turn that
+        into whole steps. A classifier call on exactly ``m`` rows gave each row the same bits whatever its
+        position and neighbours (``m`` = 4 to 32, 1 and 2 threads, docs/sampling.md). Only in eval mode:
+        in train mode BatchNorm couples the batch, and chunks would change its statistics.
+
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+        >>> m = EnergyModel(net, input_shape=(3, 2, 2), num_classes=3)
+        >>> x = torch.rand(5, 3, 2, 2)
+        >>> with m.chunked(4):
+        ...     one = m(x[:1])
+        ...     five = m(x)
+        >>> bool(torch.equal(one[0], five[0])), m.compute_chunk is None
+        (True, True)
+        """
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ValueError(f"compute chunk must be a positive int (rows per classifier call) or None, got {m!r}")
+        before = getattr(self, "compute_chunk", None)
+        self.compute_chunk = m
+        try:
+            yield self
+        finally:
+            self.compute_chunk = before
+
     def describe(self) -> dict:
         """Provenance, as recorded in run.json and reports."""
         return {
@@ -260,6 +299,42 @@ class EnergyModel(nn.Module):
             "mean": self.mean.flatten().tolist(),
             "std": self.std.flatten().tolist(),
         }
+
+
+def _in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, m: int) -> torch.Tensor:
+    """``fn`` on consecutive chunks of exactly ``m`` rows of ``z`` (each a fresh, aligned tensor; the last
+    padded with zeros, the mean pixel once normalized), outputs concatenated; differentiable."""
+    n = z.shape[0]
+    if n == 0:
+        return fn(z)
+    outs = []
+    for a in range(0, n, m):
+        c = z[a:a + m]
+        c = torch.cat([c, c.new_zeros(m - c.shape[0], *c.shape[1:])]) if c.shape[0] < m else c.clone()
+        outs.append(fn(c)[: min(m, n - a)])
+    return torch.cat(outs)
+
+
+#: The compute chunk a sampling run uses on the CPU when not told (``RunOptions.compute_chunk="auto"``):
+#: 16 rows cost ~5% over whole batches there (benchmarks/chunk_cost.py), 8 rows ~14%.
+CPU_COMPUTE_CHUNK = 16
+
+
+def resolve_compute_chunk(value: int | str | None, device: torch.device | str) -> int | None:
+    """The rows per classifier call for a run on ``device``: ``"auto"`` is :data:`CPU_COMPUTE_CHUNK` on the
+    CPU and ``None`` (whole batches) elsewhere (not measured there; compiled CUDA graphs replay into
+    one output buffer, so several calls per pass would need copies); an int ``m >= 1`` or ``None``
+    as given. What the runner passes to :meth:`EnergyModel.chunked` and records in run.json.
+
+    >>> resolve_compute_chunk("auto", "cpu"), resolve_compute_chunk("auto", "cuda"), resolve_compute_chunk(8, "cpu")
+    (16, None, 8)
+    """
+    if value == "auto":
+        return CPU_COMPUTE_CHUNK if torch.device(device).type == "cpu" else None
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"compute_chunk must be 'auto', a positive int (rows per classifier call) or None, "
+                         f"got {value!r}")
+    return value
 
 
 def energy_grad(
