@@ -315,8 +315,10 @@ def _in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, m: i
     return torch.cat(outs)
 
 
-#: The compute chunk a sampling run uses on the CPU when not told (``RunOptions.compute_chunk="auto"``):
-#: 16 rows cost ~5% over whole batches there (benchmarks/chunk_cost.py), 8 rows ~14%.
+#: The compute chunk a sampling run uses on the CPU when not told (``RunOptions.compute_chunk="auto"``).
+#: Measured (benchmarks/chunk_cost.py, bundled model, 1 thread): no cost when the batch is a multiple of
+#: it (batch 256: 0.69x the whole-batch time, batch 64: 0.98x); a partial last chunk computes its padding
+#: (batch 24: 1.35x). 8 rows pad less but call more often (1.22x at 24, 0.78x at 256).
 CPU_COMPUTE_CHUNK = 16
 
 
