@@ -183,10 +183,8 @@ class EnergyModel(nn.Module):
         return validate_inputs(self, x, y, check_range=self.check_range, allow_other_size=self.allow_other_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D401 - nn.Module protocol
-        """Unchecked logits ``f(x)`` (the hot path the library's loops use). With :attr:`compute_chunk`
-        ``= m`` (see :meth:`chunked`) and the classifier in eval mode, the classifier runs on chunks of
-        exactly ``m`` rows (the last one padded), so every row's logits and input gradient are the
-        same bits whatever the batch size."""
+        """Unchecked logits ``f(x)`` (the hot path the library's loops use); in chunks of
+        :attr:`compute_chunk` rows when set (:meth:`chunked`)."""
         z = (x - self.mean) / self.std
         m = getattr(self, "compute_chunk", None)
         if m is None or self.classifier.training or z.shape[0] == m:
@@ -252,26 +250,12 @@ class EnergyModel(nn.Module):
 
     @contextlib.contextmanager
     def chunked(self, m: int | None) -> Iterator["EnergyModel"]:
-        """Run the classifier in compute chunks of ``m`` rows inside the block (``None``: whole batches);
-        the previous setting is restored afterwards.
-
-        Float32 kernels block their work by the number of rows they are given, so a row's logits can
-        move by ~1e-7 with the batch size (measured on the CPU: batches of 1-3 rows against larger ones,
-        and rows at some positions of 5-9-row batches on 2 threads), and sign steps (Linf PGD) turn that
-        into whole steps. A classifier call on exactly ``m`` rows gave each row the same bits whatever its
-        position and neighbours (``m`` = 4 to 32, 1 and 2 threads, docs/sampling.md). Only in eval mode:
-        in train mode BatchNorm couples the batch, and chunks would change its statistics.
-
-        >>> import torch
-        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
-        >>> m = EnergyModel(net, input_shape=(3, 2, 2), num_classes=3)
-        >>> x = torch.rand(5, 3, 2, 2)
-        >>> with m.chunked(4):
-        ...     one = m(x[:1])
-        ...     five = m(x)
-        >>> bool(torch.equal(one[0], five[0])), m.compute_chunk is None
-        (True, True)
-        """
+        """Run the classifier in compute chunks of exactly ``m`` rows inside the block (``None``: whole
+        batches; restored afterwards). Float32 kernels block their work by the rows they get, so a row's
+        logits moved by ~1e-7 with the batch size (CPU: 1-3-row batches against larger ones), which sign
+        steps turn into whole steps; a call on exactly ``m`` rows gave every row the same bits whatever its
+        position and neighbours (m = 4 to 32, 1 and 2 threads; docs/sampling.md). Eval mode only: in
+        train mode BatchNorm couples the batch and chunks would change its statistics."""
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
             raise ValueError(f"compute chunk must be a positive int (rows per classifier call) or None, got {m!r}")
         before = getattr(self, "compute_chunk", None)
@@ -315,18 +299,16 @@ def _in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, m: i
     return torch.cat(outs)
 
 
-#: The compute chunk a sampling run uses on the CPU when not told (``RunOptions.compute_chunk="auto"``).
-#: Measured (benchmarks/chunk_cost.py, bundled model, 1 thread): no cost when the batch is a multiple of
-#: it (batch 256: 0.69x the whole-batch time, batch 64: 0.98x); a partial last chunk computes its padding
-#: (batch 24: 1.35x). 8 rows pad less but call more often (1.22x at 24, 0.78x at 256).
+#: A sampling run's chunk on the CPU when not told (``compute_chunk="auto"``). benchmarks/chunk_cost.py
+#: (bundled model, 1 thread): 0.69x the whole-batch time at batch 256, 0.98x at 64, 1.35x at 24 (padding).
 CPU_COMPUTE_CHUNK = 16
 
 
 def resolve_compute_chunk(value: int | str | None, device: torch.device | str) -> int | None:
-    """The rows per classifier call for a run on ``device``: ``"auto"`` is :data:`CPU_COMPUTE_CHUNK` on the
-    CPU and ``None`` (whole batches) elsewhere (not measured there; compiled CUDA graphs replay into
-    one output buffer, so several calls per pass would need copies); an int ``m >= 1`` or ``None``
-    as given. What the runner passes to :meth:`EnergyModel.chunked` and records in run.json.
+    """Rows per classifier call for a run on ``device`` (what the runner passes to
+    :meth:`EnergyModel.chunked` and records in run.json): ``"auto"`` is :data:`CPU_COMPUTE_CHUNK` on the
+    CPU, ``None`` elsewhere (not measured; compiled CUDA graphs replay into one output buffer); an int
+    ``m >= 1`` or ``None`` as given.
 
     >>> resolve_compute_chunk("auto", "cpu"), resolve_compute_chunk("auto", "cuda"), resolve_compute_chunk(8, "cpu")
     (16, None, 8)

@@ -25,14 +25,14 @@ N = 16
 
 #: short step counts; mixture-ascent stops samples at p(y|x) >= 0.5, so its passes shrink to odd row counts.
 #: jempp samples with BatchNorm in train mode as published (the batch is coupled by design): eval here.
-SHORT = {
-    "santurkar2019": dict(steps=4, eps=2.0, step_size=0.5),
-    "jempp": dict(steps=3, inner_steps=2, mode="eval"),
-    "robust-jem-energy": dict(steps=3, inner_steps=2),
-    "robust-jem": dict(attack_steps=4, steps=3, inner_steps=2),
-    "mirza2024": dict(steps=4),
-    "dat2025": dict(steps=4),
-    "mixture-ascent": dict(steps=6, stop_at=0.5),
+SHORT: dict[str, dict] = {
+    "santurkar2019": {"steps": 4, "eps": 2.0, "step_size": 0.5},
+    "jempp": {"steps": 3, "inner_steps": 2, "mode": "eval"},
+    "robust-jem-energy": {"steps": 3, "inner_steps": 2},
+    "robust-jem": {"attack_steps": 4, "steps": 3, "inner_steps": 2},
+    "mirza2024": {"steps": 4},
+    "dat2025": {"steps": 4},
+    "mixture-ascent": {"steps": 6, "stop_at": 0.5},
 }
 
 
@@ -102,9 +102,8 @@ def test_chunks_keep_logits_and_gradients_and_spare_train_mode():
     model.joint_energy_from_logits(model(xr), y).sum().backward()
     torch.testing.assert_close(xg.grad, xr.grad)                        # same gradient as one whole-batch pass
     for bad in (0, -2, 1.5, True, "16"):
-        with pytest.raises(ValueError, match="positive int"):
-            with model.chunked(bad):  # type: ignore[arg-type]
-                pass
+        with pytest.raises(ValueError, match="positive int"), model.chunked(bad):  # type: ignore[arg-type]
+            pass
     with pytest.raises(ValueError, match="compute_chunk must be 'auto'"):
         resolve_compute_chunk(0, "cpu")
     assert resolve_compute_chunk("auto", "cpu") == CPU_COMPUTE_CHUNK and resolve_compute_chunk(None, "cpu") is None
