@@ -113,6 +113,9 @@ class EnergyModel(nn.Module):
     leave [0, 1] between steps.
     """
 
+    mean: torch.Tensor  # buffers (1, C, 1, 1), registered in __init__
+    std: torch.Tensor
+
     def __init__(
         self,
         classifier: nn.Module,
