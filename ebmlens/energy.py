@@ -180,6 +180,7 @@ class EnergyModel(nn.Module):
         self.allow_other_size = bool(allow_other_size)
         self.check_range = bool(check_range)
         self.preprocess = preprocess
+        self.compute_chunk: int | None = None  # rows per classifier call in eval mode (None: the whole batch)
         self.eval()
 
     # ------------------------------------------------------------------ energies
@@ -187,8 +188,13 @@ class EnergyModel(nn.Module):
         return validate_inputs(self, x, y, check_range=self.check_range, allow_other_size=self.allow_other_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D401 - nn.Module protocol
-        """Unchecked logits ``f(x)`` (the hot path the library's loops use)."""
-        return self.classifier((x - self.mean) / self.std)
+        """Unchecked logits ``f(x)`` (the hot path the library's loops use); in chunks of
+        :attr:`compute_chunk` rows when set (:meth:`chunked`)."""
+        z = (x - self.mean) / self.std
+        m = getattr(self, "compute_chunk", None)
+        if m is None or self.classifier.training or z.shape[0] == m:
+            return self.classifier(z)
+        return _in_chunks(self.classifier, z, m)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``f(x)``: ``(N, K)`` logits of pixels ``x`` in [0, 1], validated (:func:`validate_inputs`)."""
@@ -251,6 +257,23 @@ class EnergyModel(nn.Module):
                     owner = self.classifier.get_submodule(owner_name) if owner_name else self.classifier
                     setattr(owner, attr, value)
 
+    @contextlib.contextmanager
+    def chunked(self, m: int | None) -> Iterator["EnergyModel"]:
+        """Run the classifier in compute chunks of exactly ``m`` rows inside the block (``None``: whole
+        batches; restored afterwards). Float32 kernels block their work by the rows they get, so a row's
+        logits moved by ~1e-7 with the batch size (CPU: 1-3-row batches against larger ones), which sign
+        steps turn into whole steps; a call on exactly ``m`` rows gave every row the same bits whatever its
+        position and neighbours (m = 4 to 32, 1 and 2 threads; docs/sampling.md). Eval mode only: in
+        train mode BatchNorm couples the batch and chunks would change its statistics."""
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ValueError(f"compute chunk must be a positive int (rows per classifier call) or None, got {m!r}")
+        before = getattr(self, "compute_chunk", None)
+        self.compute_chunk = m
+        try:
+            yield self
+        finally:
+            self.compute_chunk = before
+
     def describe(self) -> dict:
         """Provenance, as recorded in run.json and reports."""
         return {
@@ -269,6 +292,20 @@ class EnergyModel(nn.Module):
             "mean": self.mean.flatten().tolist(),
             "std": self.std.flatten().tolist(),
         }
+
+
+def _in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, m: int) -> torch.Tensor:
+    """``fn`` on consecutive chunks of exactly ``m`` rows of ``z`` (each a fresh, aligned tensor; the last
+    padded with zeros, the mean pixel once normalized), outputs concatenated; differentiable."""
+    n = z.shape[0]
+    if n == 0:
+        return fn(z)
+    outs = []
+    for a in range(0, n, m):
+        c = z[a:a + m]
+        c = torch.cat([c, c.new_zeros(m - c.shape[0], *c.shape[1:])]) if c.shape[0] < m else c.clone()
+        outs.append(fn(c)[: min(m, n - a)])
+    return torch.cat(outs)
 
 
 #: ``value(logits, y) -> (N,)``: the per-sample quantity whose input gradient :func:`input_grad` takes

@@ -27,6 +27,18 @@ from . import friendly_errors
 from ._common import load_model_from_cli, model_options, runtime_options, setup_runtime
 
 
+def _chunk(text: str) -> int | str | None:
+    """``--compute-chunk``: ``auto``, ``none`` or a positive int (RunOptions checks the value)."""
+    t = str(text).strip().lower()
+    if t in ("auto", "none"):
+        return None if t == "none" else "auto"
+    try:
+        return int(t)
+    except ValueError:
+        raise click.BadParameter(f"expected auto, none or a positive integer, got {text!r}",
+                                 param_hint="--compute-chunk") from None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"steps=20"`` -> ``("steps", 20)``; values become int, float (``8/255`` too), bool, None or str.
 
@@ -114,6 +126,9 @@ def bundled_stats(model) -> Any:
 @runtime_options()
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]),
               help="Autocast precision of the model passes (energies stay float32; measured effect: docs/cli.md).")
+@click.option("--compute-chunk", default="auto", show_default=True, metavar="auto|N|none",
+              help="Rows per model pass (the last chunk padded): fixed chunks give the same images for any "
+                   "--batch-size; auto = 16 on the CPU, whole batches on CUDA (docs/sampling.md).")
 @click.option("--no-png", is_flag=True, help="Skip the per-image PNGs (samples.npz and grid.png are written).")
 @click.option("--no-grid", is_flag=True, help="Skip grid.png.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -130,7 +145,7 @@ def bundled_stats(model) -> Any:
 @friendly_errors
 def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpoint, data, stats_path, preset, n,
                classes, batch_size, channels_last, compile_model, fast, records, seed, out, resume, overwrite, shard, device,
-               threads, dtype, no_png, no_grid, overrides, eval_metrics, ref, inception_weights, feature_model) -> None:
+               threads, dtype, compute_chunk, no_png, no_grid, overrides, eval_metrics, ref, inception_weights, feature_model) -> None:
     """Draw class-conditional samples with a preset; writes PNGs, samples.npz, grid.png and run.json."""
     from .._dist import dist_env
     from ..runs.jobs import check_out_dir
@@ -146,7 +161,8 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpo
         check_n(n)
         options = RunOptions(batch_size=batch_size, seed=seed, dtype=dtype, device=device, png=not no_png,
                              grid=not no_grid, channels_last=channels_last, compile=compile_model, fast=fast,
-                             records=records, threads=threads, shard=shard, resume=resume, overwrite=overwrite)
+                             records=records, threads=threads, compute_chunk=_chunk(compute_chunk), shard=shard,
+                             resume=resume, overwrite=overwrite)
     task = options.shard
     if task is not None and eval_metrics is not None:
         raise ValueError(f"--evaluate needs the merged run, not one task: after the job array run `ebmlens merge {out}` "

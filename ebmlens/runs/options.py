@@ -14,8 +14,8 @@ CLI flag (``FLAG`` in its metadata), and run.json stores the stored fields as on
 * ``"control"``: what this invocation does, not what the run is: ``shard``, ``resume``, ``overwrite``.
 
 Adding an option is one field here (with its flag and role) plus its click option in
-``ebmlens/_cli/sample.py``. A compute-chunk size that changes the images (rows per model pass) would
-be an ``"identity"`` field; run.json then stores it under ``"options"`` with no other edit.
+``ebmlens/_cli/sample.py`` (``compute_chunk``, rows per model pass, was added that way: an
+``"identity"`` field, since it changes the images).
 
 >>> RunOptions(batch_size=8, seed=3).stored()["seed"]
 3
@@ -34,17 +34,40 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
 
 import numpy as np
+import torch
 
 from .._dist import parse_device
 from .._perf import AUTOCAST_DTYPES
 from ..sampling.records import RECORDS
 from .jobs import parse_shard
 
-__all__ = ["RunOptions", "Dtype", "check_n"]
+__all__ = ["RunOptions", "Dtype", "check_n", "resolve_compute_chunk", "CPU_COMPUTE_CHUNK"]
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 _CLI_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("ebmlens_run_cli_names", default=False)
+
+
+#: A sampling run's chunk on the CPU when not told (``compute_chunk="auto"``). benchmarks/chunk_cost.py
+#: (bundled model, 1 thread): 0.69x the whole-batch time at batch 256, 0.98x at 64, 1.35x at 24 (padding).
+CPU_COMPUTE_CHUNK = 16
+
+
+def resolve_compute_chunk(value: int | str | None, device: torch.device | str) -> int | None:
+    """Rows per classifier call for a run on ``device`` (what the runner passes to
+    :meth:`~ebmlens.energy.EnergyModel.chunked` and records in run.json): ``"auto"`` is :data:`CPU_COMPUTE_CHUNK` on the
+    CPU, ``None`` elsewhere (not measured; compiled CUDA graphs replay into one output buffer); an int
+    ``m >= 1`` or ``None`` as given.
+
+    >>> resolve_compute_chunk("auto", "cpu"), resolve_compute_chunk("auto", "cuda"), resolve_compute_chunk(8, "cpu")
+    (16, None, 8)
+    """
+    if value == "auto":
+        return CPU_COMPUTE_CHUNK if torch.device(device).type == "cpu" else None
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"compute_chunk must be 'auto', a positive int (rows per classifier call) or None, "
+                         f"got {value!r}")
+    return value
 
 
 def _opt(default: Any, flag: str, role: str) -> Any:
@@ -72,6 +95,10 @@ class RunOptions:
         records: the Pipeline's energy records (``"stages"``, ``"all"``, ``"final"``, ``"none"``;
             ``None``: the pipeline's own).
         threads: torch's process-wide CPU thread count (:func:`torch.set_num_threads`); ``None``: as it is.
+        compute_chunk: rows per classifier call (:meth:`~ebmlens.energy.EnergyModel.chunked`): an int
+            ``m``, ``None`` (whole batches) or ``"auto"`` (:func:`resolve_compute_chunk`: 16 on the CPU).
+            Fixed chunks make the images bit-identical for every batch size (docs/sampling.md); the
+            resolved value is recorded in each attempt.
         shard: ``(i, K)``, ``"i/K"`` or ``"auto"``: be task ``i`` of a ``K``-task job array.
         resume: continue the run in the output folder (only missing indices are sampled).
         overwrite: sample into a folder that holds other files or another run (its run files
@@ -89,6 +116,7 @@ class RunOptions:
     fast: bool = _opt(False, "--fast", "attempt")
     records: str | None = _opt(None, "--records", "identity")
     threads: int | None = _opt(None, "--threads", "attempt")
+    compute_chunk: int | Literal["auto"] | None = _opt("auto", "--compute-chunk", "identity")
     shard: tuple[int, int] | None = _opt(None, "--shard", "control")
     resume: bool = _opt(False, "--resume", "control")
     overwrite: bool = _opt(False, "--overwrite", "control")
@@ -112,6 +140,8 @@ class RunOptions:
         if self.resume and self.overwrite:
             raise ValueError(f"{_name('resume')} continues the run in the folder and {_name('overwrite')} replaces it; "
                              "give one of them")
+        if self.compute_chunk != "auto":
+            resolve_compute_chunk(self.compute_chunk, "cpu")  # validates
         parse_device(self.device)
         set_ = object.__setattr__
         set_(self, "batch_size", bs if bs == "auto" else int(bs))

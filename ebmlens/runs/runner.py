@@ -90,6 +90,7 @@ from .flat import SampleRun, write_run_files
 from .labels import balanced_labels, resolve_classes
 from .loop import auto_batch_size_all_ranks, sample_batches
 from .outputs import GRID_PER_CLASS, make_grid
+from .options import resolve_compute_chunk
 from .plan import RunPlan
 from .record import record_evaluation
 
@@ -200,14 +201,17 @@ def _run_locked(plan: RunPlan, progress: Progress, d: _dist.DistInfo, dev: torch
     mine = batches[d.rank::d.world]
     if n_resumed:
         log.info("resuming %s: %d of %d samples already done", out, n_resumed, int(scope.sum()))
+    chunk = resolve_compute_chunk(o.compute_chunk, dev)
     attempt = _attempt(plan, batch_size, dev, d, n_resumed, int(scope.sum()) - n_resumed)
+    attempt["compute_chunk"] = chunk
     if d.rank == 0:
         if o.shard is not None:
             jobs.write_task_record(out, o.shard, _task_record(plan, attempt))
         else:
             record.add_attempt(out, attempt)
     t_sampling = time.perf_counter()
-    sample_batches(plan, model, mine, dev, d, progress, n_resumed, int(scope.sum()))
+    with model.chunked(chunk):  # fixed rows per classifier call: the same images for any batch size
+        sample_batches(plan, model, mine, dev, d, progress, n_resumed, int(scope.sum()))
     d.barrier(dev)
     t_sampled = time.perf_counter()
     attempt.update(status="done", sampling_s=round(t_sampled - t_sampling, 4))

@@ -45,28 +45,25 @@ def _check_model_stats(model, stats: ClassStats, who: str) -> None:
                          f"{model.num_classes}; fit them on the model's dataset")
 
 
-#: bytes of per-row class matrices gathered at once on an accelerator (:func:`_per_class_matmul`).
-_GATHER_BYTES = 256 * 2**20
-
-
 def _per_class_matmul(z: torch.Tensor, mats: torch.Tensor, y: torch.Tensor, gather: bool | None = None) -> torch.Tensor:
     """Row ``n``: ``mats[y[n]] @ z[n]``; ``z (N, J)``, ``mats (K, D, J)`` -> ``(N, D)``.
 
-    On the CPU a loop over the classes present (``torch.unique(y)`` reads host memory: no sync, one
-    matrix product per class). Elsewhere no host sync: the rows gather their class's matrix by indexing
-    with ``y`` (in chunks of at most ``_GATHER_BYTES``), then one batched product. Each row depends on
-    its own ``z`` and class only (per-sample invariance); the two paths agree to float rounding.
-    ``gather`` forces a path (tests)."""
-    n = z.shape[0]
+    One matrix-vector product per row, of the same shapes for every row, on a fresh (aligned) copy of
+    ``z[n]``: a row's arithmetic never depends on how many rows share its batch, their classes or its
+    position, so a sample's start is bit-identical for any batch size. (A product per class, or one
+    batched product, was not: BLAS blocks the rows it is given, and float32 results moved by ~1e-7
+    with the batch's composition; Linf PGD's sign steps turned that into whole steps.) On the CPU the
+    rows read their class's matrix in place; elsewhere each row gathers it by indexing with a
+    one-element index tensor (no host sync). ``gather`` forces a path (tests)."""
+    n, d = z.shape[0], mats.shape[1]
+    out = z.new_empty(n, d)
     if not (y.device.type != "cpu" if gather is None else gather):
-        out = z.new_zeros(n, mats.shape[1])
-        for k in torch.unique(y).tolist():
-            rows = torch.nonzero(y == k).flatten()
-            out[rows] = (z[rows] @ mats[k].T).to(out.dtype)  # bf16 under autocast
-        return out
-    chunk = max(1, _GATHER_BYTES // max(1, mats[0].numel() * mats.element_size()))
-    return torch.cat([torch.bmm(mats[y[a:a + chunk]], z[a:a + chunk].unsqueeze(2)).squeeze(2)
-                      for a in range(0, n, chunk)]) if n else z.new_zeros(0, mats.shape[1])
+        for i, k in enumerate(y.tolist()):
+            out[i] = torch.mv(mats[k], z[i].clone())           # bf16 under autocast: cast on assignment
+    else:
+        for i in range(n):
+            out[i] = torch.mv(mats.index_select(0, y[i:i + 1])[0], z[i].clone())
+    return out
 
 
 @dataclass(frozen=True)
