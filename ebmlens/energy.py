@@ -106,12 +106,17 @@ class EnergyModel(nn.Module):
         preprocess: a :class:`Preprocess` (resize, center crop) that image files get before they
             reach the model (ImageNet models); ``None`` (CIFAR): files are used at their size.
 
+    The first forward checks the classifier's output width against ``num_classes`` (a one-line error
+    naming both); no forward runs at wrap time.
+
     Checked and unchecked calls: :meth:`logits`, :meth:`energy`, :meth:`joint_energy` and
     :meth:`log_prob_y` validate their input (:func:`validate_inputs`: shape, dtype, labels, NaN/inf,
     pixel range; one device sync). ``model(x)`` (``forward``), :meth:`energy_from_logits` and
     :meth:`joint_energy_from_logits` do not: the library's own loops use those, so sampling may
     leave [0, 1] between steps.
     """
+
+    _width_ok = False  # the class default, for objects pickled before the width check existed
 
     def __init__(
         self,
@@ -175,6 +180,7 @@ class EnergyModel(nn.Module):
         self.allow_other_size = bool(allow_other_size)
         self.check_range = bool(check_range)
         self.preprocess = preprocess
+        self._width_ok = False  # set by the first forward that returns (N, num_classes) logits
         self.eval()
 
     # ------------------------------------------------------------------ energies
@@ -182,8 +188,20 @@ class EnergyModel(nn.Module):
         return validate_inputs(self, x, y, check_range=self.check_range, allow_other_size=self.allow_other_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D401 - nn.Module protocol
-        """Unchecked logits ``f(x)`` (the hot path the library's loops use)."""
-        return self.classifier((x - self.mean) / self.std)
+        """Unchecked logits ``f(x)`` (the hot path the library's loops use); the first call checks that
+        the classifier returns ``num_classes`` logits per image (never an extra forward at wrap time)."""
+        out = self.classifier((x - self.mean) / self.std)
+        if not self._width_ok:
+            self._check_width(out)
+        return out
+
+    def _check_width(self, out: object) -> None:
+        if isinstance(out, torch.Tensor) and out.dim() == 2:
+            if out.shape[1] != self.num_classes:
+                raise ValueError(f"the classifier returns {out.shape[1]} logits per image but the EnergyModel says "
+                                 f"num_classes={self.num_classes}; build it with num_classes={out.shape[1]}, or wrap "
+                                 f"a classifier with {self.num_classes} outputs")
+            self._width_ok = True
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``f(x)``: ``(N, K)`` logits of pixels ``x`` in [0, 1], validated (:func:`validate_inputs`)."""

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..attacks import Geometry
 from ..data import ImageSet
 from ..energy import EnergyModel
 from .energies import as_image_data, energy_report
@@ -219,7 +220,8 @@ def dynamics(
             is_path = Path(spec).exists()
             model = load_model(f"file:{spec}" if is_path else spec, **kw)
             name, ep = spec, (_checkpoint_epoch(spec) if is_path else None)
-        reports.append(energy_report(model, data, attacks, eps=eps, threat_model=threat_model, n=n, **report_kwargs))
+        reports.append(energy_report(model, data, attacks, geometry=Geometry.for_model(model, threat_model, eps), n=n,
+                                     **report_kwargs))
         names.append(name)
         epochs.append(ep if ep is not None else i + 1)
         if bar is not None:
