@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .. import rng
+from .._measure import check_labels
 from ..attacks import Attack, default_step_size
 from ..data import ImageSet, load_data
 from ..energy import EnergyModel
@@ -100,6 +101,7 @@ def robust_accuracy(model: EnergyModel | str, data: ImageSet | str, attack: Atta
     idx = np.arange(len(data)) if indices is None else np.asarray(indices)
     if len(idx) == 0:
         raise ValueError(f"robust accuracy needs at least one image; {data.source} gave none for these indices")
+    check_labels(data.labels[idx], model, data.source)
     amp = contextlib.nullcontext() if autocast is None else torch.autocast(device_type=device.type, dtype=autocast)
     clean = robust = 0
     with model.mode("eval"), amp:
