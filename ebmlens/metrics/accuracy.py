@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .. import rng
-from .._measure import check_labels
+from .._measure import map_batches
 from ..attacks import Attack, default_step_size
 from ..data import ImageSet, load_data
 from ..energy import EnergyModel
@@ -101,16 +101,20 @@ def robust_accuracy(model: EnergyModel | str, data: ImageSet | str, attack: Atta
     idx = np.arange(len(data)) if indices is None else np.asarray(indices)
     if len(idx) == 0:
         raise ValueError(f"robust accuracy needs at least one image; {data.source} gave none for these indices")
-    check_labels(data.labels[idx], model, data.source)
     amp = contextlib.nullcontext() if autocast is None else torch.autocast(device_type=device.type, dtype=autocast)
-    clean = robust = 0
-    with model.mode("eval"), amp:
-        for xb, yb in data.batches(batch_size, idx, device=device):
-            with torch.no_grad():
-                ok = model(xb).argmax(1) == yb
-            xa = attack(model, xb, yb, generator=generator)
-            with torch.no_grad():
-                rob = model(xa).argmax(1) == yb
-            clean += int(ok.sum())
-            robust += int((ok & rob).sum())
+
+    def hits(xb: torch.Tensor, yb: torch.Tensor, _idx: np.ndarray) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            ok = model(xb).argmax(1) == yb
+        xa = attack(model, xb, yb, generator=generator)
+        with torch.no_grad():
+            rob = model(xa).argmax(1) == yb
+        return {"clean": ok, "robust": ok & rob}
+
+    with model.mode("eval"), amp:  # every process measures all images (the trainer calls this on each rank)
+        got = map_batches(model, data, hits, indices=idx, batch_size=batch_size, device=device, shard=False,
+                          desc="accuracy")
+    if got is None:  # pragma: no cover - shard=False: every process gets the result
+        raise RuntimeError("map_batches returned nothing without sharding")
+    clean, robust = int(got["clean"].sum()), int(got["robust"].sum())
     return RobustAccuracy(len(idx), clean / len(idx), robust / len(idx), attack)
