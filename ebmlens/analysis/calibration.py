@@ -29,7 +29,7 @@ import torch
 from .. import _dist, rng
 from .._io import jsonable, save_figure
 from .._measure import few_samples_warning, map_batches
-from ..attacks import Geometry, choose_targets
+from ..attacks import Geometry, L2Ball, LinfBall, choose_targets
 from ..data import ImageData
 from ..energy import EnergyModel
 from .energies import as_energy_model, as_image_data, build_attacks, resolve_geometry
@@ -163,7 +163,7 @@ def calibration_report(
     bins: int = 15,
     attack: str | None = None,
     *,
-    geometry: Geometry | None = None,
+    geometry: L2Ball | LinfBall | None = None,
     threat_model: str | None = None,
     eps: float | None = None,
     steps: int | None = None,

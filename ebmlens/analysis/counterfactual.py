@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .. import _dist, rng
 from .._io import atomic_write_bytes, jsonable
 from .._measure import map_batches
-from ..attacks import Geometry, choose_targets, default_step_size, pgd
+from ..attacks import Geometry, L2Ball, LinfBall, choose_targets, default_step_size, pgd
 from ..data import ImageData
 from ..energy import EnergyModel
 from .energies import as_energy_model, as_image_data, resolve_geometry
@@ -146,7 +146,7 @@ def counterfactuals(
     eps: float | None = 2.0,
     threat_model: str | None = None,
     *,
-    geometry: Geometry | None = None,
+    geometry: L2Ball | LinfBall | None = None,
     steps: int = 100,
     step_size: float | None = None,
     n: int = 16,
@@ -184,8 +184,7 @@ def counterfactuals(
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     own = model.threat_model if model.threat_model in ("L2", "Linf") else None
     if geometry is not None:
-        geometry = resolve_geometry(model, geometry, threat_model, None if eps == DEFAULT_EPS else eps,
-                                    "counterfactuals")
+        geometry = resolve_geometry(model, geometry, threat_model, None if eps == DEFAULT_EPS else eps, "counterfactuals")
     elif threat_model is None and (eps is None or eps == DEFAULT_EPS):  # the defaults: no warning
         geometry = Geometry.for_model(model, own or "L2", eps)
     else:  # the deprecated keywords, with this function's default threat model (the model's own, else L2)

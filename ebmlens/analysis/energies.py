@@ -104,7 +104,7 @@ def _energies(model: EnergyModel, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
     return logits, e, ej, logits.argmax(1)
 
 
-def resolve_geometry(model: EnergyModel, geometry: Geometry | None, threat_model: str | None, eps: float | None,
+def resolve_geometry(model: EnergyModel, geometry: L2Ball | LinfBall | None, threat_model: str | None, eps: float | None,
                      caller: str) -> L2Ball | LinfBall:
     """``geometry``, else :meth:`Geometry.for_model` of the deprecated ``threat_model=`` / ``eps=`` keywords
     (a ``DeprecationWarning`` for one release), else the model's own geometry."""
@@ -127,7 +127,7 @@ def energy_report(
     data: ImageSet | str,
     attacks: Sequence[str | Attack] | str = ("pgd", "pgd-targeted"),
     *,
-    geometry: Geometry | None = None,
+    geometry: L2Ball | LinfBall | None = None,
     eps: float | None = None,
     threat_model: str | None = None,
     n: int | None = 1000,

@@ -70,7 +70,11 @@ class _Ball:
     """What our geometries share: :meth:`Geometry.for_model` (they implement the protocol by name)."""
 
     threat_model: ClassVar[str]
-    for_model = staticmethod(Geometry.for_model)
+
+    @staticmethod
+    def for_model(model: Any = None, threat_model: str | None = None, eps: float | None = None) -> "L2Ball | LinfBall":
+        """The one resolver of a model's attack geometry (see :func:`geometry_for_model`)."""
+        return geometry_for_model(model, threat_model, eps)
 
 
 @dataclass(frozen=True)
