@@ -147,7 +147,8 @@ def map_batches(model: EnergyModel | None, data: ImageSet, fn: BatchFn, *, batch
 
         bar = tqdm(total=int(mine.size), unit="img", dynamic_ncols=True, leave=False,
                    desc=desc if not d.active else f"{desc} (rank 0 of {d.world})")
-    stream = data.arrays(batch_size, mine) if arrays else data.batches(batch_size, mine, dev)
+    order = mine.tolist()  # the readers take a sequence of ints
+    stream = data.arrays(batch_size, order) if arrays else data.batches(batch_size, order, dev)
     parts: list[tuple[int, Mapping[str, Any]]] = []
     done = 0
     try:

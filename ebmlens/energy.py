@@ -117,6 +117,8 @@ class EnergyModel(nn.Module):
     """
 
     _width_ok = False  # the class default, for objects pickled before the width check existed
+    mean: torch.Tensor  # buffers (1, C, 1, 1), registered in __init__
+    std: torch.Tensor
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ The Python equivalent of ``ebmlens energy --model M --data D --attack pgd --eps 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -90,7 +91,8 @@ def energy_cmd(model_spec: str, model_dir: str | None, dataset: str | None, thre
     folder = _check_out(out)
     _dist.init_if_needed(device)  # under torchrun: join the group first, so "cuda" means cuda:LOCAL_RANK
     dev = _dist.resolve_device(device)
-    kw = dict(target=target, n=n, steps=steps, batch_size=batch_size, seed=seed, device=dev, progress=True)
+    kw: dict[str, Any] = dict(target=target, n=n, steps=steps, batch_size=batch_size, seed=seed, device=dev,
+                              progress=True)
     if checkpoints is not None:
         if model_dir is not None:
             raise ValueError("--model-dir applies to robustbench: models, not to --checkpoints")

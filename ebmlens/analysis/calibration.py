@@ -30,7 +30,7 @@ from .. import _dist, rng
 from .._io import jsonable, save_figure
 from .._measure import few_samples_warning, map_batches
 from ..attacks import Geometry, L2Ball, LinfBall, choose_targets
-from ..data import ImageData
+from ..data import ImageSet
 from ..energy import EnergyModel
 from .energies import as_energy_model, as_image_data, build_attacks, resolve_geometry
 from .report import report_json, require_matplotlib
@@ -111,7 +111,7 @@ class CalibrationReport:
 
     def table(self) -> str:
         b = self.config.get("bins")
-        lines = ["| input | n | accuracy | mean confidence | ECE (%d equal-width bins) | ECE (equal-mass) |" % b,
+        lines = [f"| input | n | accuracy | mean confidence | ECE ({b} equal-width bins) | ECE (equal-mass) |",
                  "|---|---|---|---|---|---|"]
         for k in self.kinds:
             lines.append(f"| {k.kind} | {k.n} | {k.accuracy:.3f} | {k.confidence:.3f} | {k.ece:.4f} | {k.ece_mass:.4f} |")
@@ -159,7 +159,7 @@ def model_geometry(model: EnergyModel, threat_model: str | None, eps: float | No
 
 def calibration_report(
     model: EnergyModel | str,
-    data: ImageData | str,
+    data: ImageSet | str,
     bins: int = 15,
     attack: str | None = None,
     *,

@@ -29,7 +29,7 @@ from .. import _dist, rng
 from .._io import atomic_write_bytes, jsonable
 from .._measure import map_batches
 from ..attacks import Geometry, L2Ball, LinfBall, choose_targets, default_step_size, pgd
-from ..data import ImageData
+from ..data import ImageSet
 from ..energy import EnergyModel
 from .energies import as_energy_model, as_image_data, resolve_geometry
 from .report import report_json
@@ -129,7 +129,7 @@ class Counterfactuals:
         return atomic_write_bytes(path, buf.getvalue())
 
 
-def _pick(data: ImageData, n: int, target: Target) -> np.ndarray:
+def _pick(data: ImageSet, n: int, target: Target) -> np.ndarray:
     pool = np.arange(len(data))
     if isinstance(target, int):
         pool = pool[data.labels != target]
@@ -141,7 +141,7 @@ def _pick(data: ImageData, n: int, target: Target) -> np.ndarray:
 
 def counterfactuals(
     model: EnergyModel | str,
-    data: ImageData | str,
+    data: ImageSet | str,
     target: Target = "next",
     eps: float | None = 2.0,
     threat_model: str | None = None,
@@ -184,7 +184,8 @@ def counterfactuals(
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     own = model.threat_model if model.threat_model in ("L2", "Linf") else None
     if geometry is not None:
-        geometry = resolve_geometry(model, geometry, threat_model, None if eps == DEFAULT_EPS else eps, "counterfactuals")
+        given = None if eps == DEFAULT_EPS else eps
+        geometry = resolve_geometry(model, geometry, threat_model, given, "counterfactuals")
     elif threat_model is None and (eps is None or eps == DEFAULT_EPS):  # the defaults: no warning
         geometry = Geometry.for_model(model, own or "L2", eps)
     else:  # the deprecated keywords, with this function's default threat model (the model's own, else L2)

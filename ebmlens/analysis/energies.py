@@ -104,8 +104,8 @@ def _energies(model: EnergyModel, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
     return logits, e, ej, logits.argmax(1)
 
 
-def resolve_geometry(model: EnergyModel, geometry: L2Ball | LinfBall | None, threat_model: str | None, eps: float | None,
-                     caller: str) -> L2Ball | LinfBall:
+def resolve_geometry(model: EnergyModel, geometry: L2Ball | LinfBall | None, threat_model: str | None,
+                     eps: float | None, caller: str) -> L2Ball | LinfBall:
     """``geometry``, else :meth:`Geometry.for_model` of the deprecated ``threat_model=`` / ``eps=`` keywords
     (a ``DeprecationWarning`` for one release), else the model's own geometry."""
     if geometry is not None:
@@ -240,9 +240,9 @@ def energy_report(
             streams = rng.SampleStreams(rng.sample_seed(seed, j + 1), bidx.tolist())
             xa = a(model, x, y, target=tgt if a.needs_target else None, generator=streams)
             la, ea, eja, pa = _energies(model, xa, y)
-            y_adv = tgt if a.needs_target else pa
+            y_adv = tgt if (a.needs_target and tgt is not None) else pa
             arrays = dict(energy=ea, joint_true=eja, joint_adv=model.joint_energy_from_logits(la, y_adv), pred=pa)
-            if a.needs_target:
+            if a.needs_target and tgt is not None:
                 arrays["target"] = tgt
             put(a.name, **arrays)
             if keep_adversarial:

@@ -30,12 +30,12 @@ import torch
 
 from .. import _dist
 from .._measure import few_samples_warning, map_batches
-from ..data import ImageData
+from ..data import ImageData, ImageSet
+from ..data.constructed import resolve_ood
 from ..energy import EnergyModel
 from ._ood_metrics import bootstrap_ood_metrics
 from .energies import as_energy_model, as_image_data
 from .ood_results import OODReport, OODResult
-from ..data.constructed import resolve_ood
 
 __all__ = ["ood_report", "score_batch", "SCORES", "OODReport", "OODResult"]
 
@@ -111,7 +111,7 @@ def score_batch(model: EnergyModel, x: torch.Tensor, scores: Sequence[Score] | S
     return out
 
 
-def _subset(data: ImageData, n: int | None) -> np.ndarray:
+def _subset(data: ImageSet, n: int | None) -> np.ndarray:
     if n is None or n >= len(data):
         return np.arange(len(data))
     return data.strided(int(n))
@@ -169,7 +169,7 @@ def ood_report(
     if "in" in ood:
         raise ValueError("'in' names the in-distribution set; give the OOD set another name")
     in_idx = _subset(data, n)
-    sets: dict[str, tuple[ImageData, np.ndarray]] = {"in": (data, in_idx)}
+    sets: dict[str, tuple[ImageSet, np.ndarray]] = {"in": (data, in_idx)}
     for name, spec in ood.items():
         od = resolve_ood(spec, data, model, n=int(in_idx.size))
         sets[str(name)] = (od, _subset(od, n))

@@ -179,7 +179,8 @@ def make_geometry(threat_model: str, eps: float | None) -> Geometry:
     return Unconstrained()
 
 
-def geometry_for_model(model: Any = None, threat_model: str | None = None, eps: float | None = None) -> L2Ball | LinfBall:
+def geometry_for_model(model: Any = None, threat_model: str | None = None,
+                       eps: float | None = None) -> L2Ball | LinfBall:
     """A model's attack geometry: the one resolver of defaults, for the Python API and the CLI.
 
     * threat model: ``threat_model``, else the model's own (``model.threat_model`` when L2/Linf), else Linf;

@@ -124,14 +124,17 @@ class _Moments:
     """Streaming mean and covariance (float64, shifted by the first batch's mean for accuracy)."""
 
     def __init__(self) -> None:
-        self.n, self.shift, self.s, self.ss = 0, None, None, None
+        self.n = 0
+        self.shift: np.ndarray | None = None  # the first batch's mean
+        self.s: np.ndarray | None = None      # sum of (f - shift)
+        self.ss: np.ndarray | None = None     # sum of (f - shift)^T (f - shift)
 
     def update(self, f: np.ndarray) -> None:
         f = np.asarray(f, np.float64)
         if f.ndim != 2 or not len(f):
             raise ValueError(f"features must be (N, d) with N >= 1, got {f.shape}")
         _finite(f, "the features", "the network produced NaN/Inf: check its inputs and weights")
-        if self.shift is None:
+        if self.shift is None or self.s is None or self.ss is None:
             self.shift, self.s, self.ss = f.mean(0), np.zeros(f.shape[1]), np.zeros((f.shape[1],) * 2)
         z = f - self.shift
         self.s += z.sum(0)
@@ -139,7 +142,7 @@ class _Moments:
         self.n += len(f)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.n < 2:
+        if self.n < 2 or self.shift is None or self.s is None or self.ss is None:
             raise ValueError(f"a covariance needs at least 2 images, got {self.n}")
         mz = self.s / self.n
         return self.shift + mz, (self.ss - self.n * np.outer(mz, mz)) / (self.n - 1)

@@ -57,19 +57,19 @@ class RobustAccuracy:
         torchattacks: ``attack`` ``"apgd-ce-L2 (torchattacks)"``, ``eps``, ``steps``, ``restarts``, ``seed``.
         """
         a, opts = self.attack, dict(self.attack.options)
+        name = f"{a.name}-{a.threat_model}" + ("" if a.spec.backend == "ebmlens" else f" ({a.spec.backend})")
         d = {"n": self.n, "clean_acc": self.clean_acc, "robust_acc": self.robust_acc,
-             "attack": f"{a.name}-{a.threat_model}", "eps": a.eps, "steps": opts.get("steps")}
+             "attack": name, "eps": a.eps, "steps": opts.get("steps")}
         if a.spec.backend == "ebmlens":
             d.update(step_size=opts.get("step_size") or default_step_size(a.eps, int(opts["steps"])),
                      random_start=bool(opts.get("random_start", False)))
         else:
-            d["attack"] += f" ({a.spec.backend})"
             d.update(restarts=int(opts.get("n_restarts", 1)), seed=opts.get("seed"))
         return d
 
 
 def robust_accuracy(model: EnergyModel | str, data: ImageSet | str, attack: Attack, *,
-                    indices: Sequence[int] | None = None, batch_size: int = 250, device=None,
+                    indices: Sequence[int] | np.ndarray | None = None, batch_size: int = 250, device=None,
                     autocast: torch.dtype | None = None, generator: rng.GeneratorLike = None) -> RobustAccuracy:
     """Clean and robust accuracy of ``model`` on ``data`` under an untargeted ``attack``.
 

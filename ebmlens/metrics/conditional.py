@@ -79,6 +79,8 @@ def class_diversity(images: object, labels: object, feature_model: object, *, la
     ext = extractor(feature_model, inception_weights=inception_weights, layer=layer, arch=arch, device=device,
                     trust_checkpoint=trust_checkpoint)
     feats, _, _ = extract(ext, data, batch_size, False, "features", local=True)
+    if feats is None:  # pragma: no cover - local=True always returns the features
+        raise RuntimeError("feature extraction returned no features")
     per = {int(c): float(torch.pdist(feats[torch.from_numpy(y == c)].double()).mean())
            for c in sorted(set(y.tolist())) if (y == c).sum() >= 2}
     if not per:

@@ -317,9 +317,12 @@ def extractor(feature_model: object, *, inception_weights=None, layer=None, arch
     if isinstance(feature_model, (str, os.PathLike)):
         from ..models import resolve_model
 
-        spec, feature_model = str(feature_model), resolve_model(feature_model, arch=arch,
-                                                                trust_checkpoint=trust_checkpoint)
+        spec = str(feature_model)
+        feature_model = resolve_model(spec, arch=arch, trust_checkpoint=trust_checkpoint)
         feature_name = feature_name or (None if getattr(feature_model, "name", None) else spec)
+    if not isinstance(feature_model, nn.Module):
+        raise TypeError(f"feature_model must be an nn.Module, a model name like 'ebmlens:cifar10-l2-small', "
+                        f"or None (standard Inception), got {type(feature_model).__name__}")
     return ModuleFeatures(feature_model, layer, None if device is None else _device(device), feature_name)
 
 

@@ -46,7 +46,8 @@ def test_map_batches_keeps_index_order_and_counts_progress(linear_model, toy_dat
 def test_map_batches_checks_labels_and_the_first_batch_once(linear_model, toy_data):
     calls = []
     bad = ImageData(toy_data.images, toy_data.labels + 10, toy_data.class_names * 2, "npz:shifted.npz")
-    with pytest.raises(ValueError, match=r"labels of npz:shifted.npz .* \[0, 9\].*found 10, 11, 12, 13, 14, \.\.\.") as e:
+    with pytest.raises(ValueError, match=r"labels of npz:shifted.npz .* \[0, 9\].*found 10, 11, 12, 13, 14, \.\.\.") \
+            as e:
         map_batches(linear_model, bad, lambda x, y, i: calls.append(1) or {}, batch_size=4)
     assert _one_line(e) and calls == []  # refused before any batch
     map_batches(linear_model, bad, lambda x, y, i: {}, batch_size=4, labels=False)  # consumers without labels
