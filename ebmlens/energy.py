@@ -116,10 +116,6 @@ class EnergyModel(nn.Module):
     leave [0, 1] between steps.
     """
 
-    _width_ok = False  # the class default, for objects pickled before the width check existed
-    mean: torch.Tensor  # buffers (1, C, 1, 1), registered in __init__
-    std: torch.Tensor
-
     def __init__(
         self,
         classifier: nn.Module,
@@ -188,6 +184,8 @@ class EnergyModel(nn.Module):
     # ------------------------------------------------------------------ energies
     def _check(self, x: object, y: object = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         return validate_inputs(self, x, y, check_range=self.check_range, allow_other_size=self.allow_other_size)
+
+    _width_ok = False  # the class default, for objects pickled before the width check existed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D401 - nn.Module protocol
         """Unchecked logits ``f(x)`` (the hot path the library's loops use); the first call checks that
