@@ -100,7 +100,7 @@ def score_batch(model: EnergyModel, x: torch.Tensor, scores: Sequence[Score] | S
         elif s == "msp":
             v = torch.softmax(logits.float(), 1).amax(1)
         elif s == "grad-norm":
-            v = -gnorm  # type: ignore[operator]
+            v = -gnorm
         else:
             with torch.no_grad():
                 v = torch.as_tensor(s(model, x)).float().flatten()  # type: ignore[operator]
@@ -162,7 +162,7 @@ def ood_report(
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     if not isinstance(ood, Mapping):
         if isinstance(ood, (str, ImageData)):
-            ood = [ood]  # type: ignore[list-item]
+            ood = [ood]
         ood = {(o if isinstance(o, str) else o.source): o for o in ood}
     if not ood:
         raise ValueError("give at least one OOD set, e.g. {'noise': 'synthetic:uniform'}")
