@@ -27,6 +27,12 @@ def _one_line(excinfo) -> bool:
     return "\n" not in str(excinfo.value)
 
 
+def _refuses_labels(msg: str, source: str, value: int) -> bool:
+    """One line naming the file, the labels and the bad value (map_batches' check_labels, or the data
+    layer's reader / require_labels when they run first)."""
+    return "\n" not in msg and source in msg and str(value) in msg and "label" in msg
+
+
 # ------------------------------------------------------------------ map_batches
 def test_map_batches_keeps_index_order_and_counts_progress(linear_model, toy_data):
     idx = np.array([5, 3, 30, 0, 7, 11, 2])
@@ -68,18 +74,18 @@ def test_check_labels_names_source_values_and_fix():
 # ------------------------------------------------------------------ issue 22's rows
 def test_calibration_on_labels_10_to_19_is_refused(tmp_path, linear_model, toy_data):
     np.savez(tmp_path / "shifted.npz", images=toy_data.images, labels=toy_data.labels + 10)
-    with pytest.raises(ValueError, match=r"labels of .*shifted.npz.*8 of 8 are not \(found 10, 12, 14") as e:
+    with pytest.raises(ValueError) as e:
         calibration_report(linear_model, f"npz:{tmp_path / 'shifted.npz'}", n=8)
-    assert _one_line(e)
+    assert _refuses_labels(str(e.value), "shifted.npz", 10), e.value
 
 
 def test_counterfactual_on_label_minus_one_is_refused(linear_model, toy_data):
     labels = toy_data.labels.copy()
     labels[0] = -1
     data = ImageData(toy_data.images, labels, toy_data.class_names, "npz:unknown.npz")
-    with pytest.raises(ValueError, match=r"labels of npz:unknown.npz .*found -1") as e:
+    with pytest.raises(ValueError) as e:
         counterfactuals(linear_model, data, steps=1, n=4, batch_size=4)
-    assert _one_line(e)
+    assert _refuses_labels(str(e.value), "npz:unknown.npz", -1), e.value
 
 
 def test_energy_model_checks_its_width_on_the_first_forward_only():
@@ -162,4 +168,4 @@ def test_cli_bad_npz_labels_end_in_one_line_exit_2(tmp_path, toy_data, command, 
     r = CliRunner().invoke(main, args)
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and "Traceback" not in r.output, r.output
-    assert f"found {labels}" in lines[0] and "bad.npz" in lines[0]
+    assert _refuses_labels(lines[0], "bad.npz", labels)
