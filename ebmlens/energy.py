@@ -108,6 +108,9 @@ class EnergyModel(nn.Module):
         preprocess: a :class:`Preprocess` (resize, center crop) that image files get before they
             reach the model (ImageNet models); ``None`` (CIFAR): files are used at their size.
 
+    The first forward checks the classifier's output width against ``num_classes`` (a one-line error
+    naming both); no forward runs at wrap time.
+
     Checked and unchecked calls: :meth:`logits`, :meth:`energy`, :meth:`joint_energy` and
     :meth:`log_prob_y` validate their input (:func:`validate_inputs`: shape, dtype, labels, NaN/inf,
     pixel range; one device sync). ``model(x)`` (``forward``), :meth:`energy_from_logits` and
@@ -181,20 +184,36 @@ class EnergyModel(nn.Module):
         self.check_range = bool(check_range)
         self.preprocess = preprocess
         self.compute_chunk: int | None = None  # rows per classifier call in eval mode (None: the whole batch)
+        self._width_ok = False  # set by the first forward that returns (N, num_classes) logits
         self.eval()
 
     # ------------------------------------------------------------------ energies
     def _check(self, x: object, y: object = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         return validate_inputs(self, x, y, check_range=self.check_range, allow_other_size=self.allow_other_size)
 
+    _width_ok = False  # the class default, for objects pickled before the width check existed
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D401 - nn.Module protocol
         """Unchecked logits ``f(x)`` (the hot path the library's loops use); in chunks of
-        :attr:`compute_chunk` rows when set (:meth:`chunked`)."""
+        :attr:`compute_chunk` rows when set (:meth:`chunked`). The first call checks that the classifier
+        returns ``num_classes`` logits per image (never an extra forward at wrap time)."""
         z = (x - self.mean) / self.std
         m = getattr(self, "compute_chunk", None)
         if m is None or self.classifier.training or z.shape[0] == m:
-            return self.classifier(z)
-        return _in_chunks(self.classifier, z, m)
+            out = self.classifier(z)
+        else:
+            out = _in_chunks(self.classifier, z, m)
+        if not self._width_ok:
+            self._check_width(out)
+        return out
+
+    def _check_width(self, out: object) -> None:
+        if isinstance(out, torch.Tensor) and out.dim() == 2:
+            if out.shape[1] != self.num_classes:
+                raise ValueError(f"the classifier returns {out.shape[1]} logits per image but the EnergyModel says "
+                                 f"num_classes={self.num_classes}; build it with num_classes={out.shape[1]}, or wrap "
+                                 f"a classifier with {self.num_classes} outputs")
+            self._width_ok = True
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``f(x)``: ``(N, K)`` logits of pixels ``x`` in [0, 1], validated (:func:`validate_inputs`)."""

@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for spec in args.models:
         model = ebmlens.load_model(spec)
-        rep = energy_report(model, args.data, ["pgd", "pgd-targeted"], threat_model=args.threat_model,
-                            eps=args.eps, n=args.n, steps=args.steps)
+        geometry = ebmlens.attacks.Geometry.for_model(model, args.threat_model, args.eps)
+        rep = energy_report(model, args.data, ["pgd", "pgd-targeted"], geometry=geometry, n=args.n, steps=args.steps)
         print(f"\n## {spec}\n")
         print(rep.table())
         for kind in ("pgd", "pgd-targeted"):

@@ -31,14 +31,15 @@ LAYERS: dict[str, set[str]] = {
     "_validate": set(),                                  # input checks; imports nothing of ebmlens
     "energy": LEAF,
     "_perf": LEAF | {"energy"},
+    "_measure": LEAF | {"_dist", "energy", "data"},     # map_batches: the one measurement loop
     "data": LEAF | {"energy"},
     "attacks": LEAF | {"rng", "energy", "data"},
     "stats": LEAF | {"data", "energy"},
     "models": LEAF | {"energy", "data", "stats", "attacks"},  # attacks: the one threat-model parser
     "sampling": LEAF | {"rng", "energy", "attacks", "data", "stats", "_dist", "_perf"},
     "runs": LEAF | {"rng", "energy", "attacks", "data", "stats", "sampling", "_dist", "_perf"},  # many samples
-    "metrics": LEAF | {"rng", "energy", "attacks", "data", "models", "_dist"},
-    "analysis": LEAF | {"rng", "energy", "attacks", "data", "stats", "models", "_dist"},
+    "metrics": LEAF | {"rng", "energy", "attacks", "data", "models", "_dist", "_measure"},
+    "analysis": LEAF | {"rng", "energy", "attacks", "data", "stats", "models", "_dist", "_measure"},
     "train": LEAF | {"rng", "energy", "attacks", "data", "stats", "models", "sampling", "analysis", "metrics", "_perf"},
     "cli": {"*"},
     "_cli": {"*"},

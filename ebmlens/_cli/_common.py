@@ -115,22 +115,16 @@ def check_threat_model(threat_model: str | None) -> str | None:
     return parse_threat_model(threat_model)
 
 
-def attack_geometry(model: Any, attack_threat_model: str | None, threat_model: str | None,
-                    eps: float | None) -> tuple[str, float]:
-    """The attack's threat model and eps: ``--attack-threat-model``, else ``--threat-model``, else the
-    model's own, else Linf; eps: ``--eps``, else the model's own eps when the geometry is the model's,
-    else 0.5 (L2) / 8/255 (Linf)."""
-    from ..attacks import parse_threat_model
+def attack_geometry(model: Any, attack_threat_model: str | None, threat_model: str | None, eps: float | None):
+    """The attack's geometry (an ``L2Ball`` / ``LinfBall``): :meth:`ebmlens.attacks.Geometry.for_model` of
+    ``--attack-threat-model``, else ``--threat-model`` (the model's), and ``--eps``: the Python API's one
+    resolver, so the CLI and the API agree. ``model=None`` checks the options before a model is loaded."""
+    from ..attacks import Geometry
 
-    own = getattr(model, "threat_model", None)
-    own = own if own in ("L2", "Linf") else None
-    tm = parse_threat_model(attack_threat_model or threat_model or own or "Linf")
-    if eps is None:
-        model_eps = getattr(model, "eps", None)
-        eps = model_eps if (model_eps and tm == own) else (0.5 if tm == "L2" else 8 / 255)
-    if not eps > 0:
+    if eps is not None and not eps > 0:
         raise ValueError(f"--eps must be > 0, got {eps}")
-    return tm, float(eps)
+    tm = attack_threat_model or (None if threat_model == "corruptions" else threat_model)
+    return Geometry.for_model(model, tm, eps)
 
 
 def write_report(folder, report: Any, plot_name: str) -> None:

@@ -62,13 +62,14 @@ def accuracy_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_check
     threat_model = check_threat_model(threat_model)
     eps_v = parse_number(eps)
     options = {"step_size": parse_number(step_size)} if attack == "pgd" else {"seed": seed}
-    get_attack(attack, threat_model=attack_geometry(None, attack_threat_model, threat_model, eps_v)[0],
-               eps=eps_v or 1.0, steps=steps, **options)  # bad options fail before the model loads
+    geom0 = attack_geometry(None, attack_threat_model, threat_model, eps_v)  # bad eps or geometry fails here
+    get_attack(attack, threat_model=geom0.threat_model, eps=geom0.eps, steps=steps, **options)  # and bad options
     dev = _dist.resolve_device(device)
     model = load_model_from_cli(model_spec, model_dir=model_dir, dataset=dataset, threat_model=threat_model, arch=arch,
                                 trust_checkpoint=trust_checkpoint, device=dev)
-    tm, eps_f = attack_geometry(model, attack_threat_model, threat_model, eps_v)
-    atk = get_attack(attack, threat_model=tm, eps=eps_f, steps=steps, **options)
+    geom = attack_geometry(model, attack_threat_model, threat_model, eps_v)
+    eps_f = geom.eps
+    atk = get_attack(attack, threat_model=geom.threat_model, eps=eps_f, steps=steps, **options)
     ds = load_data(data, default_split="test", preprocess=model.preprocess)
     idx = ds.strided(n) if n else np.arange(len(ds))
     res = robust_accuracy(model, ds, atk, indices=idx, batch_size=batch_size, device=dev).to_dict()

@@ -52,13 +52,14 @@ def calibration_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_ch
     from .energy import _check_out
 
     if attack is not None:  # a bad name fails before the model loads
-        tm0, eps0 = attack_geometry(None, attack_threat_model, threat_model, eps_v)
-        build_attacks([attack], threat_model=tm0, eps=eps0, steps=steps)
+        build_attacks([attack], geometry=attack_geometry(None, attack_threat_model, threat_model, eps_v), steps=steps)
     folder = _check_out(out)
+    _dist.init_if_needed(device)  # under torchrun: join the group first, so "cuda" means cuda:LOCAL_RANK
     dev = _dist.resolve_device(device)
     model = load_model_from_cli(model_spec, model_dir=model_dir, dataset=dataset, threat_model=threat_model,
                                 arch=arch, trust_checkpoint=trust_checkpoint, device=dev)
-    tm, eps_a = attack_geometry(model, attack_threat_model, threat_model, eps_v)
-    cal = calibration_report(model, data, bins=bins, attack=attack, threat_model=tm, eps=eps_a, steps=steps, n=n,
-                             batch_size=batch_size, seed=seed, device=dev)
-    write_report(folder, cal, "reliability.png")
+    geom = attack_geometry(model, attack_threat_model, threat_model, eps_v) if attack is not None else None
+    cal = calibration_report(model, data, bins=bins, attack=attack, geometry=geom, steps=steps, n=n,
+                             batch_size=batch_size, seed=seed, device=dev, progress=True)
+    if _dist.is_rank0():
+        write_report(folder, cal, "reliability.png")

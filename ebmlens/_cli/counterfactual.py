@@ -59,19 +59,22 @@ def counterfactual_cmd(model_spec, model_dir, dataset, threat_model, arch, trust
         raise ValueError(f"--step-size must be > 0, got {step_size}")
     device = setup_runtime(device, threads)
     threat_model = check_threat_model(threat_model)
-    attack_geometry(None, attack_threat_model, threat_model, eps_v)  # bad geometry or eps fails before loading
+    attack_geometry(None, attack_threat_model, threat_model or "L2", eps_v)  # bad geometry or eps fails before loading
     from .. import _dist
     from ..analysis import counterfactuals
     from .energy import _check_out
 
     folder = _check_out(out)
+    _dist.init_if_needed(device)  # under torchrun: join the group first, so "cuda" means cuda:LOCAL_RANK
     dev = _dist.resolve_device(device)
     model = load_model_from_cli(model_spec, model_dir=model_dir, dataset=dataset, threat_model=threat_model,
                                 arch=arch, trust_checkpoint=trust_checkpoint, device=dev)
     own = model.threat_model if model.threat_model in ("L2", "Linf") else "L2"  # counterfactuals: L2 by default
-    tm, eps_a = attack_geometry(model, attack_threat_model, threat_model or own, eps_v)
-    cf = counterfactuals(model, data, target=tgt, eps=eps_a, threat_model=tm, steps=steps, step_size=size, n=n,
-                         batch_size=batch_size, seed=seed, device=dev)
+    geom = attack_geometry(model, attack_threat_model, threat_model or own, eps_v)
+    cf = counterfactuals(model, data, target=tgt, geometry=geom, steps=steps, step_size=size, n=n,
+                         batch_size=batch_size, seed=seed, device=dev, progress=True)
+    if not _dist.is_rank0():
+        return
     from .._io import atomic_write_text
 
     cf.to_json(folder / "counterfactuals.json")

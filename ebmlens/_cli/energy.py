@@ -2,13 +2,16 @@
 
 The Python equivalent of ``ebmlens energy --model M --data D --attack pgd --eps 0.5 --out report/``::
 
-    rep = ebmlens.analysis.energy_report("M", "D", ["pgd"], eps=0.5, threat_model="Linf", n=1000)
+    model = ebmlens.load_model("M")
+    geometry = ebmlens.attacks.Geometry.for_model(model, eps=0.5)  # the model's own threat model
+    rep = ebmlens.analysis.energy_report(model, "D", ["pgd"], geometry=geometry, n=1000)
     rep.to_json("report/report.json"); rep.table(); rep.plot("report/energies.png")
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -79,8 +82,7 @@ def energy_cmd(model_spec: str, model_dir: str | None, dataset: str | None, thre
     from ..analysis.report import require_matplotlib
 
     # fail on bad names / geometry before loading anything
-    tm0, eps0 = attack_geometry(None, attack_threat_model, threat_model, eps_v)
-    build_attacks(names, threat_model=tm0, eps=eps0, steps=steps)
+    build_attacks(names, geometry=attack_geometry(None, attack_threat_model, threat_model, eps_v), steps=steps)
     plots = True
     try:
         require_matplotlib()
@@ -91,12 +93,13 @@ def energy_cmd(model_spec: str, model_dir: str | None, dataset: str | None, thre
     folder = _check_out(out)
     _dist.init_if_needed(device)  # under torchrun: join the group first, so "cuda" means cuda:LOCAL_RANK
     dev = _dist.resolve_device(device)
-    kw = dict(target=target, n=n, steps=steps, batch_size=batch_size, seed=seed, device=dev, progress=True)
+    kw: dict[str, Any] = dict(target=target, n=n, steps=steps, batch_size=batch_size, seed=seed, device=dev,
+                              progress=True)
     if checkpoints is not None:
         if model_dir is not None:
             raise ValueError("--model-dir applies to robustbench: models, not to --checkpoints")
-        tm, eps_a = attack_geometry(None, attack_threat_model, threat_model, eps_v)
-        dyn = dynamics(checkpoints, data, names, arch=arch, threat_model=tm, eps=eps_a,
+        geom = attack_geometry(None, attack_threat_model, threat_model, eps_v)
+        dyn = dynamics(checkpoints, data, names, arch=arch, threat_model=geom.threat_model, eps=geom.eps,
                        load_kwargs={"trust_checkpoint": True} if trust_checkpoint else None, **kw)
         _write(dyn, folder, "dynamics.png" if plots else None)
         return
@@ -104,8 +107,8 @@ def energy_cmd(model_spec: str, model_dir: str | None, dataset: str | None, thre
         raise ValueError("--model-dir applies to robustbench: models; for other files use --model file:PATH")
     model = load_model_from_cli(model_spec, model_dir=model_dir, dataset=dataset, threat_model=threat_model,
                                 arch=arch, trust_checkpoint=trust_checkpoint, device=dev)
-    tm, eps_a = attack_geometry(model, attack_threat_model, threat_model, eps_v)
-    rep = energy_report(model, data, names, threat_model=tm, eps=eps_a, **kw)
+    rep = energy_report(model, data, names, geometry=attack_geometry(model, attack_threat_model, threat_model, eps_v),
+                        **kw)
     _write(rep, folder, "energies.png" if plots else None)
 
 

@@ -114,4 +114,8 @@ def bootstrap_ood_metrics(s_in: np.ndarray, s_out: np.ndarray, *, n_boot: int = 
         for k, v in ood_metrics(ra, rb).items():
             draws[k][i] = v
     q = ((1 - level) / 2, (1 + level) / 2)
-    return {k: Interval(point[k], *(float(x) for x in np.quantile(draws[k], q)), level) for k in METRICS}
+    out = {}
+    for k in METRICS:
+        low, high = (float(x) for x in np.quantile(draws[k], q))
+        out[k] = Interval(point[k], low, high, level)
+    return out

@@ -18,7 +18,6 @@ registered attack (:func:`ebmlens.attacks.get_attack`), and draws the reliabilit
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,13 +26,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .. import rng
+from .. import _dist, rng
 from .._io import jsonable, save_figure
-from .._validate import validate_images
-from ..attacks import choose_targets
-from ..data import ImageData, require_labels
+from .._measure import few_samples_warning, map_batches
+from ..attacks import Geometry, L2Ball, LinfBall, choose_targets
+from ..data import ImageSet, require_labels
 from ..energy import EnergyModel
-from .energies import as_energy_model, as_image_data, build_attacks
+from .energies import as_energy_model, as_image_data, build_attacks, resolve_geometry
 from .report import report_json, require_matplotlib
 
 __all__ = ["expected_calibration_error", "reliability_bins", "calibration_report", "CalibrationReport",
@@ -102,6 +101,7 @@ class CalibrationReport:
     model: Mapping[str, Any]
     data: Mapping[str, Any]
     config: Mapping[str, Any]
+    warnings: tuple[str, ...] = ()  # fewer than 20 images: the numbers are not reliable
 
     def __getitem__(self, kind: str) -> KindCalibration:
         for k in self.kinds:
@@ -111,7 +111,7 @@ class CalibrationReport:
 
     def table(self) -> str:
         b = self.config.get("bins")
-        lines = ["| input | n | accuracy | mean confidence | ECE (%d equal-width bins) | ECE (equal-mass) |" % b,
+        lines = [f"| input | n | accuracy | mean confidence | ECE ({b} equal-width bins) | ECE (equal-mass) |",
                  "|---|---|---|---|---|---|"]
         for k in self.kinds:
             lines.append(f"| {k.kind} | {k.n} | {k.accuracy:.3f} | {k.confidence:.3f} | {k.ece:.4f} | {k.ece_mass:.4f} |")
@@ -119,11 +119,13 @@ class CalibrationReport:
         foot = f"\n{m.get('source')}:{m.get('name')} on {self.data.get('n')} images of {self.data.get('source')}"
         if c.get("attack"):
             foot += f"; attack {c['attack']['name']} ({c['attack']['threat_model']}, eps {c['attack']['eps']:.4g})"
-        return "\n".join(lines) + "\n" + foot + ".\n"
+        return "\n".join(lines) + "\n" + foot + ".\n" + "".join(f"warning: {w}\n" for w in self.warnings)
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         d = {"format": "ebmlens.calibration_report/1", "model": dict(self.model), "data": dict(self.data),
              "config": jsonable(dict(self.config)), "kinds": [jsonable(asdict(k), finite_floats=False) for k in self.kinds]}
+        if self.warnings:
+            d["warnings"] = list(self.warnings)
         return report_json(d, path)
 
     def plot(self, path: str | os.PathLike) -> Path:
@@ -150,25 +152,18 @@ class CalibrationReport:
 
 
 def model_geometry(model: EnergyModel, threat_model: str | None, eps: float | None) -> tuple[str, float]:
-    """``threat_model`` (default: the model's own, else Linf) and ``eps`` (default: the model's own eps
-    when the geometry is the model's, else 0.5 for L2 / 8/255 for Linf)."""
-    from ..attacks import parse_threat_model
-
-    own = model.threat_model if model.threat_model in ("L2", "Linf") else None
-    tm = parse_threat_model(threat_model or own or "Linf")
-    if eps is None:
-        eps = model.eps if (model.eps and tm == own) else (0.5 if tm == "L2" else 8 / 255)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps must be > 0 (in [0, 1] pixel units, e.g. 0.5 or 8/255), got {eps!r}")
-    return tm, float(eps)
+    """Deprecated: ``(threat_model, eps)`` of :meth:`ebmlens.attacks.Geometry.for_model` (the one resolver)."""
+    g = Geometry.for_model(model, threat_model, eps)
+    return g.threat_model, float(g.eps)
 
 
 def calibration_report(
     model: EnergyModel | str,
-    data: ImageData | str,
+    data: ImageSet | str,
     bins: int = 15,
     attack: str | None = None,
     *,
+    geometry: L2Ball | LinfBall | None = None,
     threat_model: str | None = None,
     eps: float | None = None,
     steps: int | None = None,
@@ -176,18 +171,23 @@ def calibration_report(
     batch_size: int = 100,
     seed: int = 0,
     device: str | torch.device | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: bool | Callable[[int, int], None] | None = None,
 ) -> CalibrationReport:
     """ECE (equal-width and equal-mass) and reliability bins, natural and under ``attack``.
+
+    Under ``torchrun`` each rank takes every K-th batch and rank 0 assembles the report (equal to one
+    process's; ``config["world_size"] = K``).
 
     Args:
         model, data: an EnergyModel (or spec) and an ImageData (or spec, test split by default).
         bins: number of bins ``B``.
         attack: a registry name (``"pgd"``, ``"apgd-ce"``, ...) or ``None`` for natural images only;
             targeted attacks get random targets from per-image streams seeded by ``seed``.
-        threat_model, eps: the attack's geometry (default: :func:`model_geometry`, the model's own).
+        geometry: the attack's threat model and radius (default: :meth:`Geometry.for_model`, the model's own).
+        threat_model, eps: deprecated (one release): ``geometry=Geometry.for_model(model, threat_model, eps)``.
         steps: the attack's steps (default: the attack's own).
         n: images spread evenly over ``data`` (``None``: all).
+        progress: ``True`` for a tqdm bar, or a callback ``(done, total)``.
     """
     model = as_energy_model(model, device)
     data = require_labels(as_image_data(data), "calibration", model)
@@ -199,45 +199,52 @@ def calibration_report(
         raise ValueError(f"n must be a positive integer or None, got {n!r}")
     atk = None
     if attack is not None:
-        tm, e = model_geometry(model, threat_model, eps)
-        (atk,) = build_attacks([attack], threat_model=tm, eps=e, steps=steps)
+        geom = resolve_geometry(model, geometry, threat_model, eps, "calibration_report")
+        (atk,) = build_attacks([attack], geometry=geom, steps=steps)
     idx = np.arange(len(data)) if n is None or n >= len(data) else data.strided(n)
     dev = next(model.parameters()).device if device is None else torch.device(device)
     kinds = ["natural"] + ([atk.name] if atk else [])
-    conf: dict[str, list] = {k: [] for k in kinds}
-    correct: dict[str, list] = {k: [] for k in kinds}
-    with model.mode("eval"):
-        for s in range(0, idx.size, batch_size):
-            b = idx[s:s + batch_size]
-            x, y = data.tensor(b, dev), data.label_tensor(b, dev)
-            if s == 0:
-                validate_images(x, model, name="data images")
+
+    def measure(x: torch.Tensor, y: torch.Tensor, b: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            logits = model(x)
+        xs = {"natural": (x, logits)}
+        if atk is not None:
+            tgt = None
+            if atk.needs_target:
+                tgt = choose_targets(logits, y, "random", rng.SampleStreams(rng.sample_seed(seed, 0), b.tolist()))
+            xa = atk(model, x, y, target=tgt, generator=rng.SampleStreams(rng.sample_seed(seed, 1), b.tolist()))
             with torch.no_grad():
-                logits = model(x)
-            xs = {"natural": (x, logits)}
-            if atk is not None:
-                tgt = None
-                if atk.needs_target:
-                    tgt = choose_targets(logits, y, "random", rng.SampleStreams(rng.sample_seed(seed, 0), b.tolist()))
-                xa = atk(model, x, y, target=tgt, generator=rng.SampleStreams(rng.sample_seed(seed, 1), b.tolist()))
-                with torch.no_grad():
-                    xs[atk.name] = (xa, model(xa))
-            for k, (_, lg) in xs.items():
-                p = torch.softmax(lg.float(), 1)
-                c, pred = p.max(1)
-                conf[k].append(c.cpu().numpy())
-                correct[k].append((pred == y).cpu().numpy())
-            if progress is not None:
-                progress(min(s + batch_size, idx.size), int(idx.size))
+                xs[atk.name] = (xa, model(xa))
+        out = {}
+        for k, (_, lg) in xs.items():
+            p = torch.softmax(lg.float(), 1)
+            c, pred = p.max(1)
+            out[f"{k}\tconf"] = c.cpu().numpy()
+            out[f"{k}\tcorrect"] = (pred == y).cpu().numpy()
+        return out
+
+    d = _dist.init_if_needed(dev)
+    with model.mode("eval"):
+        merged = map_batches(model, data, measure, indices=idx, batch_size=batch_size, progress=progress or False,
+                             device=dev, desc="calibration")
+    config = {"bins": bins, "n": n, "batch_size": batch_size, "seed": seed, "device": str(dev),
+              "attack": atk.describe() if atk else None}
+    if d.world > 1:
+        config["world_size"] = d.world
+    info = {"source": data.source, "fingerprint": data.fingerprint, "n": int(idx.size), "size": len(data)}
+    return _dist.run_on_rank0(_assemble, merged, kinds, bins, model.describe(), info, config)
+
+
+def _assemble(merged: dict[str, np.ndarray], kinds: list[str], bins: int, model_info: dict, info: dict,
+              config: dict) -> CalibrationReport:
     out = []
     for k in kinds:
-        c, ok = np.concatenate(conf[k]), np.concatenate(correct[k]).astype(np.float64)
+        c, ok = merged[f"{k}\tconf"], merged[f"{k}\tcorrect"].astype(np.float64)
         r = reliability_bins(c, ok, bins)
         out.append(KindCalibration(k, int(c.size), float(ok.mean()), float(c.mean()),
                                    expected_calibration_error(c, ok, bins),
                                    expected_calibration_error(c, ok, bins, equal_mass=True),
                                    {key: np.asarray(v).tolist() for key, v in r.items()}))
-    config = {"bins": bins, "n": n, "batch_size": batch_size, "seed": seed, "device": str(dev),
-              "attack": atk.describe() if atk else None}
-    info = {"source": data.source, "fingerprint": data.fingerprint, "n": int(idx.size), "size": len(data)}
-    return CalibrationReport(tuple(out), model.describe(), info, config)
+    warn = few_samples_warning({k.kind: k.n for k in out}, "calibration")
+    return CalibrationReport(tuple(out), model_info, info, config, tuple(warn))

@@ -19,25 +19,27 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import rng
+from .. import _dist, rng
 from .._io import atomic_write_bytes, jsonable
-from .._validate import validate_images
-from ..attacks import choose_targets, default_step_size, make_geometry, pgd
-from ..data import ImageData, require_labels
+from .._measure import map_batches
+from ..attacks import Geometry, L2Ball, LinfBall, choose_targets, default_step_size, pgd
+from ..data import ImageSet, require_labels
 from ..energy import EnergyModel
-from .calibration import model_geometry
-from .energies import as_energy_model, as_image_data
+from .energies import as_energy_model, as_image_data, resolve_geometry
 from .report import report_json
 
 __all__ = ["counterfactuals", "Counterfactuals", "Target"]
 
 Target = Union[str, int]
+
+#: The default radius of a counterfactual move (L2, [0, 1] pixels): larger than an attack's.
+DEFAULT_EPS = 2.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,7 +129,7 @@ class Counterfactuals:
         return atomic_write_bytes(path, buf.getvalue())
 
 
-def _pick(data: ImageData, n: int, target: Target) -> np.ndarray:
+def _pick(data: ImageSet, n: int, target: Target) -> np.ndarray:
     pool = np.arange(len(data))
     if isinstance(target, int):
         pool = pool[data.labels != target]
@@ -139,29 +141,37 @@ def _pick(data: ImageData, n: int, target: Target) -> np.ndarray:
 
 def counterfactuals(
     model: EnergyModel | str,
-    data: ImageData | str,
+    data: ImageSet | str,
     target: Target = "next",
     eps: float | None = 2.0,
     threat_model: str | None = None,
     *,
+    geometry: L2Ball | LinfBall | None = None,
     steps: int = 100,
     step_size: float | None = None,
     n: int = 16,
     batch_size: int = 16,
     seed: int = 0,
     device: str | torch.device | None = None,
+    progress: bool | Callable[[int, int], None] = False,
 ) -> Counterfactuals:
     """Targeted moves of ``n`` real images toward ``target`` inside an eps-ball.
+
+    Under ``torchrun`` each rank moves every K-th batch and every rank returns rank 0's assembled
+    result (equal to one process's).
 
     Args:
         model, data: an EnergyModel (or spec) and an ImageData (or spec, test split by default).
         target: ``"next"``, ``"random"``, ``"least-likely"`` or a class index (see the module docs).
-        eps: the radius in [0, 1] pixels (``None``: the model's own eps, see
-            :func:`~ebmlens.analysis.calibration.model_geometry`).
+        eps: the radius in [0, 1] pixels (``None``: the model's own eps, see :meth:`Geometry.for_model`);
+            counterfactuals move farther than attacks, hence 2.0 by default.
         threat_model: ``"L2"`` or ``"Linf"`` (``None``: the model's own, else L2).
+        geometry: the ball itself, e.g. ``L2Ball(2.0)`` (instead of ``eps`` / ``threat_model``, which are
+            deprecated for one release when given explicitly).
         steps, step_size: PGD steps and step length (default :func:`ebmlens.attacks.default_step_size`).
         n: images, spread evenly over the set (over the images not of the target class for an int).
         batch_size, seed, device: memory, the per-image random streams of ``"random"``, placement.
+        progress: ``True`` for a tqdm bar, or a callback ``(done, total)``.
     """
     model = as_energy_model(model, device)
     data = require_labels(as_image_data(data), "counterfactual", model)
@@ -173,23 +183,24 @@ def counterfactuals(
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     own = model.threat_model if model.threat_model in ("L2", "Linf") else None
-    tm, e = model_geometry(model, threat_model or own or "L2", eps)
+    if geometry is not None:
+        given = None if eps == DEFAULT_EPS else eps
+        geometry = resolve_geometry(model, geometry, threat_model, given, "counterfactuals")
+    elif threat_model is None and (eps is None or eps == DEFAULT_EPS):  # the defaults: no warning
+        geometry = Geometry.for_model(model, own or "L2", eps)
+    else:  # the deprecated keywords, with this function's default threat model (the model's own, else L2)
+        geometry = resolve_geometry(model, None, threat_model or own or "L2", eps, "counterfactuals")
+    tm, e = geometry.threat_model, float(geometry.eps)
     if tm == "Linf" and e >= 1.0:
         raise ValueError(f"a Linf ball of eps {e:g} holds every image in [0, 1]; give a Linf eps such as 8/255 "
                          "or threat_model='L2'")
     size = default_step_size(e, steps) if step_size is None else float(step_size)
     if not size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size!r}")
-    geometry = make_geometry(tm, e)
     idx = _pick(data, n, target)
     dev = next(model.parameters()).device if device is None else torch.device(device)
-    keep: dict[str, list] = {k: [] for k in ("x", "xc", "t", "pred", "flip", "e", "ej")}
     with model.mode("eval"):
-        for s in range(0, idx.size, batch_size):
-            b = idx[s:s + batch_size]
-            x, y = data.tensor(b, dev), data.label_tensor(b, dev)
-            if s == 0:
-                validate_images(x, model, name="data images")
+        def move(x: torch.Tensor, y: torch.Tensor, b: np.ndarray) -> dict[str, torch.Tensor]:
             with torch.no_grad():
                 logits0 = model(x)
             if target == "next":
@@ -212,20 +223,25 @@ def counterfactuals(
             preds = torch.stack(path_pred, 1)  # (b, steps + 1)
             hit = preds == t[:, None]
             first = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(t, -1))
-            keep["x"].append(x.cpu())
-            keep["xc"].append(xc.cpu())
-            keep["t"].append(t.cpu())
-            keep["pred"].append(preds[:, -1].cpu())
-            keep["flip"].append(first.cpu())
-            keep["e"].append(torch.stack(path_e, 1).cpu())
-            keep["ej"].append(torch.stack(path_ej, 1).cpu())
-    cat = {k: torch.cat(v) for k, v in keep.items()}
-    delta = (cat["xc"] - cat["x"]).flatten(1)
-    targets = cat["t"].numpy()
+            return {"x": x, "xc": xc, "t": t, "pred": preds[:, -1], "flip": first,
+                    "e": torch.stack(path_e, 1), "ej": torch.stack(path_ej, 1)}
+
+        d = _dist.init_if_needed(dev)
+        cat = map_batches(model, data, move, indices=idx, batch_size=batch_size, progress=progress, device=dev,
+                          desc="counterfactuals")
     config = {"target": target, "threat_model": tm, "eps": e, "steps": steps, "step_size": size, "seed": seed,
               "n": int(idx.size), "loss": "ce (targeted)", "class_names": list(model.class_names), "device": str(dev)}
+    if d.world > 1:
+        config["world_size"] = d.world
     info = {"source": data.source, "fingerprint": data.fingerprint, "size": len(data)}
-    return Counterfactuals(cat["x"], cat["xc"], idx.copy(), data.labels[idx].astype(np.int64), targets,
+    return _dist.run_on_rank0(_assemble, cat, idx, data.labels[idx].astype(np.int64), model.describe(), info, config)
+
+
+def _assemble(cat: dict[str, torch.Tensor], idx: np.ndarray, labels: np.ndarray, model_info: dict, info: dict,
+              config: dict) -> Counterfactuals:
+    delta = (cat["xc"] - cat["x"]).flatten(1)
+    targets = cat["t"].numpy()
+    return Counterfactuals(cat["x"], cat["xc"], idx.copy(), labels, targets,
                            cat["pred"].numpy(), cat["pred"].numpy() == targets, cat["flip"].numpy(),
                            delta.norm(dim=1).numpy(), delta.abs().amax(1).numpy(),
-                           cat["e"].numpy(), cat["ej"].numpy(), model.describe(), info, config)
+                           cat["e"].numpy(), cat["ej"].numpy(), model_info, info, config)

@@ -24,11 +24,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .._io import save_figure
+from ..attacks import Geometry
 from ..data import ImageSet
 from ..energy import EnergyModel
 from .energies import as_image_data, energy_report
-from .._io import save_figure
-from .report import EnergyReport, report_json, require_matplotlib, rows_to_csv
+from .report import EnergyReport, Interval, report_json, require_matplotlib, rows_to_csv
 
 __all__ = ["dynamics", "DynamicsReport", "resolve_checkpoints"]
 
@@ -75,6 +76,13 @@ def _checkpoint_epoch(path: str | os.PathLike) -> int | None:
     return _epoch_from_name(path)
 
 
+def _gap(report: EnergyReport, attack: str, which: str = "gap_energy") -> Interval:
+    """The paired gap of an attack's kind (attacks always have one; only ``natural`` has none)."""
+    gap = getattr(report[attack], which)
+    if gap is None:
+        raise ValueError(f"{attack!r} has no {which} in this report (only attacks do); name an attack")
+    return gap
+
 @dataclass(frozen=True, eq=False)
 class DynamicsReport:
     """One :class:`EnergyReport` per checkpoint, in training order.
@@ -97,7 +105,7 @@ class DynamicsReport:
 
     def gap(self, attack: str) -> np.ndarray:
         """``Delta E(x) = mean(E(x) - E(x*))`` per checkpoint for ``attack``."""
-        return np.array([r[attack].gap_energy.estimate for r in self.reports])
+        return np.array([_gap(r, attack).estimate for r in self.reports])
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
@@ -109,10 +117,11 @@ class DynamicsReport:
                 k = r[a]
                 row[f"{a}_acc"] = k.accuracy
                 row[f"{a}_energy_mean"] = k.energy.mean
-                row[f"{a}_gap_energy"] = k.gap_energy.estimate
-                row[f"{a}_gap_energy_low"] = k.gap_energy.low
-                row[f"{a}_gap_energy_high"] = k.gap_energy.high
-                row[f"{a}_gap_joint"] = k.gap_joint.estimate
+                gap, gap_joint = _gap(r, a), _gap(r, a, "gap_joint")
+                row[f"{a}_gap_energy"] = gap.estimate
+                row[f"{a}_gap_energy_low"] = gap.low
+                row[f"{a}_gap_energy_high"] = gap.high
+                row[f"{a}_gap_joint"] = gap_joint.estimate
             out.append(row)
         return out
 
@@ -148,8 +157,8 @@ class DynamicsReport:
             ep = np.asarray(self.epochs)
             for a in self.attacks:
                 est = self.gap(a)
-                lo = np.array([r[a].gap_energy.low for r in self.reports])
-                hi = np.array([r[a].gap_energy.high for r in self.reports])
+                lo = np.array([_gap(r, a).low for r in self.reports])
+                hi = np.array([_gap(r, a).high for r in self.reports])
                 ax1.plot(ep, est, marker="o", label=a)
                 ax1.fill_between(ep, lo, hi, alpha=0.2)
                 ax2.plot(ep, [r[a].accuracy for r in self.reports], marker="o", label=f"{a} acc")
@@ -219,7 +228,8 @@ def dynamics(
             is_path = Path(spec).exists()
             model = load_model(f"file:{spec}" if is_path else spec, **kw)
             name, ep = spec, (_checkpoint_epoch(spec) if is_path else None)
-        reports.append(energy_report(model, data, attacks, eps=eps, threat_model=threat_model, n=n, **report_kwargs))
+        reports.append(energy_report(model, data, attacks, geometry=Geometry.for_model(model, threat_model, eps), n=n,
+                                     **report_kwargs))
         names.append(name)
         epochs.append(ep if ep is not None else i + 1)
         if bar is not None:

@@ -17,28 +17,30 @@ rank returns the same report (``config["world_size"] = K``), equal to a single p
 Example (PATH: the CIFAR-10 archive or folder)::
 
     import ebmlens
+    from ebmlens.attacks import L2Ball
     rep = ebmlens.analysis.energy_report("ebmlens:cifar10-l2-small", "cifar10:PATH", ["pgd", "pgd-targeted"],
-                                         threat_model="L2", eps=0.5, n=1000)
+                                         geometry=L2Ball(0.5), n=1000)
     print(rep.table())
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .. import _dist, rng
-from ..attacks import Attack, TargetChoice, choose_targets, get_attack
+from .._measure import check_labels, few_samples_warning, map_batches
+from ..attacks import Attack, Geometry, L2Ball, LinfBall, TargetChoice, choose_targets, get_attack
 from ..data import ImageSet, load_data, require_labels
-from ..energy import EnergyModel, validate_images
+from ..energy import EnergyModel
 from ..models import resolve_model
 from .report import EnergyReport, summarize_kind
 
-__all__ = ["energy_report", "as_energy_model", "as_image_data", "build_attacks"]
+__all__ = ["energy_report", "as_energy_model", "as_image_data", "build_attacks", "resolve_geometry"]
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,15 @@ def as_image_data(data: ImageSet | str, preprocess=None) -> ImageSet:
     raise TypeError(f"data must be an ebmlens ImageData or a data spec like 'cifar10:PATH', got {type(data).__name__}")
 
 
-def build_attacks(attacks: Sequence[str | Attack] | str, *, threat_model: str, eps: float, steps: int | None = None,
+def build_attacks(attacks: Sequence[str | Attack] | str, *, geometry: L2Ball | LinfBall | None = None,
+                  threat_model: str | None = None, eps: float | None = None, steps: int | None = None,
                   attack_options: Mapping[str, Mapping[str, Any]] | None = None) -> list[Attack]:
-    """Names (or ready :class:`Attack` objects) -> attacks, with ``steps`` applied where the attack has steps."""
+    """Names (or ready :class:`Attack` objects) -> attacks in ``geometry`` (or the ``threat_model`` / ``eps``
+    pair), with ``steps`` applied where the attack has steps."""
+    if geometry is not None:
+        threat_model, eps = geometry.threat_model, float(geometry.eps)
+    if threat_model is None or eps is None:
+        raise ValueError("build_attacks needs geometry= (e.g. L2Ball(0.5)) or threat_model= and eps=")
     if isinstance(attacks, (str, Attack)):
         attacks = [attacks]
     out: list[Attack] = []
@@ -96,13 +104,32 @@ def _energies(model: EnergyModel, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
     return logits, e, ej, logits.argmax(1)
 
 
+def resolve_geometry(model: EnergyModel, geometry: L2Ball | LinfBall | None, threat_model: str | None,
+                     eps: float | None, caller: str) -> L2Ball | LinfBall:
+    """``geometry``, else :meth:`Geometry.for_model` of the deprecated ``threat_model=`` / ``eps=`` keywords
+    (a ``DeprecationWarning`` for one release), else the model's own geometry."""
+    if geometry is not None:
+        if threat_model is not None or eps is not None:
+            raise ValueError(f"{caller}: give geometry= or the deprecated threat_model=/eps=, not both")
+        if not isinstance(geometry, (L2Ball, LinfBall)):
+            raise TypeError(f"{caller}: geometry must be an L2Ball or LinfBall (e.g. Geometry.for_model(model)), "
+                            f"got {type(geometry).__name__}")
+        return geometry
+    if threat_model is not None or eps is not None:
+        warnings.warn(f"{caller}(threat_model=, eps=) is deprecated and goes in the next release; pass "
+                      "geometry=Geometry.for_model(model, threat_model, eps) (ebmlens.attacks.Geometry)",
+                      DeprecationWarning, stacklevel=3)
+    return Geometry.for_model(model, threat_model, eps)
+
+
 def energy_report(
     model: EnergyModel | str,
     data: ImageSet | str,
     attacks: Sequence[str | Attack] | str = ("pgd", "pgd-targeted"),
     *,
-    eps: float,
-    threat_model: str = "Linf",
+    geometry: L2Ball | LinfBall | None = None,
+    eps: float | None = None,
+    threat_model: str | None = None,
     n: int | None = 1000,
     indices: Sequence[int] | None = None,
     batch_size: int = 100,
@@ -129,8 +156,9 @@ def energy_report(
         data: an image set (in memory or streamed) or a data spec (test split by default; read with the model's preprocess).
         attacks: registry names (``"pgd"``, ``"pgd-targeted"``, ``"apgd-ce"``, ...; see
             :func:`ebmlens.attacks.list_attacks`) or :class:`~ebmlens.attacks.Attack` objects.
-        eps: attack radius in [0, 1] pixel units (> 0), e.g. ``0.5`` (L2) or ``8/255`` (Linf).
-        threat_model: ``"L2"`` or ``"Linf"``.
+        geometry: the attacks' threat model and radius, e.g. ``L2Ball(0.5)`` or ``LinfBall(8/255)``
+            (default: :meth:`Geometry.for_model` of the model: its own threat model and eps, as the CLI).
+        eps, threat_model: deprecated (one release): ``geometry=Geometry.for_model(model, threat_model, eps)``.
         n: number of images, spread evenly over the dataset (``None``: all of them).
         indices: explicit image indices instead of ``n``.
         batch_size: images per batch (memory, not results, depends on it).
@@ -146,20 +174,19 @@ def energy_report(
         progress: ``True`` for a tqdm bar on stderr, or a callback ``(done, total)``.
 
     Returns:
-        An :class:`~ebmlens.analysis.EnergyReport`.
+        An :class:`~ebmlens.analysis.EnergyReport` (``warnings``: groups of fewer than 20 images).
     """
     model = as_energy_model(model, device)
     data = as_image_data(data, getattr(model, "preprocess", None))
     data = require_labels(data, "energy_report", model)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps must be > 0 (in [0, 1] pixel units, e.g. 0.5 or 8/255), got {eps!r}")
+    geom = resolve_geometry(model, geometry, threat_model, eps, "energy_report")
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     if target not in ("random", "least-likely", "given"):
         raise ValueError(f"unknown target choice {target!r}; choose 'random', 'least-likely' or 'given'")
-    atks = build_attacks(attacks, threat_model=threat_model, eps=float(eps), steps=steps, attack_options=attack_options)
+    atks = build_attacks(attacks, geometry=geom, steps=steps, attack_options=attack_options)
     if "natural" in [a.name for a in atks]:  # pragma: no cover - no attack is named so
         raise ValueError("'natural' is reserved for the natural inputs")
 
@@ -185,84 +212,74 @@ def energy_report(
         given = torch.as_tensor(np.asarray(targets), dtype=torch.long).ravel()
         if given.numel() != idx.size:
             raise ValueError(f"targets has {given.numel()} labels for {idx.size} images")
+        check_labels(given, model, "targets")
     elif targets is not None:
         raise ValueError("targets= is only used with target='given'")
 
     dev = next(model.parameters()).device if device is None else torch.device(device)
-    d = _dist.init_if_needed(dev)  # under torchrun: this rank takes every world-th batch
     kinds = ["natural"] + [a.name for a in atks]
-    starts = _dist.shard(list(range(0, idx.size, batch_size)), d)
-    parts: list[tuple[int, dict[str, dict[str, np.ndarray]], dict[str, torch.Tensor]]] = []
-    bar = None
-    if progress is True and d.rank == 0:
-        from tqdm import tqdm
+    where: dict[int, int] = {}  # dataset index -> position in idx, for the given targets
+    for j, i in enumerate(idx.tolist() if given is not None else []):
+        if i in where and int(given[where[i]]) != int(given[j]):  # type: ignore[index]
+            raise ValueError(f"image {i} is listed twice with different targets; list each image once")
+        where.setdefault(i, j)
 
-        share = sum(min(batch_size, idx.size - s) for s in starts)
-        bar = tqdm(total=share, unit="img", dynamic_ncols=True,
-                   desc="energy report" if not d.active else f"energy report (rank 0 of {d.world})")
+    def measure(x: torch.Tensor, y: torch.Tensor, bidx: np.ndarray) -> dict[str, Any]:
+        out: dict[str, Any] = {}
 
-    done = 0
-    mine = np.concatenate([idx[s:s + batch_size] for s in starts]) if starts else idx[:0]
+        def put(kind: str, **arrays: torch.Tensor) -> None:
+            out.update({f"{kind}\t{key}": v.detach().cpu().numpy() for key, v in arrays.items()})
+
+        logits, e, ej, pred = _energies(model, x, y)
+        put("natural", energy=e, joint_true=ej, joint_adv=model.joint_energy_from_logits(logits, pred), pred=pred)
+        tgt = None
+        if any(a.needs_target for a in atks):
+            streams = rng.SampleStreams(rng.sample_seed(seed, 0), bidx.tolist())
+            g = given[[where[int(i)] for i in bidx]].to(dev) if given is not None else None
+            tgt = choose_targets(logits, y, target, streams, given=g)
+        for j, a in enumerate(atks):
+            streams = rng.SampleStreams(rng.sample_seed(seed, j + 1), bidx.tolist())
+            xa = a(model, x, y, target=tgt if a.needs_target else None, generator=streams)
+            la, ea, eja, pa = _energies(model, xa, y)
+            y_adv = tgt if (a.needs_target and tgt is not None) else pa
+            arrays = dict(energy=ea, joint_true=eja, joint_adv=model.joint_energy_from_logits(la, y_adv), pred=pa)
+            if a.needs_target and tgt is not None:
+                arrays["target"] = tgt
+            put(a.name, **arrays)
+            if keep_adversarial:
+                out[f"adv\t{a.name}"] = xa.detach().cpu()
+        return out
+
+    d = _dist.init_if_needed(dev)  # under torchrun: this rank takes every world-th batch
     with model.mode("eval"):
-        for start, (x, y) in zip(starts, data.batches(batch_size, mine, dev)):  # streamed sets: decoded by workers
-            acc: dict[str, dict[str, np.ndarray]] = {}
-            kept: dict[str, torch.Tensor] = {}
-
-            def put(kind: str, **arrays: torch.Tensor) -> None:
-                acc[kind] = {key: v.detach().cpu().numpy() for key, v in arrays.items()}
-
-            bidx = idx[start:start + batch_size]
-            if start == starts[0]:
-                validate_images(x, model, name="data images")
-            logits, e, ej, pred = _energies(model, x, y)
-            put("natural", energy=e, joint_true=ej, joint_adv=model.joint_energy_from_logits(logits, pred), pred=pred)
-            tgt = None
-            if any(a.needs_target for a in atks):
-                streams = rng.SampleStreams(rng.sample_seed(seed, 0), bidx.tolist())
-                g = given[start:start + batch_size].to(dev) if given is not None else None
-                tgt = choose_targets(logits, y, target, streams, given=g)
-            for j, a in enumerate(atks):
-                streams = rng.SampleStreams(rng.sample_seed(seed, j + 1), bidx.tolist())
-                xa = a(model, x, y, target=tgt if a.needs_target else None, generator=streams)
-                la, ea, eja, pa = _energies(model, xa, y)
-                y_adv = tgt if a.needs_target else pa
-                arrays = dict(energy=ea, joint_true=eja, joint_adv=model.joint_energy_from_logits(la, y_adv), pred=pa)
-                if a.needs_target:
-                    arrays["target"] = tgt
-                put(a.name, **arrays)
-                if keep_adversarial:
-                    kept[a.name] = xa.detach().cpu()
-                del xa, la
-            parts.append((int(start), acc, kept))
-            done += bidx.size
-            if bar is not None:
-                bar.update(bidx.size)
-            elif callable(progress) and d.rank == 0:
-                progress(done * d.world if d.active else done, int(idx.size))
-    if bar is not None:
-        bar.close()
-    gathered = _dist.gather_to_rank0(parts)  # rank 0: every rank's batches; None elsewhere
-    return _dist.run_on_rank0(_assemble, gathered, kinds, atks, data, idx, model, keep_adversarial, level, n_boot,
-                              seed, threat_model, eps, target, steps, batch_size, dev, d.world)
+        merged = map_batches(model, data, measure, indices=idx, batch_size=batch_size, progress=progress,
+                             device=dev, desc="energy report")
+    return _dist.run_on_rank0(_assemble, merged, kinds, atks, data, idx, model, keep_adversarial, level, n_boot,
+                              seed, geom, target, steps, batch_size, dev, d.world)
 
 
-def _assemble(gathered: list, kinds: list[str], atks: list[Attack], data: ImageSet, idx: np.ndarray,
-              model: EnergyModel, keep_adversarial: bool, level: float, n_boot: int, seed: int, threat_model: str,
-              eps: float, target: str, steps: int | None, batch_size: int, dev: torch.device,
+def _assemble(merged: dict[str, Any], kinds: list[str], atks: list[Attack], data: ImageSet, idx: np.ndarray,
+              model: EnergyModel, keep_adversarial: bool, level: float, n_boot: int, seed: int,
+              geom: L2Ball | LinfBall, target: str, steps: int | None, batch_size: int, dev: torch.device,
               world: int) -> EnergyReport:
-    """Rank 0 (or the single process): per-batch results in index order -> the report."""
-    parts = sorted((p for rank_parts in gathered for p in rank_parts), key=lambda p: p[0])
-    values = {k: {key: np.concatenate([p[1][k][key] for p in parts]) for key in parts[0][1][k]} for k in kinds}
+    """Rank 0 (or the single process): per-image results in index order -> the report."""
+    values: dict[str, dict[str, np.ndarray]] = {k: {} for k in kinds}
+    for key, v in merged.items():
+        kind, _, name = key.partition("\t")
+        if kind in values:
+            values[kind][name] = v
     labels = data.labels[idx].astype(np.int64)
     summaries = [summarize_kind("natural", None, values["natural"], labels, None, level=level, n_boot=n_boot, seed=seed)]
     for a in atks:
         summaries.append(summarize_kind(a.name, a.targeted, values[a.name], labels, values["natural"],
                                         level=level, n_boot=n_boot, seed=seed))
-    config = {"threat_model": atks[0].threat_model if atks else threat_model, "eps": float(eps),
+    config = {"threat_model": atks[0].threat_model if atks else geom.threat_model, "eps": float(geom.eps),
               "attacks": [a.describe() for a in atks], "target": target, "seed": seed, "steps": steps,
               "batch_size": batch_size, "level": level, "n_boot": n_boot, "device": str(dev)}
     if world > 1:
         config["world_size"] = world
     data_info = {"source": data.source, "fingerprint": data.fingerprint, "n": int(idx.size), "size": len(data)}
-    adversarial = {a.name: torch.cat([p[2][a.name] for p in parts]) for a in atks} if keep_adversarial else None
-    return EnergyReport(tuple(summaries), values, labels, idx.copy(), model.describe(), data_info, config, adversarial)
+    adversarial = {a.name: merged[f"adv\t{a.name}"] for a in atks} if keep_adversarial else None
+    warn = few_samples_warning({"images": int(idx.size)}, "energy report")
+    return EnergyReport(tuple(summaries), values, labels, idx.copy(), model.describe(), data_info, config, adversarial,
+                        tuple(warn))

@@ -29,13 +29,13 @@ import numpy as np
 import torch
 
 from .. import _dist
-from .._validate import validate_images
-from ..data import ImageData
+from .._measure import few_samples_warning, map_batches
+from ..data import ImageData, ImageSet
+from ..data.constructed import resolve_ood
 from ..energy import EnergyModel, input_grad
 from ._ood_metrics import bootstrap_ood_metrics
 from .energies import as_energy_model, as_image_data
 from .ood_results import OODReport, OODResult
-from ..data.constructed import resolve_ood
 
 __all__ = ["ood_report", "score_batch", "SCORES", "OODReport", "OODResult"]
 
@@ -96,7 +96,7 @@ def score_batch(model: EnergyModel, x: torch.Tensor, scores: Sequence[Score] | S
         elif s == "msp":
             v = torch.softmax(logits.float(), 1).amax(1)
         elif s == "grad-norm":
-            v = -gnorm  # type: ignore[operator]
+            v = -gnorm
         else:
             with torch.no_grad():
                 v = torch.as_tensor(s(model, x)).float().flatten()  # type: ignore[operator]
@@ -107,7 +107,7 @@ def score_batch(model: EnergyModel, x: torch.Tensor, scores: Sequence[Score] | S
     return out
 
 
-def _subset(data: ImageData, n: int | None) -> np.ndarray:
+def _subset(data: ImageSet, n: int | None) -> np.ndarray:
     if n is None or n >= len(data):
         return np.arange(len(data))
     return data.strided(int(n))
@@ -158,61 +158,45 @@ def ood_report(
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     if not isinstance(ood, Mapping):
         if isinstance(ood, (str, ImageData)):
-            ood = [ood]  # type: ignore[list-item]
+            ood = [ood]
         ood = {(o if isinstance(o, str) else o.source): o for o in ood}
     if not ood:
         raise ValueError("give at least one OOD set, e.g. {'noise': 'synthetic:uniform'}")
     if "in" in ood:
         raise ValueError("'in' names the in-distribution set; give the OOD set another name")
     in_idx = _subset(data, n)
-    sets: dict[str, tuple[ImageData, np.ndarray]] = {"in": (data, in_idx)}
+    sets: dict[str, tuple[ImageSet, np.ndarray]] = {"in": (data, in_idx)}
     for name, spec in ood.items():
         od = resolve_ood(spec, data, model, n=int(in_idx.size))
         sets[str(name)] = (od, _subset(od, n))
 
     dev = next(model.parameters()).device if device is None else torch.device(device)
     d = _dist.init_if_needed(dev)
-    jobs = [(name, s) for name, (_, idx) in sets.items() for s in range(0, idx.size, batch_size)]
-    mine = _dist.shard(jobs, d)
-    total = sum(min(batch_size, sets[k][1].size - s) for k, s in mine)
-    bar = None
-    if progress is True and d.rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, unit="img", dynamic_ncols=True, desc="ood scores")
-    parts: list[tuple[str, int, dict[str, np.ndarray]]] = []
-    done = 0
-    checked: set[str] = set()
+    score_fns = [s for _, s in named]
+    total = sum(int(idx.size) for _, idx in sets.values())
+    offset = 0
+    merged: dict[str, dict | None] = {}
     with model.mode("eval"):
-        for name, start in mine:
-            ds, idx = sets[name]
-            x = ds.tensor(idx[start:start + batch_size], dev)
-            if name not in checked:  # validate once per set at the entry; the passes are unchecked
-                validate_images(x, model, name=f"images of {name!r}")
-                checked.add(name)
-            vals = score_batch(model, x, [s for _, s in named])
-            parts.append((name, start, {k: v.numpy() for k, v in vals.items()}))
-            done += x.shape[0]
-            if bar is not None:
-                bar.update(x.shape[0])
-            elif callable(progress) and d.rank == 0:
-                progress(done, total)
-    if bar is not None:
-        bar.close()
-    gathered = _dist.gather_to_rank0(parts)
+        for name, (ds, idx) in sets.items():  # each set's batches shared among the ranks
+            def tick(done: int, _total: int, base: int = offset) -> None:
+                progress(base + done, total)  # type: ignore[operator]
+
+            merged[name] = map_batches(model, ds, lambda x, y, i: score_batch(model, x, score_fns), indices=idx,
+                                       batch_size=batch_size, progress=tick if callable(progress) else progress,
+                                       device=dev, labels=False, desc=f"ood scores: {name}",
+                                       name=f"images of {name!r}")
+            offset += int(idx.size)
     info = {name: {"source": ds.source, "fingerprint": ds.fingerprint, "n": int(idx.size), "size": len(ds)}
             for name, (ds, idx) in sets.items()}
     config = {"scores": [nm for nm, _ in named], "n": n, "batch_size": batch_size, "n_boot": n_boot, "level": level,
               "seed": seed, "temperature": model.temperature, "device": str(dev)}
     if d.world > 1:
         config["world_size"] = d.world
-    return _dist.run_on_rank0(_assemble, gathered, [nm for nm, _ in named], info, model.describe(), config)
+    return _dist.run_on_rank0(_assemble, merged, [nm for nm, _ in named], info, model.describe(), config)
 
 
-def _assemble(gathered: list, score_names: list[str], info: dict, model_info: dict, config: dict) -> OODReport:
-    parts = sorted((p for rank_parts in gathered for p in rank_parts), key=lambda p: (p[0], p[1]))
-    values = {name: {s: np.concatenate([p[2][s] for p in parts if p[0] == name]) for s in score_names}
-              for name in info}
+def _assemble(merged: dict, score_names: list[str], info: dict, model_info: dict, config: dict) -> OODReport:
+    values = {name: {s: np.asarray(merged[name][s]) for s in score_names} for name in info}
     results = []
     for name in info:
         if name == "in":
@@ -221,4 +205,5 @@ def _assemble(gathered: list, score_names: list[str], info: dict, model_info: di
             m = bootstrap_ood_metrics(values["in"][s], values[name][s], n_boot=config["n_boot"],
                                       level=config["level"], seed=config["seed"])
             results.append(OODResult(name, s, m["auroc"], m["aupr_in"], m["aupr_out"], m["fpr95"]))
-    return OODReport(tuple(results), values, model_info, info, config)
+    warn = few_samples_warning({name: v["n"] for name, v in info.items()}, "AUROC")
+    return OODReport(tuple(results), values, model_info, info, config, tuple(warn))

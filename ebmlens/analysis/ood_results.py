@@ -64,6 +64,7 @@ class OODReport:
     model: Mapping[str, Any] = field(default_factory=dict)
     sets: Mapping[str, Any] = field(default_factory=dict)
     config: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # sets of fewer than 20 images: the intervals are not reliable
 
     def __getitem__(self, key: tuple[str, str]) -> OODResult:
         for r in self.results:
@@ -84,6 +85,7 @@ class OODReport:
         foot = (f"\n{m.get('source')}:{m.get('name')}; in-distribution: {s.get('n')} images of {s.get('source')} "
                 f"(positive class); {c.get('n_boot')} bootstrap resamples, seed {c.get('seed')}, "
                 f"temperature {c.get('temperature')}.")
+        foot += "".join(f"\nwarning: {w}" for w in self.warnings)
         return "\n".join(lines) + "\n" + foot + "\n"
 
     def to_dict(self, *, per_sample: bool = True) -> dict[str, Any]:
@@ -91,6 +93,8 @@ class OODReport:
         d: dict[str, Any] = {"format": FORMAT, "model": dict(self.model), "sets": jsonable(dict(self.sets)),
                              "config": jsonable(dict(self.config)),
                              "results": [jsonable(asdict(r), finite_floats=False) for r in self.results]}
+        if self.warnings:
+            d["warnings"] = list(self.warnings)
         if per_sample:
             d["values"] = {k: {s: np.asarray(v, dtype=np.float64).round(6).tolist() for s, v in vals.items()}
                            for k, vals in self.values.items()}
@@ -107,7 +111,8 @@ class OODReport:
         res = tuple(OODResult(r["set"], r["score"], *(Interval(**r[k]) for k in ("auroc", "aupr_in", "aupr_out", "fpr95")))
                     for r in d["results"])
         values = {k: {s: np.asarray(v, dtype=np.float64) for s, v in vals.items()} for k, vals in d.get("values", {}).items()}
-        return cls(res, values, d.get("model", {}), d.get("sets", {}), d.get("config", {}))
+        return cls(res, values, d.get("model", {}), d.get("sets", {}), d.get("config", {}),
+                   tuple(d.get("warnings", ())))
 
     def plot(self, path: str | os.PathLike, *, bins: int = 40) -> Path:
         """One panel per score: histograms (densities) of the in-distribution set and each OOD set."""

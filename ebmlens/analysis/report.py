@@ -219,6 +219,7 @@ class EnergyReport:
         config: the settings (attacks, eps, threat model, seed, ...).
         adversarial: per attack, the ``(n, C, H, W)`` adversarial images when asked for
             (``keep_adversarial=True``), else ``None``.
+        warnings: what makes the numbers weak (fewer than 20 images: the intervals are not reliable).
     """
 
     kinds: tuple[KindSummary, ...]
@@ -229,6 +230,7 @@ class EnergyReport:
     data: Mapping[str, Any] = field(default_factory=dict)
     config: Mapping[str, Any] = field(default_factory=dict)
     adversarial: Mapping[str, Any] | None = None
+    warnings: tuple[str, ...] = ()
 
     # ------------------------------------------------------------- access
     @property
@@ -289,6 +291,7 @@ class EnergyReport:
         foot = (f"\n{self.model.get('source')}:{self.model.get('name')} on {self.data.get('n')} images of "
                 f"{self.data.get('source')}; threat model {c.get('threat_model')}, eps {c.get('eps')}; "
                 f"ΔE = natural minus adversarial, paired over the same images.")
+        foot += "".join(f"\nwarning: {w}" for w in self.warnings)
         return "\n".join(lines) + "\n" + foot + "\n"
 
     def to_csv(self, path: str | os.PathLike | None = None) -> str:
@@ -301,6 +304,8 @@ class EnergyReport:
         d: dict[str, Any] = {"format": "ebmlens.energy_report/1", "model": dict(self.model), "data": dict(self.data),
                              "config": jsonable(dict(self.config), finite_floats=False),
                              "kinds": [jsonable(asdict(k), finite_floats=False) for k in self.kinds]}
+        if self.warnings:
+            d["warnings"] = list(self.warnings)
         if per_sample:
             d["labels"] = self.labels.tolist()
             d["indices"] = self.indices.tolist()
@@ -321,7 +326,7 @@ class EnergyReport:
                   for kind, vals in d.get("values", {}).items()}
         return cls(tuple(KindSummary.from_dict(k) for k in d["kinds"]), values,
                    np.asarray(d.get("labels", []), dtype=np.int64), np.asarray(d.get("indices", []), dtype=np.int64),
-                   d.get("model", {}), d.get("data", {}), d.get("config", {}))
+                   d.get("model", {}), d.get("data", {}), d.get("config", {}), None, tuple(d.get("warnings", ())))
 
     # ------------------------------------------------------------- plot
     def plot(self, path: str | os.PathLike, *, bins: int = 40) -> Path:

@@ -84,4 +84,6 @@ def weat_terms_from_logits(logits: torch.Tensor, logits_adv: torch.Tensor, y: to
     e_w = nat.energy if energy_for_weights is None else energy_for_weights
     if e_w.shape != nat.energy.shape:
         raise ValueError(f"energy_for_weights must have shape {tuple(nat.energy.shape)}, got {tuple(e_w.shape)}")
+    if nat.ce is None or adv.ce is None:  # pragma: no cover - labels were given, so both have a CE
+        raise ValueError("WEAT needs labels y for its cross-entropy terms")
     return WeatTerms(weights=weat_weights(e_w), energy=nat.energy, ce_nat=nat.ce, ce_adv=adv.ce, kl=nat.kl)

@@ -8,7 +8,8 @@ A geometry owns three maps, so PGD never changes class to change norm:
 * ``project(x, x0)``              - back onto ``{x : ||x - x0|| <= eps}``.
 
 Threat-model names are parsed here, once (:func:`parse_threat_model`); every caller that takes a
-user's ``"l2"`` / ``"Linf"`` string goes through it.
+user's ``"l2"`` / ``"Linf"`` string goes through it. A model's default geometry is resolved here,
+once (:meth:`Geometry.for_model`), for the Python API and the CLI alike.
 
 >>> import torch
 >>> x0 = torch.zeros(1, 1, 2, 2)
@@ -22,18 +23,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 
 from .. import rng
 
-__all__ = ["Geometry", "L2Ball", "LinfBall", "Unconstrained", "make_geometry", "ThreatModel", "parse_threat_model"]
+__all__ = ["Geometry", "L2Ball", "LinfBall", "Unconstrained", "make_geometry", "ThreatModel", "parse_threat_model",
+           "geometry_for_model", "DEFAULT_EPS"]
+
+#: The default eps of a threat model when the model records none (or another geometry is asked for).
+DEFAULT_EPS = {"L2": 0.5, "Linf": 8 / 255}
 
 
 @runtime_checkable
 class Geometry(Protocol):
-    """How a threat model steps and projects."""
+    """How a threat model steps and projects; ``threat_model`` names it (``"L2"``, ``"Linf"``, ``"none"``)."""
+
+    threat_model: ClassVar[str]
+
+    @staticmethod
+    def for_model(model: Any = None, threat_model: str | None = None, eps: float | None = None) -> "L2Ball | LinfBall":
+        """The one resolver of a model's attack geometry (see :func:`geometry_for_model`)."""
+        return geometry_for_model(model, threat_model, eps)
 
     def random_start(self, x0: torch.Tensor, generator: rng.GeneratorLike = None) -> torch.Tensor: ...
 
@@ -54,8 +66,19 @@ def _check_eps(name: str, eps: float) -> None:
         raise ValueError(f"{name} expects eps > 0, got {eps!r}")
 
 
+class _Ball:
+    """What our geometries share: :meth:`Geometry.for_model` (they implement the protocol by name)."""
+
+    threat_model: ClassVar[str]
+
+    @staticmethod
+    def for_model(model: Any = None, threat_model: str | None = None, eps: float | None = None) -> "L2Ball | LinfBall":
+        """The one resolver of a model's attack geometry (see :func:`geometry_for_model`)."""
+        return geometry_for_model(model, threat_model, eps)
+
+
 @dataclass(frozen=True)
-class L2Ball:
+class L2Ball(_Ball):
     """``{x : ||x - x0||_2 <= eps}`` (per image, over all pixels).
 
     >>> import torch
@@ -66,6 +89,7 @@ class L2Ball:
     """
 
     eps: float
+    threat_model: ClassVar[str] = "L2"
 
     def __post_init__(self) -> None:
         _check_eps("L2Ball", self.eps)
@@ -87,10 +111,11 @@ class L2Ball:
 
 
 @dataclass(frozen=True)
-class LinfBall:
+class LinfBall(_Ball):
     """``{x : max |x - x0| <= eps}``."""
 
     eps: float
+    threat_model: ClassVar[str] = "Linf"
 
     def __post_init__(self) -> None:
         _check_eps("LinfBall", self.eps)
@@ -107,8 +132,10 @@ class LinfBall:
 
 
 @dataclass(frozen=True)
-class Unconstrained:
+class Unconstrained(_Ball):
     """No ball: normalized L2 steps (as DAT's sampler), projection is the identity."""
+
+    threat_model: ClassVar[str] = "none"
 
     def random_start(self, x0: torch.Tensor, generator: rng.GeneratorLike = None) -> torch.Tensor:
         return x0.clone()
@@ -150,3 +177,42 @@ def make_geometry(threat_model: str, eps: float | None) -> Geometry:
     if tm == "Linf":
         return LinfBall(float(eps))  # type: ignore[arg-type]
     return Unconstrained()
+
+
+def geometry_for_model(model: Any = None, threat_model: str | None = None,
+                       eps: float | None = None) -> L2Ball | LinfBall:
+    """A model's attack geometry: the one resolver of defaults, for the Python API and the CLI.
+
+    * threat model: ``threat_model``, else the model's own (``model.threat_model`` when L2/Linf), else Linf;
+    * eps: ``eps``, else the model's own ``model.eps`` when the threat model is the model's own, else
+      :data:`DEFAULT_EPS` (0.5 for L2, 8/255 for Linf).
+
+    Refused with the fix: eps <= 0; a Linf eps above 1 (every image in [0, 1] lies within it: eps is in
+    [0, 1] pixel units, 8/255 not 8); an L2 eps above the input's diameter ``sqrt(C*H*W)`` (when the
+    model's ``input_shape`` is known). ``model=None`` resolves without a model (the CLI checks options
+    before loading one).
+
+    >>> geometry_for_model(None, "l2", None), geometry_for_model(None, None, 0.1)
+    (L2Ball(eps=0.5), LinfBall(eps=0.1))
+    """
+    raw = getattr(model, "threat_model", None)
+    own = _THREAT_MODELS.get(raw.strip().lower()) if isinstance(raw, str) else None
+    own = own if own in ("L2", "Linf") else None
+    tm = parse_threat_model(threat_model) if threat_model is not None else (own or "Linf")
+    if eps is None:
+        model_eps = getattr(model, "eps", None)
+        eps = model_eps if (model_eps and tm == own) else DEFAULT_EPS[tm]
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be > 0 (in [0, 1] pixel units, e.g. 0.5 or 8/255), got {eps!r}")
+    eps = float(eps)
+    if tm == "Linf" and eps > 1:
+        raise ValueError(f"a Linf eps of {eps:g} is above 1, so the ball holds every image in [0, 1]; eps is in "
+                         f"[0, 1] pixel units: write {eps:g}/255 (e.g. 8/255), not {eps:g}")
+    shape = getattr(model, "input_shape", None)
+    if tm == "L2" and shape is not None:
+        diameter = math.sqrt(math.prod(int(s) for s in shape))
+        if eps > diameter:
+            raise ValueError(f"an L2 eps of {eps:g} is above the diameter of the image space ({diameter:.4g} = "
+                             f"sqrt(C*H*W) for input_shape {tuple(shape)}), so the ball holds every image; eps is in "
+                             "[0, 1] pixel units: use e.g. 0.5")
+    return L2Ball(eps) if tm == "L2" else LinfBall(eps)

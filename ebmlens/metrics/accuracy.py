@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .. import rng
+from .._measure import map_batches
 from ..attacks import Attack, default_step_size
 from ..data import ImageSet, load_data, require_labels
 from ..energy import EnergyModel
@@ -56,19 +57,19 @@ class RobustAccuracy:
         torchattacks: ``attack`` ``"apgd-ce-L2 (torchattacks)"``, ``eps``, ``steps``, ``restarts``, ``seed``.
         """
         a, opts = self.attack, dict(self.attack.options)
+        name = f"{a.name}-{a.threat_model}" + ("" if a.spec.backend == "ebmlens" else f" ({a.spec.backend})")
         d = {"n": self.n, "clean_acc": self.clean_acc, "robust_acc": self.robust_acc,
-             "attack": f"{a.name}-{a.threat_model}", "eps": a.eps, "steps": opts.get("steps")}
+             "attack": name, "eps": a.eps, "steps": opts.get("steps")}
         if a.spec.backend == "ebmlens":
             d.update(step_size=opts.get("step_size") or default_step_size(a.eps, int(opts["steps"])),
                      random_start=bool(opts.get("random_start", False)))
         else:
-            d["attack"] += f" ({a.spec.backend})"
             d.update(restarts=int(opts.get("n_restarts", 1)), seed=opts.get("seed"))
         return d
 
 
 def robust_accuracy(model: EnergyModel | str, data: ImageSet | str, attack: Attack, *,
-                    indices: Sequence[int] | None = None, batch_size: int = 250, device=None,
+                    indices: Sequence[int] | np.ndarray | None = None, batch_size: int = 250, device=None,
                     autocast: torch.dtype | None = None, generator: rng.GeneratorLike = None) -> RobustAccuracy:
     """Clean and robust accuracy of ``model`` on ``data`` under an untargeted ``attack``.
 
@@ -102,14 +103,19 @@ def robust_accuracy(model: EnergyModel | str, data: ImageSet | str, attack: Atta
     if len(idx) == 0:
         raise ValueError(f"robust accuracy needs at least one image; {data.source} gave none for these indices")
     amp = contextlib.nullcontext() if autocast is None else torch.autocast(device_type=device.type, dtype=autocast)
-    clean = robust = 0
-    with model.mode("eval"), amp:
-        for xb, yb in data.batches(batch_size, idx, device=device):
-            with torch.no_grad():
-                ok = model(xb).argmax(1) == yb
-            xa = attack(model, xb, yb, generator=generator)
-            with torch.no_grad():
-                rob = model(xa).argmax(1) == yb
-            clean += int(ok.sum())
-            robust += int((ok & rob).sum())
+
+    def hits(xb: torch.Tensor, yb: torch.Tensor, _idx: np.ndarray) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            ok = model(xb).argmax(1) == yb
+        xa = attack(model, xb, yb, generator=generator)
+        with torch.no_grad():
+            rob = model(xa).argmax(1) == yb
+        return {"clean": ok, "robust": ok & rob}
+
+    with model.mode("eval"), amp:  # every process measures all images (the trainer calls this on each rank)
+        got = map_batches(model, data, hits, indices=idx, batch_size=batch_size, device=device, shard=False,
+                          desc="accuracy")
+    if got is None:  # pragma: no cover - shard=False: every process gets the result
+        raise RuntimeError("map_batches returned nothing without sharding")
+    clean, robust = int(got["clean"].sum()), int(got["robust"].sum())
     return RobustAccuracy(len(idx), clean / len(idx), robust / len(idx), attack)

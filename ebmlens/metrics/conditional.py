@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .._measure import check_labels
 from ..data import ImageSet
 from .features import extract, extractor, rgb_images
 
@@ -60,6 +61,7 @@ def conditional_accuracy(images: object, labels: object, classifier: object, *, 
     _, logits, _ = extract(ext, data, batch_size, False, "classify", local=True)
     if logits is None:
         raise ValueError(f"{ext.network} does not output (N, K) logits; conditional_accuracy needs a classifier")
+    check_labels(y, int(logits.shape[1]), f"{data.source} (the targets of conditional_accuracy)")
     hit = logits.argmax(1).numpy() == y
     classes = sorted(set(y.tolist()))
     return ClassMeasure("conditional_accuracy", float(hit.mean()), {c: float(hit[y == c].mean()) for c in classes},
@@ -77,6 +79,8 @@ def class_diversity(images: object, labels: object, feature_model: object, *, la
     ext = extractor(feature_model, inception_weights=inception_weights, layer=layer, arch=arch, device=device,
                     trust_checkpoint=trust_checkpoint)
     feats, _, _ = extract(ext, data, batch_size, False, "features", local=True)
+    if feats is None:  # pragma: no cover - local=True always returns the features
+        raise RuntimeError("feature extraction returned no features")
     per = {int(c): float(torch.pdist(feats[torch.from_numpy(y == c)].double()).mean())
            for c in sorted(set(y.tolist())) if (y == c).sum() >= 2}
     if not per:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .. import _dist
+from .._measure import map_batches
 from ..data import ImageSet, as_image_data
 from ._math import _Moments
 
@@ -316,9 +317,12 @@ def extractor(feature_model: object, *, inception_weights=None, layer=None, arch
     if isinstance(feature_model, (str, os.PathLike)):
         from ..models import resolve_model
 
-        spec, feature_model = str(feature_model), resolve_model(feature_model, arch=arch,
-                                                                trust_checkpoint=trust_checkpoint)
+        spec = str(feature_model)
+        feature_model = resolve_model(spec, arch=arch, trust_checkpoint=trust_checkpoint)
         feature_name = feature_name or (None if getattr(feature_model, "name", None) else spec)
+    if not isinstance(feature_model, nn.Module):
+        raise TypeError(f"feature_model must be an nn.Module, a model name like 'ebmlens:cifar10-l2-small', "
+                        f"or None (standard Inception), got {type(feature_model).__name__}")
     return ModuleFeatures(feature_model, layer, None if device is None else _device(device), feature_name)
 
 
@@ -336,36 +340,31 @@ def extract(ext, data: ImageSet, batch_size: int, progress: bool, desc: str, kee
             local: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None, _Moments | None]:
     """Run ``ext`` over ``data`` in batches: ``(features (N, d) or None, logits or None, moments)``.
 
-    Under torchrun each rank extracts every world-th batch; the batches are gathered to rank 0,
-    which folds them into the moments in index order (so the numbers equal a single process's).
-    The other ranks get ``(None, None, None)``. ``local=True``: no sharding, every process does all.
+    The batches go through :func:`ebmlens._measure.map_batches`: under torchrun each rank extracts
+    every world-th batch; the batches are gathered to rank 0, which folds them into the moments in
+    index order (so the numbers equal a single process's). The other ranks get ``(None, None, None)``.
+    ``local=True``: no sharding, every process does all.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    from tqdm.auto import tqdm
-
     d = _dist.DistInfo() if local else _dist.init_if_needed(getattr(ext, "device", None))
-    starts = _dist.shard(list(range(0, len(data), batch_size)), d)
-    parts, mom = [], _Moments()
-    share = sum(min(batch_size, len(data) - s) for s in starts)
-    with ext.active(), tqdm(total=share, desc=desc if not d.active else f"{desc} (rank 0 of {d.world})", unit="img",
-                            disable=not progress or d.rank != 0, leave=False) as bar:
-        mine = np.concatenate([np.arange(s, min(s + batch_size, len(data))) for s in starts]) if starts else []
-        for s, (arr, _) in zip(starts, data.arrays(batch_size, mine)):  # streamed sets: decoded by workers
-            f, z = ext(arr)
-            if not d.active:
-                mom.update(f.numpy())  # streamed: without keep, one process never holds all features
-            if keep or d.active:
-                parts.append((s, f, z))
-            bar.update(len(f))
-    if d.active:
-        gathered = _dist.gather_to_rank0(parts)
-        if gathered is None:
-            return None, None, None
-        parts = sorted((p for rank_parts in gathered for p in rank_parts), key=lambda p: p[0])
-        for _, f, _ in parts:
-            mom.update(f.numpy())
-    f_all = torch.cat([f for _, f, _ in parts]) if keep else None
-    zs = [z for _, _, z in parts if z is not None]
-    z_all = torch.cat(zs) if keep and zs else None
-    return f_all, z_all, mom
+    mom = _Moments()
+
+    def features(arr: np.ndarray, _y: torch.Tensor, _idx: np.ndarray) -> dict[str, torch.Tensor]:
+        f, z = ext(arr)
+        if not d.active:
+            mom.update(f.numpy())  # streamed: without keep, one process never holds all features
+        out = {"f": f} if keep or d.active else {}
+        if z is not None and (keep or d.active):
+            out["z"] = z
+        return out
+
+    with ext.active():
+        got = map_batches(None, data, features, batch_size=batch_size, progress=progress, arrays=True,
+                          labels=False, shard=not local, desc=desc, device=getattr(ext, "device", None) or "cpu")
+    if got is None:
+        return None, None, None
+    if d.active:  # rank 0: every rank's features, folded batch by batch in index order (as one process)
+        for s in range(0, len(got["f"]), batch_size):
+            mom.update(got["f"][s:s + batch_size].numpy())
+    return (got.get("f") if keep else None), (got.get("z") if keep else None), mom

@@ -155,15 +155,17 @@ def evaluate(images: object, ref: object = None, metrics: str | Sequence[str] = 
 
     def finish() -> EvalResult:  # rank 0 (or the single process): the metrics on the gathered features
         scores: list[_Score] = []
+        if feats is None or mom is None:  # pragma: no cover - rank 0 holds every rank's features
+            raise RuntimeError("evaluate: the gathered features are missing on rank 0")
         if "is" in metrics:
             scores.append(_inception_score(ext, logits, splits, seed))
         r = _Reference.of(stats, ref_data, ref_out) if (stats is not None or ref_data is not None) else None
         if "fid" in metrics:
-            scores.append(_frechet(ext, mom, r))
+            scores.append(_frechet(ext, mom, _need(r)))
         size = None
         if "kid" in metrics:
-            size = int(kid_subset_size) if kid_subset_size is not None else min(1000, len(feats), len(r.features))
-            scores.append(_kernel(ext, feats, r, kid_subsets, size, seed))
+            size = int(kid_subset_size) if kid_subset_size is not None else min(1000, len(feats), len(_need(r).feats()))
+            scores.append(_kernel(ext, feats, _need(r), kid_subsets, size, seed))
         if any(m in _MANIFOLD or m == "diversity" for m in metrics):
             scores.append(_manifold(ext, feats, r, metrics, prc_k, dc_k, require_labels(data, "within-class diversity").labels if labels is None else labels))
         values = {k: float(v) for sc in scores for k, v in sc.values.items()}
@@ -173,13 +175,13 @@ def evaluate(images: object, ref: object = None, metrics: str | Sequence[str] = 
             values=values, network=ext.network, layer=ext.layer, standard=bool(ext.standard and w is not None
                                                                                 and w.official),
             implementation={k: v for sc in scores for k, v in sc.implementation.items()}, num_images=len(data),
-            source=data.source, fingerprint=data.fingerprint, image_size=tuple(data.image_shape[:2]),
+            source=data.source, fingerprint=data.fingerprint, image_size=(data.image_shape[0], data.image_shape[1]),
             ref=r.source if r else None, num_ref_images=r.count if r else None,
             ref_fingerprint=r.fingerprint if r else None, splits=splits if "is" in metrics else None,
             kid_subsets=kid_subsets if "kid" in metrics else None, kid_subset_size=size,
             weights=w.path if w else None, weights_sha256=w.sha256 if w else None,
             weights_official=w.official if w else None, seconds=round(time.perf_counter() - t0, 3),
-            versions=versions(**({"torch-fidelity": ext.version} if getattr(ext, "version", None) else {})))
+            versions=versions(**({"torch-fidelity": tf} if (tf := getattr(ext, "version", None)) else {})))
 
     return _dist.run_on_rank0(finish)
 
@@ -193,7 +195,7 @@ def _reference_input(ref: object, metrics: tuple[str, ...]) -> tuple[ReferenceSt
                          "(CLI --ref-stats FILE.npz); or ask for metrics='is' or 'diversity' only")
     if isinstance(ref, ReferenceStats):
         return ref, None
-    if is_stats_file(ref):
+    if isinstance(ref, (str, os.PathLike)) and is_stats_file(ref):
         return load_reference_stats(ref), None
     return None, rgb_images(ref, "reference")
 
@@ -215,8 +217,24 @@ class _Reference:
             feats = None if stats.features is None else torch.from_numpy(stats.features)
             return cls(stats.mu, stats.sigma, feats, stats.source, stats.count, stats.fingerprint)
         feats, _, mom = extracted
+        if data is None or mom is None:  # pragma: no cover - reference images were extracted
+            raise ValueError("a reference needs statistics or images")
         mu, sigma = mom.result()
         return cls(mu, sigma, feats, data.source, len(data), data.fingerprint)
+
+    def feats(self) -> torch.Tensor:
+        """The reference features (KID, precision/recall, density/coverage need them)."""
+        if self.features is None:
+            raise ValueError(f"the reference statistics of {self.source} hold no features; KID, precision/recall and "
+                             "density/coverage need them: give reference images, or statistics saved with features")
+        return self.features
+
+
+def _need(r: _Reference | None) -> _Reference:
+    if r is None:  # _reference_input refuses this earlier; a guard for the types
+        raise ValueError("FID/KID and precision/recall need a reference: ref='cifar10:PATH@train' (CLI --ref) or a "
+                         "statistics file (CLI --ref-stats FILE.npz)")
+    return r
 
 
 @dataclass(frozen=True)
@@ -268,14 +286,14 @@ def _kernel(ext, feats: torch.Tensor, ref: _Reference, subsets: int, size: int, 
     if ext.standard:
         from torch_fidelity.metric_kid import kid_features_to_metric
 
-        if not 2 <= size <= min(len(feats), len(ref.features)):
-            raise ValueError(f"KID subset size {size} must be in [2, {min(len(feats), len(ref.features))}]")
-        r = kid_features_to_metric(feats, ref.features, kid_subsets=subsets, kid_subset_size=size,
+        if not 2 <= size <= min(len(feats), len(ref.feats())):
+            raise ValueError(f"KID subset size {size} must be in [2, {min(len(feats), len(ref.feats()))}]")
+        r = kid_features_to_metric(feats, ref.feats(), kid_subsets=subsets, kid_subset_size=size,
                                    rng_seed=seed, verbose=False)
         return _Score({"kid_mean": r["kernel_inception_distance_mean"], "kid_std": r["kernel_inception_distance_std"]},
                       {"kid": f"{_tf(ext)} kid_features_to_metric (poly kernel, degree 3) on 2048-d pool features"})
     net = slug(ext.key_name)
-    m, s = kernel_distance(feats, ref.features, subsets, size, seed=seed)
+    m, s = kernel_distance(feats, ref.feats(), subsets, size, seed=seed)
     return _Score({f"kd_{net}_mean": m, f"kd_{net}_std": s},
                   {f"kd_{net}": f"ebmlens.metrics.kernel_distance (poly kernel, degree 3) on {ext.network} {ext.layer}"})
 
@@ -285,6 +303,8 @@ def _manifold(ext, feats: torch.Tensor, ref: _Reference | None, metrics: tuple[s
     """Precision / recall (torch-fidelity's ``prc`` in the standard Inception), density / coverage and
     within-class diversity (ours, :mod:`ebmlens.metrics.manifold`)."""
     sfx = "" if ext.standard else f"_{slug(ext.key_name)}"
+    if any(m in metrics for m in ("precision", "recall", "density", "coverage")):
+        ref_feats = _need(ref).feats()
     where = f"on {ext.network} {ext.layer}"
     values: dict[str, float] = {}
     impl: dict[str, str] = {}
@@ -292,17 +312,17 @@ def _manifold(ext, feats: torch.Tensor, ref: _Reference | None, metrics: tuple[s
         if ext.standard:
             from torch_fidelity.metric_prc import prc_features_to_metric
 
-            r = prc_features_to_metric(feats.double(), ref.features.double(), prc_neighborhood=prc_k,
+            r = prc_features_to_metric(feats.double(), ref_feats.double(), prc_neighborhood=prc_k,
                                        prc_batch_size=1024, save_cpu_ram=True, verbose=False)
             pr, how = (r["precision"], r["recall"]), f"{_tf(ext)} prc_features_to_metric (k={prc_k}) {where}"
         else:
-            p = precision_recall(feats, ref.features, prc_k)
+            p = precision_recall(feats, ref_feats, prc_k)
             pr, how = (p.precision, p.recall), f"ebmlens.metrics.precision_recall (k={prc_k}) {where}"
         for name, v in zip(("precision", "recall"), pr):
             if name in metrics:
                 values[name + sfx], impl[name + sfx] = float(v), how
     if "density" in metrics or "coverage" in metrics:
-        d = density_coverage(feats, ref.features, dc_k)
+        d = density_coverage(feats, ref_feats, dc_k)
         for name in ("density", "coverage"):
             if name in metrics:
                 values[name + sfx] = getattr(d, name)

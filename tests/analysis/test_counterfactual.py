@@ -79,5 +79,5 @@ def test_geometry_defaults_to_l2_and_refuses_a_whole_cube_linf_ball():
     model, data = _toy()
     model.threat_model, model.eps = None, None
     assert counterfactuals(model, data, steps=1, n=1).config["threat_model"] == "L2"
-    with pytest.raises(ValueError, match="Linf ball of eps 2"):
+    with pytest.raises(ValueError, match="Linf eps of 2 is above 1"):
         counterfactuals(model, data, threat_model="Linf", steps=1, n=1)

@@ -153,9 +153,10 @@ class _BadShape(nn.Module):
         return z[:, :, None] if self.out == "3d" else z[:, :7]
 
 
-@pytest.mark.parametrize("out", ["3d", "wrong-k"])
-def test_model_output_must_be_n_by_num_classes(out, toy_data):
+@pytest.mark.parametrize("out, needle", [("3d", r"expected \(N, num_classes\)"),
+                                         ("wrong-k", "returns 7 logits per image but the EnergyModel says num_classes=10")])
+def test_model_output_must_be_n_by_num_classes(out, needle, toy_data):
     m = EnergyModel(_BadShape(out), input_shape=(3, 8, 8), num_classes=10)
-    with pytest.raises(ValueError, match=r"expected \(N, num_classes\)") as e:
+    with pytest.raises(ValueError, match=needle) as e:
         energy_report(m, toy_data, ["pgd"], eps=0.5, n=4)
     assert _one_line(e)

@@ -115,6 +115,8 @@ def test_conditional_accuracy():
     assert r.overall == pytest.approx(10 / 15) and r.per_class[1] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="14 labels for 15 images"):
         conditional_accuracy(x, y[:14], ColorClassifier())
+    with pytest.raises(ValueError, match=r"must be class indices in \[0, 2\].*found 7"):  # not counted as a miss
+        conditional_accuracy(x, torch.where(y == 0, 7, y), ColorClassifier())
 
 
 class PixelFeatures(nn.Module):

@@ -129,3 +129,28 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
     assert diff > 0
     with pytest.raises(ValueError, match="subset size"):
         kernel_distance(f[:50], f[50:100], 5, 51)
+
+
+# ---------------------------------------------------------------- refusals (issue 22 item 3)
+def test_metric_helpers_refuse_nan_features_and_non_psd_covariances():
+    from ebmlens.metrics._math import feature_stats, frechet_distance, inception_score, kernel_distance
+
+    z = torch.randn(20, 5, generator=torch.Generator().manual_seed(0))
+    z[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="logits hold 1 NaN/Inf") as e:
+        inception_score(z, 2)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="features hold 1 NaN/Inf"):
+        feature_stats(z.numpy())
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        kernel_distance(z.numpy(), np.ones((20, 5)), subsets=1, subset_size=5)
+    eye, mu = np.eye(2), np.zeros(2)
+    with pytest.raises(ValueError, match="sigma2 is not positive semi-definite .*smallest eigenvalue -1"):
+        frechet_distance(mu, eye, mu, np.diag([1.0, -1.0]))
+    with pytest.raises(ValueError, match="sigma1 is not symmetric"):
+        frechet_distance(mu, np.array([[1.0, 0.5], [0.0, 1.0]]), mu, eye)
+    with pytest.raises(ValueError, match="means hold 1 NaN/Inf"):
+        frechet_distance(np.array([np.nan, 0.0]), eye, mu, eye)
+    f = np.random.default_rng(0).normal(size=(10, 50))  # fewer samples than dimensions: singular, still PSD
+    m, s = feature_stats(f)
+    assert abs(frechet_distance(m, s, m, s)) < 1e-4
