@@ -5,6 +5,7 @@ Sources (timm's ``create_model`` idea, with a ``source:`` prefix):
 * ``ebmlens:NAME``     - models that ship inside the package (:mod:`ebmlens.models.bundled`);
 * ``robustbench:NAME`` - the RobustBench zoo, local-first (:mod:`ebmlens.models.robustbench`);
 * ``timm:NAME``        - any timm model with local weights (:mod:`ebmlens.models.timm`);
+* ``hf:ORG/NAME[@REV]`` - a timm-style model from the local Hugging Face cache (:mod:`ebmlens.models.hf`);
 * ``file:PATH``        - a local checkpoint of any ``nn.Module`` (:mod:`ebmlens.models.file`);
   a bare path to an existing file means ``file:PATH``.
 
@@ -134,8 +135,8 @@ def load_model(spec: str | EnergyModel, *, device: str | torch.device | None = N
 
     Args:
         spec: ``"ebmlens:cifar10-l2-small"``, ``"robustbench:Carmon2019Unlabeled"``,
-            ``"timm:resnet18.a1_in1k"``, ``"file:runs/x/epoch_010.pt"``, or a path. An
-            :class:`~ebmlens.EnergyModel` is returned as is (moved to ``device``).
+            ``"timm:resnet18.a1_in1k"``, ``"hf:timm/resnet18.a1_in1k"``, ``"file:runs/x/epoch_010.pt"``,
+            or a path. An :class:`~ebmlens.EnergyModel` is returned as is (moved to ``device``).
         device: where to put the model (default: CPU, where it was loaded).
         allow_other_size, check_range: set on the returned model (see :class:`~ebmlens.EnergyModel`):
             accept other image sizes at its checked entry points / turn the pixel-range check off.
@@ -170,7 +171,7 @@ def load_model(spec: str | EnergyModel, *, device: str | torch.device | None = N
 #: loader options that only some sources take: :func:`resolve_model` routes them there.
 _OPTION_SOURCES: dict[str, tuple[str, ...]] = {
     "model_dir": ("robustbench",), "dataset": ("robustbench",), "threat_model": ("robustbench",),
-    "arch": ("file",), "trust_checkpoint": ("file", "robustbench", "timm"),
+    "arch": ("file", "hf"), "trust_checkpoint": ("file", "robustbench", "timm", "hf"),
 }
 
 
@@ -180,8 +181,8 @@ def resolve_model(model: str | Path | EnergyModel, *, device: str | torch.device
 
     An EnergyModel is returned as is (moved to ``device``); a spec is loaded with :func:`load_model`.
     Options left at ``None`` or ``False`` are dropped, and ``model_dir`` / ``dataset`` /
-    ``threat_model`` (robustbench), ``arch`` (file) and ``trust_checkpoint`` (file, robustbench,
-    timm) reach only the sources that take them, so a caller can hand over every option it has.
+    ``threat_model`` (robustbench), ``arch`` (file, hf) and ``trust_checkpoint`` (file, robustbench,
+    timm, hf) reach only the sources that take them, so a caller can hand over every option it has.
 
     >>> resolve_model("ebmlens:cifar10-l2-small", arch=None, model_dir="models").name
     'cifar10-l2-small'
@@ -242,6 +243,7 @@ def _lazy(module: str, attr: str) -> Callable:
 register_source("ebmlens", _lazy("bundled", "load"), _lazy("bundled", "list_names"))
 register_source("robustbench", _lazy("robustbench", "load"), _lazy("robustbench", "list_names"))
 register_source("timm", _lazy("timm", "load"), _lazy("timm", "list_names"))
+register_source("hf", _lazy("hf", "load"), _lazy("hf", "list_names"))
 register_source("file", _lazy("file", "load"), None)
 
 
