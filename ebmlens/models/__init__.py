@@ -170,7 +170,7 @@ def load_model(spec: str | EnergyModel, *, device: str | torch.device | None = N
 
 #: loader options that only some sources take: :func:`resolve_model` routes them there.
 _OPTION_SOURCES: dict[str, tuple[str, ...]] = {
-    "model_dir": ("robustbench",), "dataset": ("robustbench",), "threat_model": ("robustbench",),
+    "model_dir": ("robustbench",), "dataset": ("robustbench",), "threat_model": ("robustbench", "hf"),
     "arch": ("file", "hf"), "trust_checkpoint": ("file", "robustbench", "timm", "hf"),
 }
 
@@ -181,7 +181,7 @@ def resolve_model(model: str | Path | EnergyModel, *, device: str | torch.device
 
     An EnergyModel is returned as is (moved to ``device``); a spec is loaded with :func:`load_model`.
     Options left at ``None`` or ``False`` are dropped, and ``model_dir`` / ``dataset`` /
-    ``threat_model`` (robustbench), ``arch`` (file, hf) and ``trust_checkpoint`` (file, robustbench,
+    ``threat_model`` (robustbench, hf), ``arch`` (file, hf) and ``trust_checkpoint`` (file, robustbench,
     timm, hf) reach only the sources that take them, so a caller can hand over every option it has.
 
     >>> resolve_model("ebmlens:cifar10-l2-small", arch=None, model_dir="models").name

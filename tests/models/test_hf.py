@@ -110,8 +110,9 @@ def test_load_reads_config_and_weights(offline, config):
     ref = _by_hand(net, x, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
     assert torch.allclose(m.logits(x), ref, atol=1e-5, rtol=1e-4)
     # the caller's options reach the source through resolve_model (others are dropped)
-    m2 = ebmlens.models.resolve_model(f"hf:{REPO}", arch=f"timm:{ARCH}", trust_checkpoint=True, model_dir="models")
-    assert torch.allclose(m2.logits(x), ref, atol=1e-5, rtol=1e-4)
+    m2 = ebmlens.models.resolve_model(f"hf:{REPO}", arch=f"timm:{ARCH}", trust_checkpoint=True, model_dir="models",
+                                      threat_model="L2", dataset="cifar10")
+    assert torch.allclose(m2.logits(x), ref, atol=1e-5, rtol=1e-4) and (m2.threat_model, m2.dataset) == ("L2", None)
 
 
 def test_revisions_tags_and_commits(offline, config):
