@@ -110,7 +110,7 @@ def sources() -> list[str]:
     return sorted(_SOURCES)
 
 
-def parse_model_spec(spec: str) -> tuple[str, str]:
+def parse_model_spec(spec: str | Path) -> tuple[str, str]:
     """``"source:name"`` -> ``(source, name)``; an existing file path -> ``("file", path)``."""
     if isinstance(spec, Path):
         spec = str(spec)
@@ -210,10 +210,11 @@ def list_models(source: str | None = None, **filters) -> list[str]:
             raise TypeError(f"filters {sorted(filters)} need a source, e.g. list_models('robustbench', ...)")
         out: list[str] = []
         for s in sources():
-            if _SOURCES[s].lister is None:
+            each = _SOURCES[s].lister
+            if each is None:
                 continue
             try:
-                out += [f"{s}:{n}" for n in _SOURCES[s].lister()]
+                out += [f"{s}:{n}" for n in each()]
             except ImportError as e:
                 log.info("skipping model source %s: %s", s, e)
         return out
@@ -308,6 +309,9 @@ def normalization_check(model: EnergyModel, images: torch.Tensor, labels: torch.
     if expected_accuracy is not None and not (0.0 <= float(expected_accuracy) <= 1.0):
         raise ValueError(f"expected_accuracy must be a fraction in [0, 1], got {expected_accuracy}")
     mean, std = model.mean, model.std
+    if not (isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)):
+        raise TypeError(f"normalization_check: the model's mean/std are {type(mean).__name__}/{type(std).__name__}, "
+                        "not tensors; build it with ebmlens.EnergyModel(net, mean=..., std=...)")
     identity = bool(torch.all(mean == 0) and torch.all(std == 1))
     if identity:
         ref = _REFERENCE_STATS.get(str(model.dataset or "").lower(), _REFERENCE_STATS["imagenet"])

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 from torch import nn
 
@@ -211,5 +211,10 @@ def _preprocess(cfg: dict) -> Preprocess | None:
     if size < 64:
         return None
     pct = float(cfg.get("crop_pct") or 1.0)
-    interp = str(cfg.get("interpolation") or "bilinear")
-    return Preprocess(int(size / pct), size, interp if interp in ("nearest", "bilinear", "bicubic") else "bilinear")
+    interp = _INTERPOLATIONS.get(str(cfg.get("interpolation") or "bilinear"), "bilinear")
+    return Preprocess(int(size / pct), size, interp)
+
+
+#: timm's interpolation names that Preprocess (PIL) applies as such; others fall back to bilinear.
+_INTERPOLATIONS: dict[str, Literal["nearest", "bilinear", "bicubic"]] = {
+    "nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic"}
