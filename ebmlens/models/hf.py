@@ -27,8 +27,18 @@ import torch
 from torch import nn
 
 from ..energy import EnergyModel
-from ._hf_cache import (WEIGHT_FILES, NotInCache, cache_dir, cached_file, download_to_cache, parse_repo,
-                        read_config, refs, snapshot, weights_file)
+from ._hf_cache import (
+    WEIGHT_FILES,
+    NotInCache,
+    cache_dir,
+    cached_file,
+    download_to_cache,
+    parse_repo,
+    read_config,
+    refs,
+    snapshot,
+    weights_file,
+)
 from .archs import ARCHS, arch_from_file, get_arch
 from .file import _HTML_STARTS, _build, load_into, match_state_dict, read_checkpoint, split_checkpoint
 

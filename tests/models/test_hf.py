@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from click.testing import CliRunner
 from huggingface_hub import _CACHED_NO_EXIST, try_to_load_from_cache
@@ -18,7 +19,6 @@ from safetensors.torch import save
 from timm.models._hub import save_config_for_hf
 
 import ebmlens
-import timm
 from ebmlens.cli import main
 from ebmlens.models import hf
 
@@ -193,10 +193,11 @@ def test_config_names_only_registered_architectures(offline, config):
     w = _weights(_net(0))
     for arch, match in (("os:system", "not a registered architecture"),
                         ("efficientnet_b99", "unknown timm architecture 'efficientnet_b99'")):
-        put(offline, f"lab/{arch.replace(':', '-')}", {"config.json": json.dumps(dict(config, architecture=arch)).encode(),
-                                                       "model.safetensors": w})
+        repo = f"lab/{arch.replace(':', '-')}"
+        cfg = json.dumps(dict(config, architecture=arch)).encode()
+        put(offline, repo, {"config.json": cfg, "model.safetensors": w})
         with pytest.raises(ValueError, match=match):
-            ebmlens.load_model(f"hf:lab/{arch.replace(':', '-')}")
+            ebmlens.load_model(f"hf:{repo}")
     bad = dict(config, model_args={"checkpoint_path": "/etc/passwd"})
     put(offline, "lab/sneaky", {"config.json": json.dumps(bad).encode(), "model.safetensors": w})
     with pytest.raises(ValueError, match="model_args set checkpoint_path"):
