@@ -30,7 +30,8 @@ def _robustbench_rows(dataset: str | None, threat_model: str | None, model_dir: 
             if tm_filter and tm_enum.value != tm_filter:
                 continue
             for name in models:
-                have = model_dir is not None and rb.weights_path(name, ds_enum.value, tm_enum.value, model_dir).is_file()
+                path = None if model_dir is None else rb.weights_path(name, ds_enum.value, tm_enum.value, model_dir)
+                have = path is not None and path.is_file()
                 if local_only and not have:
                     continue
                 yield name, ds_enum.value, tm_enum.value, have

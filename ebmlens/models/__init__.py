@@ -34,7 +34,8 @@ import torch
 from ..energy import EnergyModel, validate_images, validate_labels
 
 __all__ = [
-    "load_model", "resolve_model", "list_models", "register_source", "sources", "parse_model_spec", "unknown_name_error",
+    "load_model", "resolve_model", "list_models", "register_source", "sources", "parse_model_spec",
+    "unknown_name_error",
     "normalization_check", "NormalizationCheck", "Source",
 ]
 
@@ -125,7 +126,8 @@ def parse_model_spec(spec: str | Path) -> tuple[str, str]:
         return "file", spec
     if not sep:
         raise ValueError(f"model spec {spec!r} has no source; write 'SOURCE:NAME' with SOURCE one of "
-                         f"{', '.join(sources())} (e.g. 'ebmlens:cifar10-l2-small'), or give a path to an existing file")
+                         f"{', '.join(sources())} (e.g. 'ebmlens:cifar10-l2-small'), or give a path to an existing "
+                         "file")
     raise unknown_name_error("model source", source, _SOURCES, f"(from model spec {spec!r})")
 
 

@@ -81,7 +81,8 @@ def arch_factory(name: str) -> Callable[..., nn.Module]:
     _check_name(timm, name)
 
     def factory(num_classes: int | None = None) -> nn.Module:
-        return timm.create_model(name, pretrained=False, **({} if num_classes is None else {"num_classes": num_classes}))
+        kwargs = {} if num_classes is None else {"num_classes": num_classes}
+        return timm.create_model(name, pretrained=False, **kwargs)
 
     factory.__name__ = f"timm:{name}"
     return factory
