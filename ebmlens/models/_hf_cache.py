@@ -108,6 +108,9 @@ def snapshot(repo: str, revision: str | None = None, cache: str | Path | None = 
         raise NotInCache(f"hf:{repo}@{rev}: the cache {str(root)!r} has no ref or snapshot {rev!r} (refs: "
                          f"{', '.join(sorted(refs(folder))) or 'none'}; snapshots: {_snapshots(folder)})",
                          _fetch_hint(repo, revision))
+    if not re.fullmatch(r"[\w.-]+", commit) or commit in (".", ".."):  # a ref is read, never followed as a path
+        raise ValueError(f"hf:{repo}: {how} holds {commit[:60]!r}, not a commit; delete {str(ref)!r} and download "
+                         "again")
     if not (snaps / commit).is_dir():
         raise FileNotFoundError(f"hf:{repo}: {how} names commit {commit[:12]!r} but {folder.name}/snapshots/{commit} "
                                 f"is missing (a partly deleted cache; snapshots there: {_snapshots(folder)}); "

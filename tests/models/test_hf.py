@@ -126,6 +126,9 @@ def test_revisions_tags_and_commits(offline, config):
     assert sorted(hf.list_names()) == [REPO, f"{REPO}@v1.0"]
     with pytest.raises(FileNotFoundError, match=r"no ref or snapshot 'v2' \(refs: main, v1.0; snapshots: aaaa"):
         ebmlens.load_model(f"hf:{REPO}@v2")
+    (offline / f"models--{REPO.replace('/', '--')}" / "refs" / "odd").write_text("../../../elsewhere")
+    with pytest.raises(ValueError, match="refs/odd holds '../../../elsewhere', not a commit"):
+        ebmlens.load_model(f"hf:{REPO}@odd")
 
 
 def test_old_form_config_and_bin_weights(offline, config):
