@@ -147,7 +147,9 @@ def cached_file(repo: str, filename: str, revision: str | None = None, cache: st
 
 def weights_file(repo: str, revision: str | None = None, cache: str | Path | None = None,
                  names: Sequence[str] = WEIGHT_FILES) -> Path:
-    """The first of ``names`` that the snapshot holds; one error naming why each is unusable."""
+    """The first of ``names`` that the snapshot holds; one error naming why each is unusable (a missing
+    repository or revision is named as such first)."""
+    snapshot(repo, revision, cache)
     why = []
     for name in names:
         try:

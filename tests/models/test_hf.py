@@ -216,6 +216,7 @@ def test_timm_reads_the_same_cache(offline):
     with pytest.raises(FileNotFoundError) as e:
         ebmlens.load_model(f"timm:{name}")
     msg = str(e.value)
+    assert "hf:timm/test_efficientnet.r160_in1k is not in the Hugging Face cache" in msg
     assert "download=True" in msg and "--checkpoint" not in msg and "pip install huggingface_hub" not in msg
     cfg = json.dumps({"architecture": ARCH, "num_classes": 1000, "pretrained_cfg": {}}).encode()
     put(offline, f"timm/{name}", {"config.json": cfg, "model.safetensors": _weights(net)})
