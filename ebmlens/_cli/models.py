@@ -4,6 +4,8 @@ Python equivalent::
 
     import ebmlens
     ebmlens.list_models("robustbench", dataset="cifar10", threat_model="L2")
+    ebmlens.list_models("hf")                      # what the Hugging Face cache holds that ebmlens can open
+    ebmlens.models.hf.scan()                       # every cached revision, with what is missing
 """
 
 from __future__ import annotations
@@ -28,10 +30,28 @@ def _robustbench_rows(dataset: str | None, threat_model: str | None, model_dir: 
             if tm_filter and tm_enum.value != tm_filter:
                 continue
             for name in models:
-                have = model_dir is not None and rb.weights_path(name, ds_enum.value, tm_enum.value, model_dir).is_file()
+                path = None if model_dir is None else rb.weights_path(name, ds_enum.value, tm_enum.value, model_dir)
+                have = path is not None and path.is_file()
                 if local_only and not have:
                     continue
                 yield name, ds_enum.value, tm_enum.value, have
+
+
+def _hf_rows(download: str | None) -> None:
+    from ..models import hf
+
+    if download is not None:
+        repo, revision = hf.parse_repo(download)
+        click.echo(f"downloaded {hf.download_to_cache(repo, revision)}", err=True)
+    entries = hf.scan()
+    for e in entries:
+        if e.ok:
+            click.echo(f"hf:{e.spec}\t{e.detail}\t{e.commit[:12]}")
+    for e in entries:
+        if not e.ok:
+            click.echo(f"cannot open hf:{e.spec}: {e.detail}", err=True)
+    if not any(e.ok for e in entries):
+        click.echo(f"no models ebmlens can open in the Hugging Face cache {hf.cache_dir()}", err=True)
 
 
 @click.command("models")
@@ -42,15 +62,27 @@ def _robustbench_rows(dataset: str | None, threat_model: str | None, model_dir: 
               help="robustbench: root of DATASET/THREAT/NAME.pt; marks the models whose weights are there.")
 @click.option("--local", "local_only", is_flag=True, help="robustbench: only models whose weights are in --model-dir.")
 @click.option("--pattern", default="", help="timm: a name pattern such as 'resnet*'.")
+@click.option("--download", "download", default=None, metavar="ORG/NAME[@REV]",
+              help="hf: fetch this repository's config.json and weights into the Hugging Face cache first "
+                   "(the only command that goes online; needs huggingface_hub).")
 @friendly_errors
 def models_cmd(source: str | None, dataset: str | None, threat_model: str | None, model_dir: str | None,
-               local_only: bool, pattern: str) -> None:
-    """List loadable models of SOURCE (ebmlens, robustbench, timm, or your own), offline.
+               local_only: bool, pattern: str, download: str | None) -> None:
+    """List loadable models of SOURCE (ebmlens, robustbench, timm, hf, or your own), offline.
 
-    Without SOURCE: the bundled models and what the other sources offer.
+    Without SOURCE: the bundled models and what the other sources offer. 'hf' lists what the
+    Hugging Face cache ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub) holds that
+    'hf:ORG/NAME[@REV]' can open, and on stderr what it cannot, with the reason.
     """
     from .. import models as M
 
+    if download is not None and source != "hf":
+        raise ValueError(f"--download applies to 'ebmlens models hf', not to {source or 'no source'!r}")
+    if source == "hf":
+        if dataset or threat_model or pattern or model_dir or local_only:
+            raise ValueError("'ebmlens models hf' takes only --download; the cache is $HF_HUB_CACHE or $HF_HOME/hub")
+        _hf_rows(download)
+        return
     if local_only and model_dir is None:
         raise ValueError("--local needs --model-dir (the folder that holds DATASET/THREAT/NAME.pt)")
     if source is None:
@@ -64,7 +96,8 @@ def models_cmd(source: str | None, dataset: str | None, threat_model: str | None
             for name, ds, tm, _ in rows:
                 click.echo(f"  robustbench:{name}  --dataset {ds} --threat-model {tm}")
         click.echo("more: 'ebmlens models robustbench [--dataset D] [--threat-model T] [--model-dir DIR]', "
-                   "'ebmlens models timm --pattern PATTERN'; 'file:PATH --arch ARCH' loads any checkpoint")
+                   "'ebmlens models timm --pattern PATTERN', 'ebmlens models hf' (the Hugging Face cache); "
+                   "'file:PATH --arch ARCH' loads any checkpoint")
         return
     if source == "robustbench":
         rows = list(_robustbench_rows(dataset, threat_model, model_dir, local_only))

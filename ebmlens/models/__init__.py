@@ -5,6 +5,7 @@ Sources (timm's ``create_model`` idea, with a ``source:`` prefix):
 * ``ebmlens:NAME``     - models that ship inside the package (:mod:`ebmlens.models.bundled`);
 * ``robustbench:NAME`` - the RobustBench zoo, local-first (:mod:`ebmlens.models.robustbench`);
 * ``timm:NAME``        - any timm model with local weights (:mod:`ebmlens.models.timm`);
+* ``hf:ORG/NAME[@REV]`` - a timm-style model from the local Hugging Face cache (:mod:`ebmlens.models.hf`);
 * ``file:PATH``        - a local checkpoint of any ``nn.Module`` (:mod:`ebmlens.models.file`);
   a bare path to an existing file means ``file:PATH``.
 
@@ -33,7 +34,8 @@ import torch
 from ..energy import EnergyModel, validate_images, validate_labels
 
 __all__ = [
-    "load_model", "resolve_model", "list_models", "register_source", "sources", "parse_model_spec", "unknown_name_error",
+    "load_model", "resolve_model", "list_models", "register_source", "sources", "parse_model_spec",
+    "unknown_name_error",
     "normalization_check", "NormalizationCheck", "Source",
 ]
 
@@ -109,7 +111,7 @@ def sources() -> list[str]:
     return sorted(_SOURCES)
 
 
-def parse_model_spec(spec: str) -> tuple[str, str]:
+def parse_model_spec(spec: str | Path) -> tuple[str, str]:
     """``"source:name"`` -> ``(source, name)``; an existing file path -> ``("file", path)``."""
     if isinstance(spec, Path):
         spec = str(spec)
@@ -124,7 +126,8 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
         return "file", spec
     if not sep:
         raise ValueError(f"model spec {spec!r} has no source; write 'SOURCE:NAME' with SOURCE one of "
-                         f"{', '.join(sources())} (e.g. 'ebmlens:cifar10-l2-small'), or give a path to an existing file")
+                         f"{', '.join(sources())} (e.g. 'ebmlens:cifar10-l2-small'), or give a path to an existing "
+                         "file")
     raise unknown_name_error("model source", source, _SOURCES, f"(from model spec {spec!r})")
 
 
@@ -134,8 +137,8 @@ def load_model(spec: str | EnergyModel, *, device: str | torch.device | None = N
 
     Args:
         spec: ``"ebmlens:cifar10-l2-small"``, ``"robustbench:Carmon2019Unlabeled"``,
-            ``"timm:resnet18.a1_in1k"``, ``"file:runs/x/epoch_010.pt"``, or a path. An
-            :class:`~ebmlens.EnergyModel` is returned as is (moved to ``device``).
+            ``"timm:resnet18.a1_in1k"``, ``"hf:timm/resnet18.a1_in1k"``, ``"file:runs/x/epoch_010.pt"``,
+            or a path. An :class:`~ebmlens.EnergyModel` is returned as is (moved to ``device``).
         device: where to put the model (default: CPU, where it was loaded).
         allow_other_size, check_range: set on the returned model (see :class:`~ebmlens.EnergyModel`):
             accept other image sizes at its checked entry points / turn the pixel-range check off.
@@ -169,8 +172,8 @@ def load_model(spec: str | EnergyModel, *, device: str | torch.device | None = N
 
 #: loader options that only some sources take: :func:`resolve_model` routes them there.
 _OPTION_SOURCES: dict[str, tuple[str, ...]] = {
-    "model_dir": ("robustbench",), "dataset": ("robustbench",), "threat_model": ("robustbench",),
-    "arch": ("file",), "trust_checkpoint": ("file", "robustbench", "timm"),
+    "model_dir": ("robustbench",), "dataset": ("robustbench",), "threat_model": ("robustbench", "hf"),
+    "arch": ("file", "hf"), "trust_checkpoint": ("file", "robustbench", "timm", "hf"),
 }
 
 
@@ -180,8 +183,8 @@ def resolve_model(model: str | Path | EnergyModel, *, device: str | torch.device
 
     An EnergyModel is returned as is (moved to ``device``); a spec is loaded with :func:`load_model`.
     Options left at ``None`` or ``False`` are dropped, and ``model_dir`` / ``dataset`` /
-    ``threat_model`` (robustbench), ``arch`` (file) and ``trust_checkpoint`` (file, robustbench,
-    timm) reach only the sources that take them, so a caller can hand over every option it has.
+    ``threat_model`` (robustbench, hf), ``arch`` (file, hf) and ``trust_checkpoint`` (file, robustbench,
+    timm, hf) reach only the sources that take them, so a caller can hand over every option it has.
 
     >>> resolve_model("ebmlens:cifar10-l2-small", arch=None, model_dir="models").name
     'cifar10-l2-small'
@@ -209,10 +212,11 @@ def list_models(source: str | None = None, **filters) -> list[str]:
             raise TypeError(f"filters {sorted(filters)} need a source, e.g. list_models('robustbench', ...)")
         out: list[str] = []
         for s in sources():
-            if _SOURCES[s].lister is None:
+            each = _SOURCES[s].lister
+            if each is None:
                 continue
             try:
-                out += [f"{s}:{n}" for n in _SOURCES[s].lister()]
+                out += [f"{s}:{n}" for n in each()]
             except ImportError as e:
                 log.info("skipping model source %s: %s", s, e)
         return out
@@ -242,6 +246,7 @@ def _lazy(module: str, attr: str) -> Callable:
 register_source("ebmlens", _lazy("bundled", "load"), _lazy("bundled", "list_names"))
 register_source("robustbench", _lazy("robustbench", "load"), _lazy("robustbench", "list_names"))
 register_source("timm", _lazy("timm", "load"), _lazy("timm", "list_names"))
+register_source("hf", _lazy("hf", "load"), _lazy("hf", "list_names"))
 register_source("file", _lazy("file", "load"), None)
 
 
@@ -306,6 +311,9 @@ def normalization_check(model: EnergyModel, images: torch.Tensor, labels: torch.
     if expected_accuracy is not None and not (0.0 <= float(expected_accuracy) <= 1.0):
         raise ValueError(f"expected_accuracy must be a fraction in [0, 1], got {expected_accuracy}")
     mean, std = model.mean, model.std
+    if not (isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)):
+        raise TypeError(f"normalization_check: the model's mean/std are {type(mean).__name__}/{type(std).__name__}, "
+                        "not tensors; build it with ebmlens.EnergyModel(net, mean=..., std=...)")
     identity = bool(torch.all(mean == 0) and torch.all(std == 1))
     if identity:
         ref = _REFERENCE_STATS.get(str(model.dataset or "").lower(), _REFERENCE_STATS["imagenet"])
