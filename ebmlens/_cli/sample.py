@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -27,7 +27,7 @@ from . import friendly_errors
 from ._common import load_model_from_cli, model_options, runtime_options, setup_runtime
 
 
-def _chunk(text: str) -> int | str | None:
+def _chunk(text: str) -> int | Literal["auto"] | None:
     """``--compute-chunk``: ``auto``, ``none`` or a positive int (RunOptions checks the value)."""
     t = str(text).strip().lower()
     if t in ("auto", "none"):
@@ -93,7 +93,8 @@ def bundled_stats(model) -> Any:
 @click.option("--data", default=None,
               help="Data spec (cifar10:PATH): class statistics for the preset (train split), seeds for dat2025.")
 @click.option("--stats", "stats_path", default=None, type=click.Path(),
-              help="A saved ClassStats file (.safetensors) or an `ebmlens stats` directory, instead of fitting on --data.")
+              help="A saved ClassStats file (.safetensors) or an `ebmlens stats` directory, "
+                   "instead of fitting on --data.")
 @click.option("--preset", default="robust-jem", show_default=True, help="Sampler preset (see docs/cli.md).")
 @click.option("-n", "--n", "--num-samples", "n", default=64, show_default=True, type=int,
               help="Number of samples. Under torchrun write -n or --num-samples: torchrun's own parser "
@@ -118,8 +119,9 @@ def bundled_stats(model) -> Any:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--resume", is_flag=True, help="Continue a killed run in --out (same settings; batch size, device "
               "and threads may change).")
-@click.option("--overwrite", is_flag=True, help="Sample into a non-empty --out: an earlier run there (shards/, run.json "
-              "and the run files) is removed first; other files are kept unless a run file replaces them.")
+@click.option("--overwrite", is_flag=True, help="Sample into a non-empty --out: an earlier run there "
+              "(shards/, run.json and the run files) is removed first; other files are kept unless a run file "
+              "replaces them.")
 @click.option("--shard", default=None, metavar="i/K|auto",
               help="Be task i (0-based) of a K-task job array: sample only its index block, no merge (then "
                    "`ebmlens merge OUT`); 'auto': SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT.")
@@ -137,15 +139,17 @@ def bundled_stats(model) -> Any:
               help="After sampling, measure the samples: is, fid, kid, precision, recall, density, coverage, "
                    "diversity or a comma list (ebmlens.metrics.evaluate); "
                    "written to OUT/metrics.json and run.json.")
-@click.option("--ref", default=None, help="Reference images or statistics .npz for FID/KID (default: --data's train split).")
+@click.option("--ref", default=None,
+              help="Reference images or statistics .npz for FID/KID (default: --data's train split).")
 @click.option("--inception-weights", default=None, type=click.Path(dir_okay=False),
               help="The Inception weights file for standard IS/FID/KID (never downloaded).")
 @click.option("--feature-model", default=None,
               help="Measure in another network (e.g. ebmlens:cifar10-l2-small): non-standard fd_/kd_/is_ scores.")
 @friendly_errors
 def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpoint, data, stats_path, preset, n,
-               classes, batch_size, channels_last, compile_model, fast, records, seed, out, resume, overwrite, shard, device,
-               threads, dtype, compute_chunk, no_png, no_grid, overrides, eval_metrics, ref, inception_weights, feature_model) -> None:
+               classes, batch_size, channels_last, compile_model, fast, records, seed, out, resume, overwrite, shard,
+               device, threads, dtype, compute_chunk, no_png, no_grid, overrides, eval_metrics, ref, inception_weights,
+               feature_model) -> None:
     """Draw class-conditional samples with a preset; writes PNGs, samples.npz, grid.png and run.json."""
     from .._dist import dist_env
     from ..runs.jobs import check_out_dir
@@ -165,8 +169,8 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpo
                              resume=resume, overwrite=overwrite)
     task = options.shard
     if task is not None and eval_metrics is not None:
-        raise ValueError(f"--evaluate needs the merged run, not one task: after the job array run `ebmlens merge {out}` "
-                         f"then `ebmlens evaluate {out} --metrics {eval_metrics}`")
+        raise ValueError("--evaluate needs the merged run, not one task: after the job array run "
+                         f"`ebmlens merge {out}` then `ebmlens evaluate {out} --metrics {eval_metrics}`")
     check_out_dir(out, resume=resume, overwrite=overwrite, shard=task)  # before any model or statistics
     setup_runtime(device, threads)
     if preset not in presets.names():

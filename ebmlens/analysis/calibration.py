@@ -7,9 +7,10 @@ the ``N`` predictions into ``B`` bins and take
 
 ``acc_b`` and ``conf_b`` the mean correctness and confidence in bin ``b``. Equal-width bins are
 ``((b-1)/B, b/B]`` (confidence 0 goes to the first); equal-mass bins split the predictions sorted by
-confidence into ``B`` groups of (nearly) equal size, equal confidences kept in one bin. :func:`calibration_report` measures both on the
-natural images and, with ``attack=``, on adversarial versions of the same images made by a
-registered attack (:func:`ebmlens.attacks.get_attack`), and draws the reliability diagrams.
+confidence into ``B`` groups of (nearly) equal size, equal confidences kept in one bin.
+:func:`calibration_report` measures both on the natural images and, with ``attack=``, on adversarial
+versions of the same images made by a registered attack (:func:`ebmlens.attacks.get_attack`), and draws
+the reliability diagrams.
 
 >>> import numpy as np
 >>> round(expected_calibration_error(np.full(10, 0.9), np.r_[np.ones(6), np.zeros(4)]), 6)
@@ -30,9 +31,9 @@ from .. import _dist, rng
 from .._io import jsonable, save_figure
 from .._measure import few_samples_warning, map_batches
 from ..attacks import Geometry, L2Ball, LinfBall, choose_targets
-from ..data import ImageSet, require_labels
+from ..data import ImageSet
 from ..energy import EnergyModel
-from .energies import as_energy_model, as_image_data, build_attacks, resolve_geometry
+from .energies import as_energy_model, build_attacks, labeled_image_data, resolve_geometry
 from .report import report_json, require_matplotlib
 
 __all__ = ["expected_calibration_error", "reliability_bins", "calibration_report", "CalibrationReport",
@@ -114,7 +115,8 @@ class CalibrationReport:
         lines = [f"| input | n | accuracy | mean confidence | ECE ({b} equal-width bins) | ECE (equal-mass) |",
                  "|---|---|---|---|---|---|"]
         for k in self.kinds:
-            lines.append(f"| {k.kind} | {k.n} | {k.accuracy:.3f} | {k.confidence:.3f} | {k.ece:.4f} | {k.ece_mass:.4f} |")
+            lines.append(f"| {k.kind} | {k.n} | {k.accuracy:.3f} | {k.confidence:.3f} | {k.ece:.4f} "
+                         f"| {k.ece_mass:.4f} |")
         c, m = self.config, self.model
         foot = f"\n{m.get('source')}:{m.get('name')} on {self.data.get('n')} images of {self.data.get('source')}"
         if c.get("attack"):
@@ -123,7 +125,8 @@ class CalibrationReport:
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         d = {"format": "ebmlens.calibration_report/1", "model": dict(self.model), "data": dict(self.data),
-             "config": jsonable(dict(self.config)), "kinds": [jsonable(asdict(k), finite_floats=False) for k in self.kinds]}
+             "config": jsonable(dict(self.config)),
+             "kinds": [jsonable(asdict(k), finite_floats=False) for k in self.kinds]}
         if self.warnings:
             d["warnings"] = list(self.warnings)
         return report_json(d, path)
@@ -190,7 +193,7 @@ def calibration_report(
         progress: ``True`` for a tqdm bar, or a callback ``(done, total)``.
     """
     model = as_energy_model(model, device)
-    data = require_labels(as_image_data(data), "calibration", model)
+    data = labeled_image_data(data, "calibration", model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:

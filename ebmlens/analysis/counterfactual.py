@@ -29,9 +29,9 @@ from .. import _dist, rng
 from .._io import atomic_write_bytes, jsonable
 from .._measure import map_batches
 from ..attacks import Geometry, L2Ball, LinfBall, choose_targets, default_step_size, pgd
-from ..data import ImageSet, require_labels
+from ..data import ImageSet
 from ..energy import EnergyModel
-from .energies import as_energy_model, as_image_data, resolve_geometry
+from .energies import as_energy_model, labeled_image_data, resolve_geometry
 from .report import report_json
 
 __all__ = ["counterfactuals", "Counterfactuals", "Target"]
@@ -101,7 +101,8 @@ class Counterfactuals:
         return report_json(d, path)
 
     def table(self) -> str:
-        lines = ["| index | label -> target | status | flip step | L2 | Linf | E(x) start -> end | E(x,b) start -> end |",
+        lines = ["| index | label -> target | status | flip step | L2 | Linf | E(x) start -> end "
+                 "| E(x,b) start -> end |",
                  "|---|---|---|---|---|---|---|---|"]
         for r in self.rows():
             lines.append(f"| {r['index']} | {r['label_name']} -> {r['target_name']} | {r['status']} | "
@@ -174,7 +175,7 @@ def counterfactuals(
         progress: ``True`` for a tqdm bar, or a callback ``(done, total)``.
     """
     model = as_energy_model(model, device)
-    data = require_labels(as_image_data(data), "counterfactual", model)
+    data = labeled_image_data(data, "counterfactual", model)
     if isinstance(target, bool) or not (isinstance(target, int) or target in ("next", "random", "least-likely")):
         raise ValueError(f"unknown target {target!r}; choose 'next', 'random', 'least-likely' or a class index")
     if isinstance(target, int) and not 0 <= target < model.num_classes:

@@ -60,6 +60,15 @@ def as_image_data(data: ImageSet | str, preprocess=None) -> ImageSet:
     raise TypeError(f"data must be an ebmlens ImageData or a data spec like 'cifar10:PATH', got {type(data).__name__}")
 
 
+def labeled_image_data(data: ImageSet | str, who: str, model: Any, preprocess=None) -> ImageSet:
+    """:func:`as_image_data`, then :func:`~ebmlens.data.require_labels` for ``who`` (unlabeled sets
+    refused, class folders mapped to the model's classes)."""
+    labeled = require_labels(as_image_data(data, preprocess), who, model)
+    if not isinstance(labeled, ImageSet):  # pragma: no cover - require_labels returns an ImageSet
+        raise TypeError(f"{who}: require_labels gave {type(labeled).__name__}, not an ImageSet")
+    return labeled
+
+
 def build_attacks(attacks: Sequence[str | Attack] | str, *, geometry: L2Ball | LinfBall | None = None,
                   threat_model: str | None = None, eps: float | None = None, steps: int | None = None,
                   attack_options: Mapping[str, Mapping[str, Any]] | None = None) -> list[Attack]:
@@ -153,7 +162,8 @@ def energy_report(
 
     Args:
         model: an :class:`~ebmlens.EnergyModel` or a spec such as ``"ebmlens:cifar10-l2-small"``.
-        data: an image set (in memory or streamed) or a data spec (test split by default; read with the model's preprocess).
+        data: an image set (in memory or streamed) or a data spec (test split by default; read with the
+            model's preprocess).
         attacks: registry names (``"pgd"``, ``"pgd-targeted"``, ``"apgd-ce"``, ...; see
             :func:`ebmlens.attacks.list_attacks`) or :class:`~ebmlens.attacks.Attack` objects.
         geometry: the attacks' threat model and radius, e.g. ``L2Ball(0.5)`` or ``LinfBall(8/255)``
@@ -177,8 +187,7 @@ def energy_report(
         An :class:`~ebmlens.analysis.EnergyReport` (``warnings``: groups of fewer than 20 images).
     """
     model = as_energy_model(model, device)
-    data = as_image_data(data, getattr(model, "preprocess", None))
-    data = require_labels(data, "energy_report", model)
+    data = labeled_image_data(data, "energy_report", model, getattr(model, "preprocess", None))
     geom = resolve_geometry(model, geometry, threat_model, eps, "energy_report")
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -269,7 +278,8 @@ def _assemble(merged: dict[str, Any], kinds: list[str], atks: list[Attack], data
         if kind in values:
             values[kind][name] = v
     labels = data.labels[idx].astype(np.int64)
-    summaries = [summarize_kind("natural", None, values["natural"], labels, None, level=level, n_boot=n_boot, seed=seed)]
+    summaries = [summarize_kind("natural", None, values["natural"], labels, None, level=level, n_boot=n_boot,
+                                seed=seed)]
     for a in atks:
         summaries.append(summarize_kind(a.name, a.targeted, values[a.name], labels, values["natural"],
                                         level=level, n_boot=n_boot, seed=seed))

@@ -25,8 +25,8 @@ import torch
 from .. import rng
 from .._validate import validate_inputs
 from . import _torchattacks
-from .geometry import make_geometry, parse_threat_model
 from .core import default_step_size, pgd
+from .geometry import make_geometry, parse_threat_model
 
 __all__ = ["AttackSpec", "Attack", "ATTACKS", "TargetChoice", "get_attack", "list_attacks",
            "resolve_attack_name", "choose_targets"]
@@ -64,7 +64,7 @@ class AttackSpec:
     aliases: tuple[str, ...] = ()
 
 
-_TA = "torchattacks"
+_TA: Literal["torchattacks"] = "torchattacks"
 ATTACKS: dict[str, AttackSpec] = {s.name: s for s in (
     AttackSpec("pgd", False, ("L2", "Linf"), "ebmlens",
                "our PGD, untargeted: ascend CE of the true label (10 steps, step 2.5*eps/steps)",
@@ -86,7 +86,8 @@ ATTACKS: dict[str, AttackSpec] = {s.name: s for s in (
                torchattacks_class="APGD", defaults={"steps": 10, "loss": "dlr"}),
     AttackSpec("apgd-t", True, ("L2", "Linf"), _TA,
                "torchattacks APGD-T: targeted DLR over the top-9 classes, which it picks itself",
-               own_targets=True, torchattacks_class="APGDT", defaults={"steps": 10}, aliases=("apgdt", "apgd-targeted")),
+               own_targets=True, torchattacks_class="APGDT", defaults={"steps": 10},
+               aliases=("apgdt", "apgd-targeted")),
     AttackSpec("fab", False, ("L2", "Linf"), _TA, "torchattacks FAB, untargeted (minimal perturbation)",
                torchattacks_class="FAB", defaults={"steps": 10}),
     AttackSpec("fab-targeted", True, ("L2", "Linf"), _TA, "torchattacks FAB towards a given target class",
@@ -211,13 +212,15 @@ class Attack:
             raise ValueError(f"attack {self.name!r} takes no target"
                              + (" (it picks its target classes itself)" if self.spec.own_targets else ""))
         k = getattr(model, "num_classes", None)
-        x, y = validate_inputs(model if hasattr(model, "input_shape") else None, x, y, num_classes=k, scan=False,
-                               allow_other_size=getattr(model, "allow_other_size", False))
+        x, labels = validate_inputs(model if hasattr(model, "input_shape") else None, x, y, num_classes=k,
+                                    scan=False, allow_other_size=getattr(model, "allow_other_size", False))
         if target is not None:
             target = validate_inputs(None, x, target, scan=False, label_name="target")[1]
         if self.spec.backend == "ebmlens":
-            return self._run_ours(model, x, y, target, generator)
-        return self._run_torchattacks(model, x, y, target, generator)
+            return self._run_ours(model, x, labels, target, generator)  # pgd refuses y=None where it needs y
+        if labels is None:
+            raise TypeError(f"attack {self.name!r} needs y: (N,) true labels")
+        return self._run_torchattacks(model, x, labels, target, generator)
 
     def _run_ours(self, model, x, y, target, generator) -> torch.Tensor:
         opts = dict(self.options)
@@ -228,7 +231,10 @@ class Attack:
                    targeted=self.targeted, generator=generator, **opts)
 
     def _run_torchattacks(self, model, x, y, target, generator) -> torch.Tensor:
-        return _torchattacks.run(self.spec.torchattacks_class, model, x, y, threat_model=self.threat_model,
+        cls = self.spec.torchattacks_class
+        if cls is None:
+            raise ValueError(f"attack {self.name!r} has backend 'torchattacks' but no torchattacks_class")
+        return _torchattacks.run(cls, model, x, y, threat_model=self.threat_model,
                                  eps=self.eps, options=self.options, target=target, generator=generator,
                                  name=self.name)
 

@@ -100,7 +100,7 @@ def tar_index(path: str | Path) -> TarIndex:
         try:
             doc = json.loads(cache.read_text())
             if doc.get("format") == _FORMAT:
-                return TarIndex(str(path), tuple(tuple(m) for m in doc["members"]))  # type: ignore[misc]
+                return TarIndex(str(path), tuple(tuple(m) for m in doc["members"]))
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: rebuilt below
     try:

@@ -98,6 +98,8 @@ def robust_accuracy(model: EnergyModel | str, data: ImageSet | str, attack: Atta
     model = resolve_model(model)
     data = require_labels(load_data(data, default_split="test", preprocess=getattr(model, "preprocess", None)),
                           "robust_accuracy", model)
+    if not isinstance(data, ImageSet):  # pragma: no cover - require_labels returns an ImageSet
+        raise TypeError(f"robust_accuracy: require_labels gave {type(data).__name__}, not an ImageSet")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     idx = np.arange(len(data)) if indices is None else np.asarray(indices)
     if len(idx) == 0:

@@ -84,13 +84,14 @@ from .. import _dist
 from .._io import atomic_write_json
 from .._lock import RunLock
 from .._perf import AUTOCAST_DTYPES, autocast_context, matmul_precision
+from ..energy import EnergyModel
 from ..sampling.records import summarize
 from . import jobs, record, shards
 from .flat import SampleRun, write_run_files
 from .labels import balanced_labels, resolve_classes
 from .loop import auto_batch_size_all_ranks, sample_batches
-from .outputs import GRID_PER_CLASS, make_grid
 from .options import resolve_compute_chunk
+from .outputs import GRID_PER_CLASS, make_grid
 from .plan import RunPlan
 from .record import record_evaluation
 
@@ -188,6 +189,8 @@ def _run_locked(plan: RunPlan, progress: Progress, d: _dist.DistInfo, dev: torch
                 meta: dict) -> SampleRun:
     out, shard_dir, o = plan.out_dir, plan.out_dir / "shards", plan.options
     model = plan.model.to(dev)
+    if not isinstance(model, EnergyModel):  # RunPlan.build checks it; sampling runs it in compute chunks
+        raise TypeError(f"a sampling run needs an ebmlens EnergyModel, got {type(model).__name__}")
     batch_size = o.batch_size
     if batch_size == "auto":
         batch_size = auto_batch_size_all_ranks(model, dev, o.dtype, d)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -75,6 +77,22 @@ def test_our_pgd_targeted_reaches_target_and_stays_in_ball():
         a(m, x, y)
     with pytest.raises(ValueError, match="takes no target"):
         get_attack("pgd", eps=0.1)(m, x, y, target=t)
+
+
+def test_missing_labels_and_class_fail_clearly():
+    """y=None reached torchattacks as ``None.to(...)`` (AttributeError); a torchattacks spec without a
+    class reached it as ``None``: both now fail naming the attack."""
+    import torchattacks  # noqa: F401 - the test extra installs it; a missing extra must fail, not skip
+    m = make_linear_model(scale=0.2)
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    with pytest.raises(TypeError, match="pgd needs y"):
+        get_attack("pgd", threat_model="L2", eps=0.5)(m, x, None)
+    with pytest.raises(TypeError, match="'ta-pgd' needs y"):
+        get_attack("ta-pgd", threat_model="L2", eps=0.5, steps=1)(m, x, None)
+    a = get_attack("ta-pgd", threat_model="L2", eps=0.5, steps=1)
+    bare = dataclasses.replace(a, spec=dataclasses.replace(a.spec, torchattacks_class=None))
+    with pytest.raises(ValueError, match="'ta-pgd' has backend 'torchattacks' but no torchattacks_class"):
+        bare(m, x, m(x).argmax(1))
 
 
 @pytest.mark.parametrize("name", sorted(n for n, s in ATTACKS.items() if s.backend == "torchattacks"))
