@@ -155,9 +155,16 @@ def noise_share(fn, device: str) -> float:
 
 
 def run_model(spec: str, bs: int, steps: dict[str, int], args, log) -> dict:
-    from ebmlens._perf import (autocast_context, fast_settings, input_grad_flops, matmul_precision,
-                               peak_memory_per_image, prepare_model)
     from _common import synthetic_stats
+
+    from ebmlens._perf import (
+        autocast_context,
+        fast_settings,
+        input_grad_flops,
+        matmul_precision,
+        peak_memory_per_image,
+        prepare_model,
+    )
 
     dev = args.device
     t_build = time.perf_counter()

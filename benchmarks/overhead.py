@@ -34,8 +34,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (build_model, count_passes, fmt_times, interleaved, machine, ratio_band,  # noqa: E402
-                     rss_bytes, set_threads, synthetic_stats)
+from _common import (  # noqa: E402
+    build_model,
+    count_passes,
+    fmt_times,
+    interleaved,
+    machine,
+    ratio_band,
+    rss_bytes,
+    set_threads,
+    synthetic_stats,
+)
 
 
 def make_pipeline(args, stats):

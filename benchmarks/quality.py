@@ -50,9 +50,9 @@ from ebmlens._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ebmlens.data import default_cifar10_path, load_data
 from ebmlens.metrics.features import extract, extractor
 from ebmlens.rng import SampleStreams
-from ebmlens.sampling import Pipeline, presets
 from ebmlens.runs.labels import balanced_labels
 from ebmlens.runs.outputs import make_grid, png_bytes, to_uint8_nhwc
+from ebmlens.sampling import Pipeline, presets
 
 #: The step knobs of each preset that the sweep scales.
 STEP_KNOBS = {"santurkar2019": {"steps": 60}, "jempp": {"steps": 10}, "robust-jem-energy": {"steps": 50},

@@ -6,12 +6,11 @@ import json
 
 from click.testing import CliRunner
 
-from ebmlens.cli import main
+import ebmlens
 from ebmlens.attacks import get_attack
+from ebmlens.cli import main
 from ebmlens.metrics import robust_accuracy
 from ebmlens.train.trainer import evaluate_accuracy
-
-import ebmlens
 
 
 def test_accuracy_matches_the_library_and_writes_json(tmp_path, cifar_spec, cifar_test):

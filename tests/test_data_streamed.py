@@ -11,8 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from ebmlens.data import (ImageData, Preprocess, StreamedImages, load_data, parse_data_spec,
-                          register_data_source)
+from ebmlens.data import ImageData, Preprocess, StreamedImages, load_data, parse_data_spec, register_data_source
 from ebmlens.energy import EnergyModel
 
 K, PER_CLASS, VAL_PER_CLASS = 6, 5, 2

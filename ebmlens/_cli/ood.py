@@ -11,7 +11,14 @@ from __future__ import annotations
 import click
 
 from . import friendly_errors
-from ._common import check_threat_model, load_model_from_cli, model_options, runtime_options, setup_runtime, write_report
+from ._common import (
+    check_threat_model,
+    load_model_from_cli,
+    model_options,
+    runtime_options,
+    setup_runtime,
+    write_report,
+)
 
 SCORE_NAMES = ("energy", "max-logit", "msp", "grad-norm")
 

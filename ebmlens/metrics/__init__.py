@@ -50,8 +50,15 @@ from __future__ import annotations
 from ._math import feature_stats, frechet_distance, inception_score, kernel_distance
 from .accuracy import RobustAccuracy, robust_accuracy
 from .conditional import ClassMeasure, class_diversity, conditional_accuracy
-from .manifold import (ClassDiversity, DensityCoverage, PrecisionRecall, density_coverage, knn_radii,
-                       precision_recall, within_class_diversity)
+from .manifold import (
+    ClassDiversity,
+    DensityCoverage,
+    PrecisionRecall,
+    density_coverage,
+    knn_radii,
+    precision_recall,
+    within_class_diversity,
+)
 from .quality import EvalResult, evaluate, parse_metrics
 from .reference import ReferenceStats, load_reference_stats, reference_stats
 

@@ -22,8 +22,8 @@ from .. import _dist
 from .._io import versions
 from ..data import ImageSet, require_labels
 from ._math import frechet_distance, inception_score, kernel_distance
-from .manifold import density_coverage, precision_recall, within_class_diversity
 from .features import INCEPTION_NETWORK, extract, extractor, rgb_images, slug
+from .manifold import density_coverage, precision_recall, within_class_diversity
 from .reference import ReferenceStats, check_stats, is_stats_file, load_reference_stats
 
 __all__ = ["evaluate", "EvalResult"]

@@ -32,9 +32,9 @@ from typing import Any, Callable
 from torch import nn
 
 from ..attacks import parse_threat_model
+from ..data import CIFAR100_CLASSES
 from ..energy import EnergyModel, Preprocess
 from ._offline import NetworkBlocked, no_network
-from ..data import CIFAR100_CLASSES
 from .file import check_weights_file, read_checkpoint
 
 __all__ = ["load", "list_names", "import_zoo", "weights_path", "resolve", "arch_factory", "CIFAR100_CLASSES"]

@@ -12,8 +12,6 @@ from torch import nn
 from ebmlens.analysis import EnergyReport, bootstrap_mean_ci, energy_report
 from ebmlens.energy import EnergyModel
 
-from .conftest import make_image_data, make_linear_model
-
 
 def _report(model, data, **kw):
     kw.setdefault("attacks", ["pgd", "pgd-targeted"])

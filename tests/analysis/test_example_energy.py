@@ -6,7 +6,6 @@ import importlib.util
 import os
 from pathlib import Path
 
-
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "energy_analysis.py"
 
 

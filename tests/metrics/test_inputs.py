@@ -10,7 +10,6 @@ from PIL import Image
 from ebmlens.metrics import evaluate, load_reference_stats, reference_stats
 
 
-
 def _rand(n, seed=0, size=16):
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 

@@ -21,10 +21,10 @@ from ebmlens import rng
 from ebmlens.cli import main
 from ebmlens.data import CIFAR10_CLASSES, as_image_data, load_data
 from ebmlens.models.archs import ConvNetSmall
-from ebmlens.sampling import class_stats
 from ebmlens.runs import jobs, loop
-from ebmlens.sampling.records import Samples
 from ebmlens.runs.runner import SampleRun, sample
+from ebmlens.sampling import class_stats
+from ebmlens.sampling.records import Samples
 
 SHAPE = (3, 16, 16)
 
