@@ -27,8 +27,10 @@ from ._common import (
 @model_options()
 @click.option("--data", default=None, help="Data spec, e.g. cifar10:PATH (test split by default).")
 @click.option("--bins", default=15, show_default=True, type=int, help="Confidence bins of the ECE.")
-@click.option("--attack", default=None, help="Also measure on adversarial versions of the same images (pgd, apgd-ce, ...).")
-@click.option("--attack-threat-model", default=None, help="Attack in this geometry instead of the model's threat model.")
+@click.option("--attack", default=None,
+              help="Also measure on adversarial versions of the same images (pgd, apgd-ce, ...).")
+@click.option("--attack-threat-model", default=None,
+              help="Attack in this geometry instead of the model's threat model.")
 @click.option("--eps", default=None,
               help="Attack radius in [0,1] pixels (default: the model's own, else 0.5 L2 / 8/255 Linf).")
 @click.option("--steps", default=None, type=int, help="Attack steps (default: the attack's own).")

@@ -54,7 +54,8 @@ from .sources import (
 from .streamed import StreamedImages, data_workers
 from .tarindex import TarIndex, tar_index
 
-__all__ = ["ImageSet", "ImageData", "StreamedImages", "TarIndex", "tar_index", "Preprocess", "load_data", "as_image_data",
-           "to_uint8_images", "parse_data_spec", "cache_dir", "register_data_source", "data_sources", "DataSpec",
-           "in_memory_max", "data_workers", "decode_file", "CIFAR10_CLASSES", "CIFAR100_CLASSES", "default_cifar10_path",
+__all__ = ["ImageSet", "ImageData", "StreamedImages", "TarIndex", "tar_index", "Preprocess", "load_data",
+           "as_image_data", "to_uint8_images", "parse_data_spec", "cache_dir", "register_data_source", "data_sources",
+           "DataSpec", "in_memory_max", "data_workers", "decode_file", "CIFAR10_CLASSES", "CIFAR100_CLASSES",
+           "default_cifar10_path",
            "atomic_save_npz", "require_labels", "map_classes", "imagenet_wnids", "read_pixels", "read_labels"]

@@ -43,8 +43,8 @@ from .pipeline import Pipeline
 from .sgld import SGLD, MomentumSGLD
 from .transforms import Clamp, Contrast
 
-__all__ = ["get", "names", "PRESETS", "DATASET_DEFAULTS", "santurkar2019", "jempp", "robust_jem_energy", "robust_jem", "mirza2024",
-           "dat2025", "mixture_ascent"]
+__all__ = ["get", "names", "PRESETS", "DATASET_DEFAULTS", "santurkar2019", "jempp", "robust_jem_energy", "robust_jem",
+           "mirza2024", "dat2025", "mixture_ascent"]
 
 
 def _stats(stats: Any, data: Any, who: str) -> ClassStats:
