@@ -230,7 +230,8 @@ def main(argv=None) -> dict:
 
         def ref_m(seed):
             with model.mode("eval"):
-                return mirza_reference(model, x0, y, steps=steps["mirza"], generator=torch.Generator().manual_seed(seed))
+                return mirza_reference(model, x0, y, steps=steps["mirza"],
+                                       generator=torch.Generator().manual_seed(seed))
 
         def ours_m(seed):
             with model.mode("eval"):
