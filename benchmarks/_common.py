@@ -63,8 +63,9 @@ def set_threads(n: int = 1) -> None:
 
 def build_model(spec: str, device: str, seed: int = 0):
     """``"resnet-small"`` / ``"convnet-small"`` (random weights, seeded), ``"resnet-tiny"`` (ResNetSmall
-    with widths (16, 32, 64, 128), for ``--quick``), ``"wrn-28-10"`` / ``"resnet50"`` (:func:`_big_model`) or any :func:`ebmlens.load_model` spec
-    (``file:PATH``, ``ebmlens:NAME``, ...). Returns an :class:`ebmlens.EnergyModel` in eval mode on ``device``."""
+    with widths (16, 32, 64, 128), for ``--quick``), ``"wrn-28-10"`` / ``"resnet50"`` (:func:`_big_model`) or any
+    :func:`ebmlens.load_model` spec (``file:PATH``, ``ebmlens:NAME``, ...). Returns an :class:`ebmlens.EnergyModel`
+    in eval mode on ``device``."""
     from ebmlens.energy import EnergyModel
     from ebmlens.models.archs import ConvNetSmall, ResNetSmall
 

@@ -80,7 +80,8 @@ def _check(model, a, sizes: list[int]) -> str:
     outs = []
     with model.chunked(CPU_COMPUTE_CHUNK):
         for b in sizes:
-            outs.append(torch.cat([pipe(model, y[s:s + b], generator=SampleStreams(0, list(range(s, min(16, s + b))))).images
+            outs.append(torch.cat([pipe(model, y[s:s + b],
+                                        generator=SampleStreams(0, list(range(s, min(16, s + b))))).images
                                    for s in range(0, 16, b)]))
     same = all(torch.equal(o, outs[0]) for o in outs)
     return f"{a.preset} with m={CPU_COMPUTE_CHUNK}, batch sizes {sizes}: images {'identical' if same else 'DIFFER'}"

@@ -100,9 +100,11 @@ def cases(model, steps: dict[str, int], stats) -> list[Case]:
         return pipe(m, y, generator=streams(seed, len(y))).images
 
     return [
-        Case("santurkar2019", lambda x0, y, s: robustness_pgd_reference(model, x0, y, iterations=steps["santurkar2019"]),
+        Case("santurkar2019",
+             lambda x0, y, s: robustness_pgd_reference(model, x0, y, iterations=steps["santurkar2019"]),
              lambda m, x0, y, s: pgd(m, x0, y)),
-        Case("mirza2024", lambda x0, y, s: mirza_reference(model, x0, y, steps=steps["mirza2024"], generator=gen(s, x0)),
+        Case("mirza2024",
+             lambda x0, y, s: mirza_reference(model, x0, y, steps=steps["mirza2024"], generator=gen(s, x0)),
              lambda m, x0, y, s: mom(m, x0, y, generator=streams(s, len(y)))),
         Case("jempp", lambda x0, y, s: ((jempp_reference(fu, 2 * x0 - 1, y, n_steps=steps["jempp"], in_steps=5,
                                                          generator=gen(s, x0)) + 1) / 2).clamp(0, 1),
@@ -155,9 +157,16 @@ def noise_share(fn, device: str) -> float:
 
 
 def run_model(spec: str, bs: int, steps: dict[str, int], args, log) -> dict:
-    from ebmlens._perf import (autocast_context, fast_settings, input_grad_flops, matmul_precision,
-                               peak_memory_per_image, prepare_model)
     from _common import synthetic_stats
+
+    from ebmlens._perf import (
+        autocast_context,
+        fast_settings,
+        input_grad_flops,
+        matmul_precision,
+        peak_memory_per_image,
+        prepare_model,
+    )
 
     dev = args.device
     t_build = time.perf_counter()
@@ -188,8 +197,13 @@ def run_model(spec: str, bs: int, steps: dict[str, int], args, log) -> dict:
         for label, m, dtype, prec in variants:
             with model.mode(case.mode), matmul_precision(prec):
                 ctx = autocast_context(dev, dtype)
-                run_ours = (lambda m=m, ctx=ctx: _in(ctx, lambda: case.ours(m, x0, y, 1)))
-                run_ref = (lambda ctx=ctx: _in(ctx, lambda: ref(x0, y, 1)))
+
+                def run_ours(m=m, ctx=ctx):
+                    return _in(ctx, lambda: case.ours(m, x0, y, 1))
+
+                def run_ref(ctx=ctx):
+                    return _in(ctx, lambda: ref(x0, y, 1))
+
                 compile_s = None
                 if label == "fast":
                     t = time.perf_counter()
@@ -212,7 +226,9 @@ def run_model(spec: str, bs: int, steps: dict[str, int], args, log) -> dict:
                     run["ratio"] = run["reference_seconds"] / sec
                 run["noise_share"] = noise_share(run_ours, dev)
                 if label == "float32":
-                    unit = (lambda mm, b: _in(ctx, lambda: case.ours(mm, x0[:b], y[:b], 2)))
+                    def unit(mm, b):
+                        return _in(ctx, lambda: case.ours(mm, x0[:b], y[:b], 2))
+
                     run["peak_memory_per_image_mb"] = peak_memory_per_image(m, unit, dev, bs) / 2**20
                 entry["runs"][label] = run
                 frac = f"{run['fraction_of_peak']:.1%} of peak" if run["fraction_of_peak"] is not None else source

@@ -34,8 +34,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (build_model, count_passes, fmt_times, interleaved, machine, ratio_band,  # noqa: E402
-                     rss_bytes, set_threads, synthetic_stats)
+from _common import (  # noqa: E402
+    build_model,
+    count_passes,
+    fmt_times,
+    interleaved,
+    machine,
+    ratio_band,
+    rss_bytes,
+    set_threads,
+    synthetic_stats,
+)
 
 
 def make_pipeline(args, stats):
@@ -66,7 +75,8 @@ def bare_loop(model, x0: torch.Tensor, y: torch.Tensor, passes: int) -> torch.Te
 
 
 def main(argv=None) -> float:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small model and batch, few repeats (< 40 s on 2 CPU cores)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=None, help="default 16 (quick: 8)")

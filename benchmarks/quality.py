@@ -50,9 +50,9 @@ from ebmlens._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ebmlens.data import default_cifar10_path, load_data
 from ebmlens.metrics.features import extract, extractor
 from ebmlens.rng import SampleStreams
-from ebmlens.sampling import Pipeline, presets
 from ebmlens.runs.labels import balanced_labels
 from ebmlens.runs.outputs import make_grid, png_bytes, to_uint8_nhwc
+from ebmlens.sampling import Pipeline, presets
 
 #: The step knobs of each preset that the sweep scales.
 STEP_KNOBS = {"santurkar2019": {"steps": 60}, "jempp": {"steps": 10}, "robust-jem-energy": {"steps": 50},
@@ -68,7 +68,8 @@ MEASURES = ("judged_accuracy", "fd", "precision", "recall", "density", "coverage
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="ebmlens:cifar10-l2-small", help="the sampled (robust) model")
     p.add_argument("--stats", default=None, help="class statistics .safetensors (default: the model's bundled ones)")
     p.add_argument("--judge", default="ebmlens:cifar10-standard-small", help="the judge: any model spec, not --model")
@@ -76,7 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--presets", default=",".join(STEP_KNOBS))
     p.add_argument("--n-per-class", type=int, default=100)
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (first-seed, first-seed + 1, ...)")
-    p.add_argument("--first-seed", type=int, default=0, help="the first seed (choose settings on one, report on others)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the first seed (choose settings on one, report on others)")
     p.add_argument("--sweep", default="0,0.25,0.5,1", help="step-budget factors (1 = published)")
     p.add_argument("--train-subset", type=int, default=10000, help="training images for FD and memorisation")
     p.add_argument("--batch-size", type=int, default=250)
@@ -84,7 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--out", default="runs/quality")
-    p.add_argument("--samples-cache", default=None, help="folder keeping each run's samples (uint8) and costs: a second "
+    p.add_argument("--samples-cache", default=None,
+                   help="folder keeping each run's samples (uint8) and costs: a second "
                    "invocation with another --judge reuses them instead of sampling again")
     p.add_argument("--quick", action="store_true", help="2 per class, 1 seed, sweep 0,0.1 (the table shows 0.1x), "
                    "600 training images")
@@ -262,7 +265,8 @@ def main(argv=None) -> dict:
             x = torch.from_numpy(test.images[idx]).permute(0, 3, 1, 2).float().div(255).to(dev)
             yt = torch.from_numpy(test.labels[idx]).to(dev)
             m["energy"] = float(model.joint_energy_from_logits(model(x), yt).mean())
-        per_run.append({"row": "real test images", "factor": None, "seed": s, **{k: v for k, v in m.items() if k != "features"}})
+        per_run.append({"row": "real test images", "factor": None, "seed": s,
+                        **{k: v for k, v in m.items() if k != "features"}})
     keep: dict[str, dict] = {}
     for s in seeds:   # seed-major: a killed run still leaves whole seeds in runs_partial.json
         for name in names:
@@ -272,7 +276,8 @@ def main(argv=None) -> dict:
                 if f == main_factor and s == seeds[0]:
                     keep[name] = {"u8": u8, "features": m["features"]}
                 rec = {"row": name, "factor": f, "seed": s, "energy": r["energy"], "grad_evals": r["grad_evals"],
-                       "grad_evals_unshrunk": r["grad_evals_unshrunk"], "seconds": r["seconds"], **{k: v for k, v in m.items() if k != "features"}}
+                       "grad_evals_unshrunk": r["grad_evals_unshrunk"], "seconds": r["seconds"],
+                       **{k: v for k, v in m.items() if k != "features"}}
                 per_run.append(rec)
                 print(f"{name:18s} x{f:<5g} seed {s}: acc {rec['judged_accuracy']:.3f} fd {rec['fd']:.2f} "
                       f"P {rec['precision']:.3f} R {rec['recall']:.3f} D {rec['density']:.3f} C {rec['coverage']:.3f} "
@@ -397,8 +402,10 @@ def markdown(r: dict) -> str:
     for name, by in r["sweep"].items():
         lines.append(f"| {name} | " + " | ".join(
             f"{by[str(f)]['judged_accuracy']['mean']:.3f} / {by[str(f)]['recall']['mean']:.3f} / "
-            f"{by[str(f)]['fd']['mean']:.1f} / {by[str(f)]['diversity']['mean']:.3f}" for f in r["sweep_factors"]) + " |")
-    lines += ["", f"Memorisation (seed {r['seeds'][0]}, {r['table_factor']:g}x): median distance to the nearest training image", "",
+            f"{by[str(f)]['fd']['mean']:.1f} / {by[str(f)]['diversity']['mean']:.3f}"
+            for f in r["sweep_factors"]) + " |")
+    lines += ["", f"Memorisation (seed {r['seeds'][0]}, {r['table_factor']:g}x): "
+              "median distance to the nearest training image", "",
               "| row | pixels (L2) | judge features | share closer than the closest test image (px / feat) |",
               "|---|---|---|---|"]
     for name, m in r["memorisation"].items():
@@ -409,7 +416,8 @@ def markdown(r: dict) -> str:
         d = r["dominance"]
         keys = list(next(iter(d["versus"].values()), {}))
         lines += ["", f"{OURS} against each published preset at {r['table_factor']:g}x (better / worse: 95% intervals "
-                  "apart; tie: they overlap)", "", "| preset | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+                  "apart; tie: they overlap)", "", "| preset | " + " | ".join(keys) + " |",
+                  "|---" * (len(keys) + 1) + "|"]
         lines += [f"| {n} | " + " | ".join(v[k] for k in keys) + " |" for n, v in d["versus"].items()]
         lines += ["", "Conditions: " + "; ".join(f"{k}: {'yes' if ok else 'NO'}" for k, ok in d["conditions"].items())]
     return "\n".join(lines) + "\n"
@@ -422,7 +430,8 @@ def plot_frontier(sweep: dict, real: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, key, label in ((axes[0], "recall", "recall (k=3, judge features)"), (axes[1], "fd", "FD in judge features")):
+    for ax, key, label in ((axes[0], "recall", "recall (k=3, judge features)"),
+                           (axes[1], "fd", "FD in judge features")):
         for name, by in sweep.items():
             fs = sorted(by, key=float)
             xs = [by[f][key]["mean"] for f in fs]

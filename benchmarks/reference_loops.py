@@ -46,8 +46,17 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (build_model, fmt_times, interleaved, machine, ratio_band, set_threads,  # noqa: E402
-                     summary_line, synthetic_stats, two_sample)
+from _common import (  # noqa: E402
+    build_model,
+    fmt_times,
+    interleaved,
+    machine,
+    ratio_band,
+    set_threads,
+    summary_line,
+    synthetic_stats,
+    two_sample,
+)
 
 
 # ============================================================================ reference 1: JEM++ PYLD
@@ -221,7 +230,8 @@ def main(argv=None) -> dict:
 
         def ref_m(seed):
             with model.mode("eval"):
-                return mirza_reference(model, x0, y, steps=steps["mirza"], generator=torch.Generator().manual_seed(seed))
+                return mirza_reference(model, x0, y, steps=steps["mirza"],
+                                       generator=torch.Generator().manual_seed(seed))
 
         def ours_m(seed):
             with model.mode("eval"):

@@ -32,7 +32,8 @@ _LAZY = {
     "sample": ("ebmlens.runs.runner", "sample"),
     "RunOptions": ("ebmlens.runs.options", "RunOptions"),
 }
-_SUBMODULES = {"energy", "attacks", "rng", "data", "stats", "models", "sampling", "runs", "analysis", "metrics", "train", "cli"}
+_SUBMODULES = {"energy", "attacks", "rng", "data", "stats", "models", "sampling", "runs", "analysis", "metrics",
+               "train", "cli"}
 
 __all__ = ["__version__", "DEFAULT_MODEL", *sorted(_LAZY), *sorted(_SUBMODULES)]
 

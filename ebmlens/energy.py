@@ -60,7 +60,8 @@ class Preprocess:
             if v is not None and not (isinstance(v, int) and v > 0):
                 raise ValueError(f"Preprocess.{name} must be a positive int or None, got {v!r}")
         if self.interpolation not in ("nearest", "bilinear", "bicubic", "lanczos"):
-            raise ValueError(f"Preprocess.interpolation must be nearest/bilinear/bicubic/lanczos, got {self.interpolation!r}")
+            raise ValueError(f"Preprocess.interpolation must be nearest/bilinear/bicubic/lanczos, "
+                             f"got {self.interpolation!r}")
 
     def __call__(self, im):
         """A PIL image, resized (shorter side, antialiased) and center-cropped."""
@@ -75,7 +76,8 @@ class Preprocess:
         if self.crop is not None:
             w, h = im.size
             if w < self.crop or h < self.crop:
-                raise ValueError(f"cannot center-crop {self.crop} from a {w}x{h} image; set Preprocess.resize >= {self.crop}")
+                raise ValueError(f"cannot center-crop {self.crop} from a {w}x{h} image; "
+                                 f"set Preprocess.resize >= {self.crop}")
             left, top = (w - self.crop) // 2, (h - self.crop) // 2
             im = im.crop((left, top, left + self.crop, top + self.crop))
         return im

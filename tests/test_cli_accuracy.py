@@ -6,12 +6,11 @@ import json
 
 from click.testing import CliRunner
 
-from ebmlens.cli import main
+import ebmlens
 from ebmlens.attacks import get_attack
+from ebmlens.cli import main
 from ebmlens.metrics import robust_accuracy
 from ebmlens.train.trainer import evaluate_accuracy
-
-import ebmlens
 
 
 def test_accuracy_matches_the_library_and_writes_json(tmp_path, cifar_spec, cifar_test):
@@ -23,7 +22,8 @@ def test_accuracy_matches_the_library_and_writes_json(tmp_path, cifar_spec, cifa
     direct = evaluate_accuracy(ebmlens.load_model("ebmlens:cifar10-l2-small"), cifar_test,
                                indices=cifar_test.strided(40), eps=0.5, steps=2)
     assert res["n"] == 40 and res["clean_acc"] == direct["clean_acc"] and res["robust_acc"] == direct["robust_acc"]
-    metric = robust_accuracy("ebmlens:cifar10-l2-small", cifar_test, get_attack("pgd", threat_model="L2", eps=0.5, steps=2),
+    metric = robust_accuracy("ebmlens:cifar10-l2-small", cifar_test,
+                             get_attack("pgd", threat_model="L2", eps=0.5, steps=2),
                              indices=cifar_test.strided(40)).to_dict()
     assert {k: res[k] for k in metric} == metric == direct
     assert res["robust_acc"] <= res["clean_acc"]

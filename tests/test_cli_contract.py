@@ -53,7 +53,8 @@ def _commands(d):
         "energy --checkpoints": ["energy", "--checkpoints", str(d / "run" / "epoch_*.pt"), "--data", data, "-n", "4",
                                  "--attack", "pgd", "--steps", "1", "--out", str(d / "dyn")],
         "accuracy": ["accuracy", "--model", ckpt, "--data", data, "-n", "4", "--steps", "1"],
-        "evaluate": ["evaluate", data, "--ref", data, "--metrics", "fid", "--feature-model", ckpt, "--batch-size", "10"],
+        "evaluate": ["evaluate", data, "--ref", data, "--metrics", "fid", "--feature-model", ckpt,
+                     "--batch-size", "10"],
     }
 
 

@@ -173,7 +173,8 @@ def test_cli_accuracy_on_cat_and_dog_folders_maps_by_name(tmp_path, cifar_test):
     (tmp_path / "map.json").write_text(json.dumps({"kitty": "cat"}))
     args = ["accuracy", "--model", "ebmlens:cifar10-l2-small", "--steps", "1", "--device", "cpu", "--out"]
     res = {}
-    for key, extra in (("folder", ["--data", f"folder:{tmp_path / 'f'}"]), ("npz", ["--data", f"npz:{tmp_path / 'true.npz'}"]),
+    for key, extra in (("folder", ["--data", f"folder:{tmp_path / 'f'}"]),
+                       ("npz", ["--data", f"npz:{tmp_path / 'true.npz'}"]),
                        ("mapped", ["--data", f"folder:{tmp_path / 'g'}", "--class-map", str(tmp_path / "map.json")])):
         r = CliRunner().invoke(main, args + [str(tmp_path / f"{key}.json")] + extra)
         assert r.exit_code == 0, r.output

@@ -207,7 +207,8 @@ def class_folders_with_spaces_and_case_match(tmp):
     _one(tmp, Image.fromarray(_rgb()), "Pickup Truck/0.png")
     _one(tmp, Image.fromarray(_rgb()), "MAPLE-TREE/0.png")
     d = load_data(f"folder:{tmp}", classes=CIFAR100_CLASSES)
-    assert sorted(d.labels.tolist()) == sorted([CIFAR100_CLASSES.index("pickup_truck"), CIFAR100_CLASSES.index("maple_tree")])
+    assert sorted(d.labels.tolist()) == sorted([CIFAR100_CLASSES.index("pickup_truck"),
+                                                CIFAR100_CLASSES.index("maple_tree")])
 
 
 @case
@@ -416,7 +417,8 @@ def not_an_npz_is_named(tmp):
 
 @case
 def unknown_spec_option_lists_the_options(tmp):
-    _fails(r"unknown option 'unlabelled'.*\?unlabeled", load_data, _npz(tmp, images=U8, labels=[0, 1, 2]) + "?unlabelled")
+    _fails(r"unknown option 'unlabelled'.*\?unlabeled", load_data,
+           _npz(tmp, images=U8, labels=[0, 1, 2]) + "?unlabelled")
 
 
 @case

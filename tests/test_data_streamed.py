@@ -11,8 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from ebmlens.data import (ImageData, Preprocess, StreamedImages, load_data, parse_data_spec,
-                          register_data_source)
+from ebmlens.data import ImageData, Preprocess, StreamedImages, load_data, parse_data_spec, register_data_source
 from ebmlens.energy import EnergyModel
 
 K, PER_CLASS, VAL_PER_CLASS = 6, 5, 2
@@ -230,7 +229,8 @@ def test_stats_dir_cli_and_sampling_from_it(imagenet_root, tmp_path, model224):
         GaussianInit(part)(model224, torch.tensor([0, 2]), generator=g())
     part.save(tmp_path / "part.safetensors")
     assert ClassStats.load(tmp_path / "part.safetensors").row_class == (2, 4)
-    x = GaussianInit(s, covariance="lowrank")(model224, torch.tensor([0, 5]), generator=torch.Generator().manual_seed(0))
+    x = GaussianInit(s, covariance="lowrank")(model224, torch.tensor([0, 5]),
+                                              generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, 3, 224, 224)
     res = CliRunner().invoke(main, ["stats", "--data", f"imagenet:{root}@train", "--rank", "4", "--downsample", "8",
                                     "--out", str(out), "--device", "cpu"])

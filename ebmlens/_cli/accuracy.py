@@ -26,7 +26,8 @@ from ._common import (
 @click.option("--data", required=True, help="Data spec; the test split is used unless @train is given.")
 @click.option("-n", "--n", "n", default=None, type=int, help="Evaluate a strided subset of N images (default: all).")
 @click.option("--attack", default="pgd", show_default=True,
-              help="pgd (ours, deterministic: no random start) or apgd-ce (torchattacks APGD, needs the attacks extra).")
+              help="pgd (ours, deterministic: no random start) or apgd-ce (torchattacks APGD, "
+                   "needs the attacks extra).")
 @click.option("--eps", default=None,
               help="Radius in [0,1] pixels (0.5, 8/255, ...; default: the model's own, else 0.5 L2 / 8/255 Linf).")
 @click.option("--steps", default=10, show_default=True, type=int)

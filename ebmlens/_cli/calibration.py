@@ -11,16 +11,26 @@ from __future__ import annotations
 import click
 
 from . import friendly_errors, parse_number
-from ._common import (attack_geometry, check_threat_model, class_map_option, load_model_from_cli,
-                      model_options, runtime_options, setup_runtime, write_report)
+from ._common import (
+    attack_geometry,
+    check_threat_model,
+    class_map_option,
+    load_model_from_cli,
+    model_options,
+    runtime_options,
+    setup_runtime,
+    write_report,
+)
 
 
 @click.command("calibration")
 @model_options()
 @click.option("--data", default=None, help="Data spec, e.g. cifar10:PATH (test split by default).")
 @click.option("--bins", default=15, show_default=True, type=int, help="Confidence bins of the ECE.")
-@click.option("--attack", default=None, help="Also measure on adversarial versions of the same images (pgd, apgd-ce, ...).")
-@click.option("--attack-threat-model", default=None, help="Attack in this geometry instead of the model's threat model.")
+@click.option("--attack", default=None,
+              help="Also measure on adversarial versions of the same images (pgd, apgd-ce, ...).")
+@click.option("--attack-threat-model", default=None,
+              help="Attack in this geometry instead of the model's threat model.")
 @click.option("--eps", default=None,
               help="Attack radius in [0,1] pixels (default: the model's own, else 0.5 L2 / 8/255 Linf).")
 @click.option("--steps", default=None, type=int, help="Attack steps (default: the attack's own).")

@@ -11,8 +11,15 @@ from __future__ import annotations
 import click
 
 from . import friendly_errors, parse_number
-from ._common import (attack_geometry, check_threat_model, class_map_option, load_model_from_cli,
-                      model_options, runtime_options, setup_runtime)
+from ._common import (
+    attack_geometry,
+    check_threat_model,
+    class_map_option,
+    load_model_from_cli,
+    model_options,
+    runtime_options,
+    setup_runtime,
+)
 
 
 def parse_target(text: str) -> str | int:

@@ -16,8 +16,15 @@ from typing import Any
 import click
 
 from . import friendly_errors, parse_number
-from ._common import (attack_geometry, check_threat_model, class_map_option, load_model_from_cli,
-                      model_options, runtime_options, setup_runtime)
+from ._common import (
+    attack_geometry,
+    check_threat_model,
+    class_map_option,
+    load_model_from_cli,
+    model_options,
+    runtime_options,
+    setup_runtime,
+)
 
 
 def _print_attacks() -> None:
@@ -47,16 +54,20 @@ def _check_out(out: str) -> Path:
 @click.option("--data", default=None, help="Data spec, e.g. cifar10:PATH (test split by default).")
 @click.option("-n", "--n", default=1000, show_default=True, type=int,
               help="Images, spread evenly over the set (under torchrun write -n: torchrun takes --n for its own).")
-@click.option("--attack", "attacks", multiple=True, help="Attack name (repeatable); see --list-attacks. Default: pgd, pgd-targeted.")
+@click.option("--attack", "attacks", multiple=True,
+              help="Attack name (repeatable); see --list-attacks. Default: pgd, pgd-targeted.")
 @click.option("--eps", default=None,
-              help="Attack radius in [0,1] pixels, e.g. 0.5 or 8/255 (default: the model's own, else 0.5 L2 / 8/255 Linf).")
-@click.option("--steps", default=None, type=int, help="Gradient steps of every attack that has steps (default: each attack's).")
+              help="Attack radius in [0,1] pixels, e.g. 0.5 or 8/255 "
+                   "(default: the model's own, else 0.5 L2 / 8/255 Linf).")
+@click.option("--steps", default=None, type=int,
+              help="Gradient steps of every attack that has steps (default: each attack's).")
 @click.option("--target", default="random", show_default=True, type=click.Choice(["random", "least-likely"]),
               help="Target choice of targeted attacks.")
 @click.option("--batch-size", default=100, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
 @runtime_options()
-@click.option("--out", default=None, type=click.Path(), help="Folder for report.json, table.md, table.csv, energies.png.")
+@click.option("--out", default=None, type=click.Path(),
+              help="Folder for report.json, table.md, table.csv, energies.png.")
 @click.option("--list-attacks", is_flag=True, help="List the attack names and exit.")
 @class_map_option
 @friendly_errors

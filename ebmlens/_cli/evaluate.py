@@ -17,7 +17,8 @@ from ._common import TRUST_HELP, check_out_file, load_model_from_cli, overwrite_
 @click.option("--make-ref-stats", default=None, metavar="SPEC",
               help="Compute reference statistics of SPEC and write them to --out (.npz); no SAMPLES.")
 @click.option("--keep-features", is_flag=True, help="With --make-ref-stats: also store the features (KID needs them).")
-@click.option("--metrics", default="is,fid,kid", show_default=True, help="Comma-separated: is, fid, kid, precision, recall, density, coverage, diversity "
+@click.option("--metrics", default="is,fid,kid", show_default=True,
+              help="Comma-separated: is, fid, kid, precision, recall, density, coverage, diversity "
                    "(fidelity and diversity apart: k-NN manifolds, within-class 1 - cos).")
 @click.option("--inception-weights", default=None, type=click.Path(dir_okay=False),
               help="The official pt_inception-2015-12-05-6726825d.pth (standard IS/FID/KID).")
@@ -40,7 +41,8 @@ from ._common import TRUST_HELP, check_out_file, load_model_from_cli, overwrite_
 def evaluate_cmd(samples, ref, ref_stats, make_ref_stats, keep_features, metrics, inception_weights, feature_model,
                  arch, layer, batch_size, device, threads, splits, kid_subsets, kid_subset_size, trust_checkpoint,
                  out, overwrite) -> None:
-    """Inception Score, FID, KID (and precision, recall, density, coverage, diversity) of SAMPLES (a samples folder, image folder, .npz or data spec).
+    """Inception Score, FID, KID (and precision, recall, density, coverage, diversity) of SAMPLES (a samples folder,
+    image folder, .npz or data spec).
 
     Standard numbers need the official Inception weights file (never downloaded); with
     --feature-model the numbers are named after that network (fd_<net>, kd_<net>, is_<net>).

@@ -11,7 +11,14 @@ from __future__ import annotations
 import click
 
 from . import friendly_errors
-from ._common import check_threat_model, load_model_from_cli, model_options, runtime_options, setup_runtime, write_report
+from ._common import (
+    check_threat_model,
+    load_model_from_cli,
+    model_options,
+    runtime_options,
+    setup_runtime,
+    write_report,
+)
 
 SCORE_NAMES = ("energy", "max-logit", "msp", "grad-norm")
 
@@ -43,7 +50,8 @@ def parse_ood_sets(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("-n", "--n", default=1000, show_default=True, type=int, help="Images per set, spread evenly.")
 @click.option("--batch-size", default=100, show_default=True, type=int)
 @click.option("--n-boot", default=1000, show_default=True, type=int, help="Bootstrap resamples of the intervals.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap (and of constructed sets' defaults).")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the bootstrap (and of constructed sets' defaults).")
 @runtime_options()
 @click.option("--out", default=None, type=click.Path(), help="Folder for report.json, table.md, ood.png.")
 @friendly_errors

@@ -4,12 +4,12 @@ in energies (:func:`trades_energy_terms`) and WEAT weights (:func:`weat_weights`
 out-of-distribution detection (:func:`ood_report`, constructed sets in :mod:`ebmlens.data.constructed`),
 calibration (:func:`calibration_report`) and counterfactuals (:func:`counterfactuals`)."""
 
-from .dynamics import DynamicsReport, dynamics
+from ..data.constructed import resolve_ood
 from .calibration import CalibrationReport, calibration_report, expected_calibration_error
 from .counterfactual import Counterfactuals, counterfactuals
+from .dynamics import DynamicsReport, dynamics
 from .energies import energy_report
 from .ood import OODReport, OODResult, ood_report
-from ..data.constructed import resolve_ood
 from .report import EnergyReport, Interval, KindSummary, Stats, bootstrap_mean_ci
 from .trades import TradesTerms, trades_energy_terms, trades_terms_from_logits
 from .weat import WeatTerms, weat_terms_from_logits, weat_weights

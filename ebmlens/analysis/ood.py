@@ -53,7 +53,8 @@ def _score_names(scores: Sequence[Score] | Score) -> list[tuple[str, Score]]:
     for s in scores:
         if isinstance(s, str):
             if s not in SCORES:
-                raise ValueError(f"unknown OOD score {s!r}; choose {', '.join(SCORES)} or pass a callable (model, x) -> (N,)")
+                raise ValueError(f"unknown OOD score {s!r}; choose {', '.join(SCORES)} "
+                                 "or pass a callable (model, x) -> (N,)")
             out.append((s, s))
         elif callable(s):
             out.append((getattr(s, "__name__", "custom"), s))

@@ -108,9 +108,11 @@ class OODReport:
     def from_json(cls, path_or_text: str | os.PathLike) -> "OODReport":
         """Read a report written by :meth:`to_json` (a path or the JSON text)."""
         d = read_report_json(path_or_text, FORMAT, "OOD report")
-        res = tuple(OODResult(r["set"], r["score"], *(Interval(**r[k]) for k in ("auroc", "aupr_in", "aupr_out", "fpr95")))
+        res = tuple(OODResult(r["set"], r["score"],
+                              *(Interval(**r[k]) for k in ("auroc", "aupr_in", "aupr_out", "fpr95")))
                     for r in d["results"])
-        values = {k: {s: np.asarray(v, dtype=np.float64) for s, v in vals.items()} for k, vals in d.get("values", {}).items()}
+        values = {k: {s: np.asarray(v, dtype=np.float64) for s, v in vals.items()}
+                  for k, vals in d.get("values", {}).items()}
         return cls(res, values, d.get("model", {}), d.get("sets", {}), d.get("config", {}),
                    tuple(d.get("warnings", ())))
 

@@ -28,10 +28,18 @@ True
 
 from __future__ import annotations
 
-from .geometry import Geometry, L2Ball, LinfBall, ThreatModel, Unconstrained, make_geometry, parse_threat_model
 from .core import PGDLoss, attack_loss, default_step_size, pgd
-from .registry import (ATTACKS, Attack, AttackSpec, TargetChoice, choose_targets, get_attack, list_attacks,
-                       resolve_attack_name)
+from .geometry import Geometry, L2Ball, LinfBall, ThreatModel, Unconstrained, make_geometry, parse_threat_model
+from .registry import (
+    ATTACKS,
+    Attack,
+    AttackSpec,
+    TargetChoice,
+    choose_targets,
+    get_attack,
+    list_attacks,
+    resolve_attack_name,
+)
 
 __all__ = [
     "Geometry", "L2Ball", "LinfBall", "Unconstrained", "make_geometry", "pgd", "attack_loss", "PGDLoss",

@@ -86,7 +86,8 @@ def run(cls_name: str, model, x: torch.Tensor, y: torch.Tensor, *, threat_model:
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
     sink = io.StringIO()
     with torch.random.fork_rng(devices=devices), contextlib.redirect_stdout(sink):
-        torch.manual_seed(seed)  # inside the fork: the attack's own draws follow our seed, the caller's state is restored
+        # inside the fork: the attack's own draws follow our seed, the caller's state is restored
+        torch.manual_seed(seed)
         atk = build(cls_name, model, threat_model, eps, options, seed)
         if target is not None:
             if "targeted" not in atk.supported_mode:  # pragma: no cover - registry entries are checked

@@ -37,18 +37,25 @@ torch.Size([2, 3, 8, 8])
 
 from .._io import atomic_save_npz
 from ..energy import Preprocess
+from . import constructed  # noqa: F401  (registers synthetic:, interp:, corrupt:)
 from ._readers import CIFAR10_CLASSES, CIFAR100_CLASSES, cache_dir, decode_file, default_cifar10_path, to_uint8_images
-from .classmap import imagenet_wnids, map_classes
-from .classmap import require_labels
+from .classmap import imagenet_wnids, map_classes, require_labels
 from .contract import read_labels, read_pixels
 from .memory import ImageData, ImageSet
-from .sources import (DataSpec, as_image_data, data_sources, in_memory_max, load_data, parse_data_spec,
-                      register_data_source)
+from .sources import (
+    DataSpec,
+    as_image_data,
+    data_sources,
+    in_memory_max,
+    load_data,
+    parse_data_spec,
+    register_data_source,
+)
 from .streamed import StreamedImages, data_workers
 from .tarindex import TarIndex, tar_index
-from . import constructed  # noqa: F401  (registers synthetic:, interp:, corrupt:)
 
-__all__ = ["ImageSet", "ImageData", "StreamedImages", "TarIndex", "tar_index", "Preprocess", "load_data", "as_image_data",
-           "to_uint8_images", "parse_data_spec", "cache_dir", "register_data_source", "data_sources", "DataSpec",
-           "in_memory_max", "data_workers", "decode_file", "CIFAR10_CLASSES", "CIFAR100_CLASSES", "default_cifar10_path",
+__all__ = ["ImageSet", "ImageData", "StreamedImages", "TarIndex", "tar_index", "Preprocess", "load_data",
+           "as_image_data", "to_uint8_images", "parse_data_spec", "cache_dir", "register_data_source", "data_sources",
+           "DataSpec", "in_memory_max", "data_workers", "decode_file", "CIFAR10_CLASSES", "CIFAR100_CLASSES",
+           "default_cifar10_path",
            "atomic_save_npz", "require_labels", "map_classes", "imagenet_wnids", "read_pixels", "read_labels"]

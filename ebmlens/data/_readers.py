@@ -53,7 +53,8 @@ def default_cifar10_path() -> Path | None:
     if env:
         return Path(env)
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        for cand in (base / ".." / "shared" / "data" / "cifar10-jpeg.tar.xz", base / "shared" / "data" / "cifar10-jpeg.tar.xz"):
+        for cand in (base / ".." / "shared" / "data" / "cifar10-jpeg.tar.xz",
+                     base / "shared" / "data" / "cifar10-jpeg.tar.xz"):
             if cand.exists():
                 return cand.resolve()
     return None
@@ -173,7 +174,8 @@ def _decode_tar(path: Path, split: str, class_order: list[str] | None):
             per_class.setdefault(parts[i + 1], []).append((parts[-1], _decode(fh.read(), f"{path}:{m.name}")))
     if not per_class:
         raise ValueError(f"{path} has no images under a '{split}/<class>/' folder")
-    names = [c for c in (class_order or []) if c in per_class] + sorted(c for c in per_class if c not in (class_order or []))
+    names = ([c for c in (class_order or []) if c in per_class]
+             + sorted(c for c in per_class if c not in (class_order or [])))
     images, labels = [], []
     for k, c in enumerate(names):
         for _, arr in sorted(per_class[c], key=lambda t: t[0]):
@@ -279,7 +281,8 @@ def _load_npz(path: Path, spec: str, *, unlabeled: bool = False, layout: str | N
         with np.load(path, allow_pickle=False) as z:
             keys = list(z.keys())
             if "images" not in keys:
-                raise ValueError(f"{path} has no 'images' array (found {keys}); save np.savez(PATH, images=x, labels=y)")
+                raise ValueError(f"{path} has no 'images' array (found {keys}); "
+                                 "save np.savez(PATH, images=x, labels=y)")
             images = z["images"]
             labels = None if unlabeled or "labels" not in keys else z["labels"]
             names = [str(c) for c in z["class_names"]] if "class_names" in keys and not unlabeled else None

@@ -65,8 +65,10 @@ def read_class_map(path: str | os.PathLike) -> dict[str, str | int]:
         raise FileNotFoundError(f"class map {str(p)!r} does not exist; give a JSON file "
                                 '{"folder": "class name" or index}') from None
     except (OSError, ValueError) as e:
-        raise ValueError(f"class map {p} is not readable JSON ({e}); write {{\"folder\": \"class name\" or index}}") from None
-    if not isinstance(doc, dict) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in doc.values()):
+        raise ValueError(f"class map {p} is not readable JSON ({e}); "
+                         f"write {{\"folder\": \"class name\" or index}}") from None
+    if not isinstance(doc, dict) or not all(isinstance(v, (str, int)) and not isinstance(v, bool)
+                                            for v in doc.values()):
         raise ValueError(f"class map {p} must be a JSON object {{\"folder\": \"class name\" or index}}")
     return {str(k): v for k, v in doc.items()}
 

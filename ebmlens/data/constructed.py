@@ -219,7 +219,8 @@ def corrupt_data(spec: str, *, n: int | None = None, base: ImageData | None = No
     head, sep, inner = body.partition(":")
     name, at, sev_s = head.partition("@")
     if not sep or not at:
-        raise ValueError(f"cannot read {spec!r}; write corrupt:NAME@SEVERITY:SPEC, e.g. corrupt:contrast@3:cifar10:PATH")
+        raise ValueError(f"cannot read {spec!r}; write corrupt:NAME@SEVERITY:SPEC, "
+                         "e.g. corrupt:contrast@3:cifar10:PATH")
     if name not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {name!r} in {spec!r}; choose {', '.join(CORRUPTIONS)}")
     if sev_s not in ("1", "2", "3", "4", "5"):

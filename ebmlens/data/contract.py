@@ -6,10 +6,10 @@
   [0, 255], [-1, 1], other integer dtypes) is a one-line ``ValueError`` naming the file, what was
   found and the fix.
 * :func:`read_labels` - integer class indices (whole-number floats accepted), one per image, >= 0.
-* :func:`~ebmlens.data.classmap.require_labels` (in classmap, which maps folders) - the single check of a consumer that needs labels (energy report,
-  accuracy, calibration, counterfactual, train, class statistics, conditional metrics, DataInit with
-  same-class seeds): the set must be labeled; folder-named classes are mapped to the model's class
-  names (:func:`ebmlens.data.classmap.map_classes`); labels must lie in ``[0, K)``.
+* :func:`~ebmlens.data.classmap.require_labels` (in classmap, which maps folders) - the single check of a consumer
+  that needs labels (energy report, accuracy, calibration, counterfactual, train, class statistics, conditional
+  metrics, DataInit with same-class seeds): the set must be labeled; folder-named classes are mapped to the model's
+  class names (:func:`ebmlens.data.classmap.map_classes`); labels must lie in ``[0, K)``.
 
 >>> import numpy as np
 >>> read_pixels(np.full((1, 2, 2, 3), 7, np.uint8), "x").max()
@@ -18,7 +18,7 @@ np.uint8(7)
 Traceback (most recent call last):
 ...
 ValueError: x.npz: float images must be in [0, 1] but hold values in [-0.5, -0.5]; if they are in [-1, 1] use (x + 1) / 2
-"""
+"""  # noqa: E501 - the doctest's expected exception line cannot be split
 
 from __future__ import annotations
 

@@ -52,7 +52,8 @@ def imagenet_files(root: Path, split: str) -> tuple[list[str], np.ndarray, list[
             raise ValueError(f"{split_dir} has class folders not in {root}/train: {unknown[:5]}")
         index = {c: k for k, c in enumerate(names)}
         files = [str(f) for c in sorted(by_class, key=index.__getitem__) for f in by_class[c]]
-        labels = np.concatenate([np.full(len(by_class[c]), index[c], np.int64) for c in sorted(by_class, key=index.__getitem__)])
+        labels = np.concatenate([np.full(len(by_class[c]), index[c], np.int64)
+                                 for c in sorted(by_class, key=index.__getitem__)])
         return files, labels, names
     label_file = _label_file(root, split_dir)
     if label_file is None:
@@ -76,7 +77,8 @@ def imagenet_files(root: Path, split: str) -> tuple[list[str], np.ndarray, list[
         names = names or [str(k) for k in range(k_max + 1)]
         for e in entries:
             if len(e) != 2 or not e[1].isdigit() or int(e[1]) >= len(names):
-                raise ValueError(f"{label_file}: bad line {' '.join(e)!r}; expected '<file> <class index < {len(names)}>'")
+                raise ValueError(f"{label_file}: bad line {' '.join(e)!r}; "
+                                 f"expected '<file> <class index < {len(names)}>'")
             stem = Path(e[0]).stem
             if stem in by_stem:
                 pairs.append((int(e[1]), str(by_stem[stem])))

@@ -62,7 +62,8 @@ class ImageSet:
     def image_shape(self) -> tuple[int, int, int]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def tensor(self, idx: Sequence[int] | np.ndarray | slice | None = None, device=None) -> torch.Tensor:  # pragma: no cover
+    def tensor(self, idx: Sequence[int] | np.ndarray | slice | None = None,  # pragma: no cover
+               device=None) -> torch.Tensor:
         raise NotImplementedError
 
     def arrays(self, batch_size: int, indices: Sequence[int] | None = None
@@ -120,9 +121,11 @@ class ImageData(ImageSet):
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise ValueError(f"ImageData.images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}")
+            raise ValueError(f"ImageData.images must be uint8 (N, H, W, C), "
+                             f"got {self.images.dtype} {self.images.shape}")
         if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"{self.labels.shape[0] if self.labels.ndim else 0} labels for {self.images.shape[0]} images")
+            raise ValueError(f"{self.labels.shape[0] if self.labels.ndim else 0} labels "
+                             f"for {self.images.shape[0]} images")
         if not self.fingerprint:
             object.__setattr__(self, "fingerprint", fingerprint(self.images, self.labels.astype(np.int64)))
 

@@ -143,7 +143,8 @@ class StreamedImages(ImageSet):
         files = tuple(str(f) for c in names for f in files_by_class[c])
         labels = np.repeat(np.arange(len(names), dtype=np.int64), [len(files_by_class[c]) for c in names])
         flat = names == [""]
-        return cls(files, labels, ["0"] if flat else names, source, preprocess, labeled=not flat, folder_classes=not flat)
+        return cls(files, labels, ["0"] if flat else names, source, preprocess, labeled=not flat,
+                   folder_classes=not flat)
 
     @classmethod
     def from_tar(cls, index: TarIndex, source: str, preprocess: Preprocess | None = None) -> "StreamedImages":

@@ -9,8 +9,8 @@ checked by sha256; nothing is downloaded. The metrics on those features are torc
 functions, so the numbers are torch-fidelity's.
 
 In any other feature network (a CIFAR-10 classifier, say) the same measures are computed by ebmlens's
-own :func:`inception_score`, :func:`frechet_distance` and :func:`kernel_distance` and named after the network (``fd_<net>``, ``kd_<net>_mean``,
-``is_<net>_mean``) so that nobody takes them for standard FID.
+own :func:`inception_score`, :func:`frechet_distance` and :func:`kernel_distance` and named after the network
+(``fd_<net>``, ``kd_<net>_mean``, ``is_<net>_mean``) so that nobody takes them for standard FID.
 
 * Inception Score (Salimans et al. 2016): ``IS = exp(E_x KL(p(y|x) || p(y)))``, averaged over
   ``splits`` disjoint splits of the (shuffled) samples, mean and std over splits.
@@ -50,13 +50,20 @@ from __future__ import annotations
 from ._math import feature_stats, frechet_distance, inception_score, kernel_distance
 from .accuracy import RobustAccuracy, robust_accuracy
 from .conditional import ClassMeasure, class_diversity, conditional_accuracy
-from .manifold import (ClassDiversity, DensityCoverage, PrecisionRecall, density_coverage, knn_radii,
-                       precision_recall, within_class_diversity)
+from .manifold import (
+    ClassDiversity,
+    DensityCoverage,
+    PrecisionRecall,
+    density_coverage,
+    knn_radii,
+    precision_recall,
+    within_class_diversity,
+)
 from .quality import EvalResult, evaluate, parse_metrics
 from .reference import ReferenceStats, load_reference_stats, reference_stats
 
 __all__ = ["evaluate", "EvalResult", "reference_stats", "ReferenceStats", "load_reference_stats",
            "inception_score", "frechet_distance", "kernel_distance", "feature_stats",
-           "conditional_accuracy", "class_diversity", "ClassMeasure", "robust_accuracy", "RobustAccuracy", "parse_metrics",
-           "precision_recall", "PrecisionRecall", "density_coverage", "DensityCoverage", "within_class_diversity",
-           "ClassDiversity", "knn_radii"]
+           "conditional_accuracy", "class_diversity", "ClassMeasure", "robust_accuracy", "RobustAccuracy",
+           "parse_metrics", "precision_recall", "PrecisionRecall", "density_coverage", "DensityCoverage",
+           "within_class_diversity", "ClassDiversity", "knn_radii"]

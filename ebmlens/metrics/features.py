@@ -161,7 +161,8 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).contiguous().to(self.device)  # (n,3,H,W) u8
+        # (n,3,H,W) u8
+        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).contiguous().to(self.device)
         feats, logits = self.net(x)
         return feats.float().cpu(), logits.float().cpu()
 

@@ -98,7 +98,8 @@ def _check_k(k: int, n: int, what: str) -> int:
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     if k >= n:
-        raise ValueError(f"a k-NN radius with k={k} needs more than {k} {what}, got {n}; pass more images or a smaller k")
+        raise ValueError(f"a k-NN radius with k={k} needs more than {k} {what}, got {n}; "
+                         "pass more images or a smaller k")
     return k
 
 

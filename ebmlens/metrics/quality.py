@@ -22,8 +22,8 @@ from .. import _dist
 from .._io import versions
 from ..data import ImageSet, require_labels
 from ._math import frechet_distance, inception_score, kernel_distance
-from .manifold import density_coverage, precision_recall, within_class_diversity
 from .features import INCEPTION_NETWORK, extract, extractor, rgb_images, slug
+from .manifold import density_coverage, precision_recall, within_class_diversity
 from .reference import ReferenceStats, check_stats, is_stats_file, load_reference_stats
 
 __all__ = ["evaluate", "EvalResult"]
@@ -167,7 +167,9 @@ def evaluate(images: object, ref: object = None, metrics: str | Sequence[str] = 
             size = int(kid_subset_size) if kid_subset_size is not None else min(1000, len(feats), len(_need(r).feats()))
             scores.append(_kernel(ext, feats, _need(r), kid_subsets, size, seed))
         if any(m in _MANIFOLD or m == "diversity" for m in metrics):
-            scores.append(_manifold(ext, feats, r, metrics, prc_k, dc_k, require_labels(data, "within-class diversity").labels if labels is None else labels))
+            scores.append(_manifold(
+                ext, feats, r, metrics, prc_k, dc_k,
+                require_labels(data, "within-class diversity").labels if labels is None else labels))
         values = {k: float(v) for sc in scores for k, v in sc.values.items()}
         w = ext.weights
         log.info("evaluated %d images in %s (%s): %s", len(data), ext.network, ext.layer, values)
@@ -191,7 +193,8 @@ def _reference_input(ref: object, metrics: tuple[str, ...]) -> tuple[ReferenceSt
     if not any(m in ("fid", "kid") + _MANIFOLD for m in metrics):
         return None, None
     if ref is None:
-        raise ValueError(f"{'/'.join(m for m in metrics if m not in ('is', 'diversity'))} need a reference: ref='cifar10:PATH@train' (CLI --ref) or a statistics file "
+        raise ValueError(f"{'/'.join(m for m in metrics if m not in ('is', 'diversity'))} need a reference: "
+                         "ref='cifar10:PATH@train' (CLI --ref) or a statistics file "
                          "(CLI --ref-stats FILE.npz); or ask for metrics='is' or 'diversity' only")
     if isinstance(ref, ReferenceStats):
         return ref, None
@@ -295,7 +298,8 @@ def _kernel(ext, feats: torch.Tensor, ref: _Reference, subsets: int, size: int, 
     net = slug(ext.key_name)
     m, s = kernel_distance(feats, ref.feats(), subsets, size, seed=seed)
     return _Score({f"kd_{net}_mean": m, f"kd_{net}_std": s},
-                  {f"kd_{net}": f"ebmlens.metrics.kernel_distance (poly kernel, degree 3) on {ext.network} {ext.layer}"})
+                  {f"kd_{net}": "ebmlens.metrics.kernel_distance (poly kernel, degree 3) "
+                                f"on {ext.network} {ext.layer}"})
 
 
 def _manifold(ext, feats: torch.Tensor, ref: _Reference | None, metrics: tuple[str, ...], prc_k: int, dc_k: int,

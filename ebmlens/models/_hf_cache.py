@@ -22,8 +22,8 @@ from typing import Sequence
 
 from .file import _HTML_STARTS, read_checkpoint, split_checkpoint
 
-__all__ = ["read_weights", "NotInCache", "cache_dir", "parse_repo", "snapshot", "cached_file", "weights_file", "download_to_cache",
-           "read_config", "WEIGHT_FILES", "repo_folder", "refs"]
+__all__ = ["read_weights", "NotInCache", "cache_dir", "parse_repo", "snapshot", "cached_file", "weights_file",
+           "download_to_cache", "read_config", "WEIGHT_FILES", "repo_folder", "refs"]
 
 _EXTRA = "pip install 'ebmlens[hf]'"
 #: weight files looked for in a snapshot, in this order (safetensors first: it cannot run code).

@@ -52,7 +52,8 @@ class ResNetSmall(nn.Module):
     global average pooling and a linear classifier. Expects normalized input.
     """
 
-    def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128, 256), in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128, 256),
+                 in_channels: int = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin = in_channels

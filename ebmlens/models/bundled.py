@@ -24,7 +24,8 @@ from ..energy import EnergyModel
 from .archs import arch_from_file
 from .file import load_into, read_checkpoint
 
-__all__ = ["DEFAULT_MODEL", "BUNDLED_DIR", "bundled_dir", "list_names", "load", "model_card", "model_meta", "bundled_stats"]
+__all__ = ["DEFAULT_MODEL", "BUNDLED_DIR", "bundled_dir", "list_names", "load", "model_card", "model_meta",
+           "bundled_stats"]
 
 #: Override for the folder of bundled models (``None``: ``$EBMLENS_BUNDLED_DIR`` or the package's).
 BUNDLED_DIR: Path | None = None

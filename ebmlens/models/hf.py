@@ -30,12 +30,12 @@ from ..energy import EnergyModel
 from ._hf_cache import (
     WEIGHT_FILES,
     NotInCache,
+    _check_not_junk,
     cache_dir,
     cached_file,
     download_to_cache,
     parse_repo,
     read_config,
-    _check_not_junk,
     read_weights,
     refs,
     snapshot,

@@ -32,9 +32,9 @@ from typing import Any, Callable
 from torch import nn
 
 from ..attacks import parse_threat_model
+from ..data import CIFAR100_CLASSES
 from ..energy import EnergyModel, Preprocess
 from ._offline import NetworkBlocked, no_network
-from ..data import CIFAR100_CLASSES
 from .file import check_weights_file, read_checkpoint
 
 __all__ = ["load", "list_names", "import_zoo", "weights_path", "resolve", "arch_factory", "CIFAR100_CLASSES"]
@@ -129,7 +129,8 @@ def _norm_threat(threat_model: str) -> str:
     try:
         return parse_threat_model(t)
     except ValueError:
-        raise ValueError(f"unknown threat model {threat_model!r}; choose Linf, L2, corruptions or corruptions_3d") from None
+        raise ValueError(f"unknown threat model {threat_model!r}; "
+                         "choose Linf, L2, corruptions or corruptions_3d") from None
 
 
 def resolve(name: str, dataset: str | None = None, threat_model: str | None = None) -> tuple[str, str, dict]:
@@ -250,7 +251,8 @@ def _load_weights(net: nn.Module, name: str, sd: dict, dataset: str, path: Path)
     except RuntimeError as e:
         first = str(e).splitlines()
         raise ValueError(f"weights in {str(path)!r} do not fit RobustBench's {name} architecture "
-                         f"({' '.join(first[:2])[:300]}); is it the right file for this dataset/threat model?") from None
+                         f"({' '.join(first[:2])[:300]}); "
+                         "is it the right file for this dataset/threat model?") from None
 
 
 #: RobustBench's leaderboard radii (its README / paper), the default eps of attacks on a zoo model.
@@ -282,9 +284,9 @@ def load(
     ds, tm, entry = resolve(name, dataset, threat_model)
     what = f"robustbench:{name} ({ds}/{tm})"
     path = weights_path(name, ds, tm, model_dir)
-    kw: dict[str, Any] = dict(mean=(0.0,), std=(1.0,), input_shape=_input_shape(entry, ds), num_classes=_NUM_CLASSES[ds],
-              temperature=temperature, sampling_mode=sampling_mode, source="robustbench", name=name,
-              dataset=ds, threat_model=tm, eps=BENCHMARK_EPS.get((ds, tm)))
+    kw: dict[str, Any] = dict(mean=(0.0,), std=(1.0,), input_shape=_input_shape(entry, ds),
+              num_classes=_NUM_CLASSES[ds], temperature=temperature, sampling_mode=sampling_mode,
+              source="robustbench", name=name, dataset=ds, threat_model=tm, eps=BENCHMARK_EPS.get((ds, tm)))
     if ds == "cifar10":
         from ..data import CIFAR10_CLASSES
 
@@ -300,7 +302,8 @@ def load(
 
     gid = entry.get("gdrive_id")
     if gid is None or "model" not in entry:
-        raise ValueError(f"{what} has no downloadable weights in RobustBench 1.1.1 (no gdrive_id), so it cannot be loaded")
+        raise ValueError(f"{what} has no downloadable weights in RobustBench 1.1.1 (no gdrive_id), "
+                         "so it cannot be loaded")
     if ds == "imagenet" and "Standard" in name:  # torchvision's pretrained weights, from its cache
         return EnergyModel(_build_offline(entry["model"], what, download).eval(), **kw)
 
@@ -376,7 +379,8 @@ def _load_ensemble(entry, name, ds, path, gids, download, trust, what) -> nn.Mod
         p = Path(f"{path}_m{i}.pt")  # RobustBench's naming: NAME.pt_m0.pt, NAME.pt_m1.pt, ...
         if not p.exists() and download:
             _download(gid, p)
-        ckpt, _ = read_checkpoint(p, trust_checkpoint=trust, where=f"member {i} of the ensemble; " + _where(gid, download))
+        ckpt, _ = read_checkpoint(p, trust_checkpoint=trust,
+                                  where=f"member {i} of the ensemble; " + _where(gid, download))
         members[i] = _load_weights(members[i], name, _state_dict_from(ckpt, name, ensemble=True), ds, p).eval()
     return net.eval()
 

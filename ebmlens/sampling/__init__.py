@@ -16,13 +16,13 @@ class to :data:`STAGES` (the contract tests run over it).
 from __future__ import annotations
 
 from ..attacks import Geometry, L2Ball, LinfBall, Unconstrained
+from ..stats import ClassStats, class_stats
 from . import presets
 from .init import DataInit, GaussianInit, NoiseInit, PCAInit
 from .pgd import TargetedPGD
 from .pipeline import Initializer, Pipeline, Stage, StepCallback, draw_labels, stage_config
 from .records import Samples, StageRecord
 from .sgld import SGLD, MomentumSGLD
-from ..stats import ClassStats, class_stats
 from .transforms import Clamp, Contrast
 
 __all__ = [

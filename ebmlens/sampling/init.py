@@ -243,9 +243,9 @@ class DataInit:
     DAT (Yin et al.) starts from natural images of *another* distribution; any set works.
 
     Args:
-        images: an image set (:class:`~ebmlens.data.ImageData` or a streamed folder) or a float tensor ``(M, C, H, W)`` in [0, 1]
-            (held by reference; recorded by fingerprint). Resized (bilinear, antialiased) when its size
-            differs from the model's.
+        images: an image set (:class:`~ebmlens.data.ImageData` or a streamed folder) or a float tensor
+            ``(M, C, H, W)`` in [0, 1] (held by reference; recorded by fingerprint). Resized (bilinear,
+            antialiased) when its size differs from the model's.
         noise: std of the added Gaussian noise (0 = none).
         same_class: pick seeds of the target class only (needs labelled images).
     """

@@ -36,15 +36,15 @@ import inspect
 from typing import Any, Callable, Literal
 
 from ..attacks import L2Ball, LinfBall, Unconstrained, default_step_size
+from ..stats import ClassStats, class_mixture, class_stats, coerce_stats, missing_stats_error
 from .init import DataInit, GaussianInit, PCAInit
 from .pgd import TargetedPGD
 from .pipeline import Pipeline
 from .sgld import SGLD, MomentumSGLD
-from ..stats import ClassStats, class_mixture, class_stats, coerce_stats, missing_stats_error
 from .transforms import Clamp, Contrast
 
-__all__ = ["get", "names", "PRESETS", "DATASET_DEFAULTS", "santurkar2019", "jempp", "robust_jem_energy", "robust_jem", "mirza2024",
-           "dat2025", "mixture_ascent"]
+__all__ = ["get", "names", "PRESETS", "DATASET_DEFAULTS", "santurkar2019", "jempp", "robust_jem_energy", "robust_jem",
+           "mirza2024", "dat2025", "mixture_ascent"]
 
 
 def _stats(stats: Any, data: Any, who: str) -> ClassStats:

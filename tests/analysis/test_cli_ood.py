@@ -22,7 +22,8 @@ def _one_line_error(r, text):
 
 def test_ood_writes_report(cifar_spec, tmp_path):
     out = tmp_path / "ood"
-    r = _run("ood", "--data", cifar_spec, "--ood", "noise=synthetic:uniform", "--ood", f"corrupt:contrast@5:{cifar_spec}",
+    r = _run("ood", "--data", cifar_spec, "--ood", "noise=synthetic:uniform",
+             "--ood", f"corrupt:contrast@5:{cifar_spec}",
              "--score", "energy", "--score", "msp", "-n", "12", "--n-boot", "20", "--device", "cpu", "--out", str(out))
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
@@ -35,7 +36,8 @@ def test_calibration_and_counterfactual_write(cifar_spec, tmp_path):
     r = _run("calibration", "--data", cifar_spec, "--bins", "5", "--attack", "pgd", "--steps", "1", "-n", "8",
              "--device", "cpu", "--out", str(tmp_path / "cal"))
     assert r.exit_code == 0, r.output
-    assert [k["kind"] for k in json.loads((tmp_path / "cal" / "report.json").read_text())["kinds"]] == ["natural", "pgd"]
+    assert ([k["kind"] for k in json.loads((tmp_path / "cal" / "report.json").read_text())["kinds"]]
+            == ["natural", "pgd"])
     r = _run("counterfactual", "--data", cifar_spec, "-n", "2", "--steps", "2", "--target", "3", "--eps", "1",
              "--device", "cpu", "--out", str(tmp_path / "cf"))
     assert r.exit_code == 0, r.output
@@ -47,7 +49,8 @@ def test_calibration_and_counterfactual_write(cifar_spec, tmp_path):
     (["ood", "--ood", "synthetic:uniform", "--out", "X"], "--data is required"),
     (["ood", "--data", "D", "--out", "X"], "at least one --ood"),
     (["ood", "--data", "D", "--ood", "synthetic:uniform", "--score", "bogus", "--out", "X"], "unknown --score 'bogus'"),
-    (["ood", "--data", "D", "--ood", "a=synthetic:uniform", "--ood", "a=synthetic:gaussian", "--out", "X"], "given twice"),
+    (["ood", "--data", "D", "--ood", "a=synthetic:uniform", "--ood", "a=synthetic:gaussian", "--out", "X"],
+     "given twice"),
     (["ood", "--data", "D", "--ood", "synthetic:uniform", "--n-boot", "0", "--out", "X"], "--n-boot must be >= 1"),
     (["ood", "--data", "D", "--ood", "synthetic:uniform", "--device", "tpu", "--out", "X"], "unknown device"),
     (["calibration", "--data", "D", "--bins", "0", "--out", "X"], "--bins must be >= 1"),

@@ -39,7 +39,8 @@ def test_flips_inside_a_large_enough_ball(tmp_path):
     assert cf.energy.shape == (6, 21) and cf.joint_target.shape == (6, 21)
     x = data.tensor()
     np.testing.assert_allclose(cf.energy[:, 0], model.energy(x).detach().numpy(), rtol=1e-5)
-    np.testing.assert_allclose(cf.joint_target[:, -1], model.joint_energy(cf.counterfactuals, 1).detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(cf.joint_target[:, -1], model.joint_energy(cf.counterfactuals, 1).detach().numpy(),
+                               rtol=1e-5)
     # the move lowers the target's joint energy E(x, b)
     assert (cf.joint_target[:, -1] < cf.joint_target[:, 0]).all()
     # the moves are the PGD core's: the same call without the recording gives the same images

@@ -9,8 +9,8 @@ What these tests assert is what we measured (docs/howto-energy-analysis.md has t
   E(natural) < E(untargeted) < E(targeted).
 
 Margins: every ordering must hold for the whole 99% percentile-bootstrap interval of the paired
-per-image difference, not just for the means. n = 200 strided test images, 5 PGD steps (10 for the standard model under Linf; the docs'
-runs use n = 1000 and 10 steps; the directions are the same).
+per-image difference, not just for the means. n = 200 strided test images, 5 PGD steps (10 for the standard model
+under Linf; the docs' runs use n = 1000 and 10 steps; the directions are the same).
 """
 
 from __future__ import annotations

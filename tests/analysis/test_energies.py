@@ -12,8 +12,6 @@ from torch import nn
 from ebmlens.analysis import EnergyReport, bootstrap_mean_ci, energy_report
 from ebmlens.energy import EnergyModel
 
-from .conftest import make_image_data, make_linear_model
-
 
 def _report(model, data, **kw):
     kw.setdefault("attacks", ["pgd", "pgd-targeted"])
@@ -31,18 +29,21 @@ def test_report_energies_equal_direct_computation(linear_model, toy_data):
     y = torch.as_tensor(toy_data.labels[idx])
     with torch.no_grad():
         lg = linear_model.logits(x)
-        np.testing.assert_allclose(rep.values["natural"]["energy"], (-torch.logsumexp(lg, 1)).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(rep.values["natural"]["energy"], (-torch.logsumexp(lg, 1)).numpy(),
+                                   rtol=1e-5, atol=1e-5)
         for kind in ("pgd", "pgd-targeted", "apgd-ce"):
             xa = rep.adversarial[kind]
             assert xa.shape == x.shape
             la = linear_model.logits(xa)
             v = rep.values[kind]
             np.testing.assert_allclose(v["energy"], (-torch.logsumexp(la, 1)).numpy(), rtol=1e-5, atol=1e-5)
-            np.testing.assert_allclose(v["joint_true"], (-la.gather(1, y[:, None]).squeeze(1)).numpy(), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(v["joint_true"], (-la.gather(1, y[:, None]).squeeze(1)).numpy(),
+                                       rtol=1e-5, atol=1e-5)
             np.testing.assert_array_equal(v["pred"], la.argmax(1).numpy())
             # y_adv: the target for targeted attacks, the adversarial prediction otherwise
             y_adv = torch.as_tensor(v["target"]) if kind == "pgd-targeted" else la.argmax(1)
-            np.testing.assert_allclose(v["joint_adv"], (-la.gather(1, y_adv[:, None]).squeeze(1)).numpy(), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(v["joint_adv"], (-la.gather(1, y_adv[:, None]).squeeze(1)).numpy(),
+                                       rtol=1e-5, atol=1e-5)
             assert rep[kind].accuracy == pytest.approx(float((la.argmax(1) == y).float().mean()))
             gap = rep.values["natural"]["energy"] - v["energy"]
             assert rep[kind].gap_energy.estimate == pytest.approx(float(gap.mean()), abs=1e-6)
@@ -154,7 +155,8 @@ class _BadShape(nn.Module):
 
 
 @pytest.mark.parametrize("out, needle", [("3d", r"expected \(N, num_classes\)"),
-                                         ("wrong-k", "returns 7 logits per image but the EnergyModel says num_classes=10")])
+                                         ("wrong-k", "returns 7 logits per image "
+                                                     "but the EnergyModel says num_classes=10")])
 def test_model_output_must_be_n_by_num_classes(out, needle, toy_data):
     m = EnergyModel(_BadShape(out), input_shape=(3, 8, 8), num_classes=10)
     with pytest.raises(ValueError, match=needle) as e:

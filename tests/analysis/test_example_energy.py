@@ -6,7 +6,6 @@ import importlib.util
 import os
 from pathlib import Path
 
-
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "energy_analysis.py"
 
 
@@ -15,7 +14,8 @@ def test_example_runs(cifar_spec, tmp_path, capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     # the bundled robust model; EBMLENS_DEV_ROBUST stands in for it before it ships (see conftest)
-    robust = f"file:{os.environ['EBMLENS_DEV_ROBUST']}" if os.environ.get("EBMLENS_DEV_ROBUST") else "ebmlens:cifar10-l2-small"
+    robust = (f"file:{os.environ['EBMLENS_DEV_ROBUST']}" if os.environ.get("EBMLENS_DEV_ROBUST")
+              else "ebmlens:cifar10-l2-small")
     results = mod.main(["--data", cifar_spec, "--n", "8", "--steps", "1", "--out", str(tmp_path),
                         "--models", robust, "ebmlens:cifar10-standard-small"])
     out = capsys.readouterr().out

@@ -10,8 +10,8 @@ import torch
 from ebmlens.analysis import OODReport, ood_report
 from ebmlens.analysis._ood_metrics import auroc, average_precision, bootstrap_ood_metrics, fpr_at_tpr, ood_metrics
 from ebmlens.analysis.ood import score_batch
-from ebmlens.data.constructed import CORRUPTIONS, corrupt_data, interp_data, resolve_ood, synthetic_data
 from ebmlens.data import ImageData
+from ebmlens.data.constructed import CORRUPTIONS, corrupt_data, interp_data, resolve_ood, synthetic_data
 
 from .conftest import make_image_data, make_linear_model
 

@@ -30,7 +30,8 @@ def test_identities_on_random_logits(scale):
     assert torch.allclose(t.energy.double(), -torch.logsumexp(lg.double(), 1), atol=1e-5 * scale)
     assert torch.allclose(t.joint_energy, -lg.gather(1, y.view(-1, 1)).squeeze(1))
     assert bool((t.kl > -1e-5 * scale).all())
-    assert torch.allclose(t.loss(6.0).double(), t.ce.double().mean() + 6.0 * _direct_kl(lg, lg_adv).mean(), atol=1e-5 * scale)
+    assert torch.allclose(t.loss(6.0).double(), t.ce.double().mean() + 6.0 * _direct_kl(lg, lg_adv).mean(),
+                          atol=1e-5 * scale)
 
 
 def test_same_input_zero_kl_and_zero_gap():

@@ -34,7 +34,8 @@ PRESETS = {
     "dat2025": {"steps": 4},
 }
 #: keys of a report that are not results (paths that differ per checkout, versions, timings)
-VOLATILE = {"source", "versions", "seconds", "time", "wall_s", "elapsed", "date", "created", "host", "timing", "timings"}
+VOLATILE = {"source", "versions", "seconds", "time", "wall_s", "elapsed", "date", "created", "host", "timing",
+            "timings"}
 
 
 def _sha(a) -> str:

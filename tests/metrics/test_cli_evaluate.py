@@ -23,7 +23,8 @@ def setup(tmp_path, cifar_test):
     torch.save(net.state_dict(), ckpt)
     idx = cifar_test.strided(70)
     (tmp_path / "samples").mkdir()
-    np.savez(tmp_path / "samples" / "samples.npz", images=cifar_test.images[idx[:30]], labels=cifar_test.labels[idx[:30]])
+    np.savez(tmp_path / "samples" / "samples.npz", images=cifar_test.images[idx[:30]],
+             labels=cifar_test.labels[idx[:30]])
     np.savez(tmp_path / "ref.npz", images=cifar_test.images[idx[30:]])
     return tmp_path, ckpt
 
@@ -35,7 +36,8 @@ def _run(args, **kw):
 def test_ref_stats_then_evaluate(setup):
     tmp, ckpt = setup
     fm = ["--feature-model", f"file:{ckpt}", "--arch", "convnet-small", "--device", "cpu"]
-    res = _run(["evaluate", "--make-ref-stats", f"npz:{tmp / 'ref.npz'}", "--keep-features", "--out", tmp / "st.npz", *fm])
+    res = _run(["evaluate", "--make-ref-stats", f"npz:{tmp / 'ref.npz'}", "--keep-features", "--out", tmp / "st.npz",
+                *fm])
     assert res.exit_code == 0, res.output
     assert "40 images" in res.output and "with features" in res.output
     res = _run(["evaluate", tmp / "samples", "--ref-stats", tmp / "st.npz", "--splits", "5", "--kid-subsets", "3",
@@ -68,5 +70,6 @@ def test_one_line_errors(setup, tmp_path, monkeypatch):
                  ["evaluate", tmp / "samples", "--metrics", "is,fd", "--feature-model", f"file:{ckpt}", "--arch",
                   "convnet-small"]):
         res = _run(args)
-        assert res.exit_code == 2 and res.output.startswith("error:") and len(res.output.strip().splitlines()) == 1, args
+        assert (res.exit_code == 2 and res.output.startswith("error:")
+                and len(res.output.strip().splitlines()) == 1), args
     assert "unknown metrics" in res.output

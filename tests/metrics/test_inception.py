@@ -7,11 +7,10 @@ import math
 
 import pytest
 import torch
+import torch_fidelity  # noqa: F401 - the `metrics` extra; the test extra installs it (a missing extra fails)
 
-from ebmlens.metrics.features import INCEPTION_FILE_NAMES, find_inception_weights
 from ebmlens.metrics import evaluate
-
-import torch_fidelity  # noqa: E402,F401 - the `metrics` extra; the test extra installs it (a missing extra fails)
+from ebmlens.metrics.features import INCEPTION_FILE_NAMES, find_inception_weights
 
 
 def _random_inception_state_dict() -> dict:
@@ -22,7 +21,8 @@ def _random_inception_state_dict() -> dict:
         def load_state_dict(self, *args, **kwargs):  # build the layers, load nothing
             return None
 
-    import tempfile, os  # noqa: E401
+    import os
+    import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         empty = os.path.join(d, "empty.pth")

@@ -10,7 +10,6 @@ from PIL import Image
 from ebmlens.metrics import evaluate, load_reference_stats, reference_stats
 
 
-
 def _rand(n, seed=0, size=16):
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
@@ -78,7 +77,8 @@ def test_bad_inputs_teach(tmp_path, small_net):
     with pytest.raises(ValueError, match="no images found"):
         evaluate(tmp_path / "empty", ref, "fid", net)
     rng = np.random.default_rng(0)
-    _write(tmp_path / "mixed", [rng.integers(0, 255, (16, 16, 3), np.uint8), rng.integers(0, 255, (20, 20, 3), np.uint8)])
+    _write(tmp_path / "mixed", [rng.integers(0, 255, (16, 16, 3), np.uint8),
+                                rng.integers(0, 255, (20, 20, 3), np.uint8)])
     with pytest.raises(ValueError, match="different sizes"):
         evaluate(tmp_path / "mixed", ref, "fid", net)
     with pytest.raises(ValueError, match="grayscale"):

@@ -12,8 +12,14 @@ import torch
 from click.testing import CliRunner
 
 from ebmlens.cli import main
-from ebmlens.metrics import (density_coverage, evaluate, knn_radii, parse_metrics, precision_recall,
-                             within_class_diversity)
+from ebmlens.metrics import (
+    density_coverage,
+    evaluate,
+    knn_radii,
+    parse_metrics,
+    precision_recall,
+    within_class_diversity,
+)
 
 
 def _line(*xs: float) -> torch.Tensor:

@@ -49,7 +49,8 @@ def test_quick_benchmark_writes_its_json(tmp_path, cifar_path):
     d = r["dominance"]
     assert set(d["versus"]) == set(PRESETS) - {"mixture-ascent"}
     assert all(v in ("better", "worse", "tie") for row in d["versus"].values() for v in row.values())
-    assert d["conditions"]["grad_evals <= 22"] is True and "mixture-ascent against" in (tmp_path / "quality.md").read_text()
+    assert (d["conditions"]["grad_evals <= 22"] is True
+            and "mixture-ascent against" in (tmp_path / "quality.md").read_text())
     assert len(r["closest_pairs"]["pixels"]) == 10 and len(r["closest_pairs"]["features"]) == 10
     for f in ("quality.md", "frontier.png", "memorisation_pixels.png", "memorisation_features.png",
               "grid_dat2025.png"):

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 import ebmlens
-from ebmlens.models import bundled
 from ebmlens.attacks import get_attack
 from ebmlens.metrics import robust_accuracy
+from ebmlens.models import bundled
 
 NAME = "cifar10-l2-small"
 

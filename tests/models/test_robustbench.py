@@ -103,11 +103,13 @@ def test_missing_setuptools_names_the_extra(zoo, monkeypatch):
 def test_names_and_threat_models_are_checked(zoo, tmp_path):
     with pytest.raises(ValueError, match="did you mean 'Carmon2019Unlabeled'"):
         ebmlens.load_model("robustbench:Carmon2019Unlabelled", model_dir=tmp_path)
-    with pytest.raises(ValueError, match="exists under cifar10/Linf, cifar10/L2; say which with dataset= and threat_model="):
+    with pytest.raises(ValueError,
+                       match="exists under cifar10/Linf, cifar10/L2; say which with dataset= and threat_model="):
         ebmlens.load_model("robustbench:Engstrom2019Robustness", dataset="cifar10", model_dir=tmp_path)
     with pytest.raises(ValueError, match="imagenet/Linf"):
         ebmlens.load_model("robustbench:Engstrom2019Robustness", model_dir=tmp_path)
-    with pytest.raises(ValueError, match="does not exist for dataset=any, threat_model=L2; it exists under cifar10/Linf"):
+    with pytest.raises(ValueError,
+                       match="does not exist for dataset=any, threat_model=L2; it exists under cifar10/Linf"):
         ebmlens.load_model("robustbench:Carmon2019Unlabeled", threat_model="L2", model_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown threat model 'L3'"):
         ebmlens.load_model("robustbench:Carmon2019Unlabeled", threat_model="L3", model_dir=tmp_path)
@@ -150,14 +152,16 @@ def network_spy(monkeypatch, tmp_path):
 
 def test_download_in_constructor_is_blocked(zoo, tmp_path, network_spy):
     # ImageNet Standard_R50 = torchvision resnet50(pretrained=True): its constructor downloads
-    with pytest.raises(ValueError, match=r"downloading pretrained weights \((getaddrinfo|create_connection|connect) .*download.pytorch.org.*download=True"):
+    with pytest.raises(ValueError, match=r"downloading pretrained weights \((getaddrinfo|create_connection|connect) "
+                                         r".*download.pytorch.org.*download=True"):
         ebmlens.load_model("robustbench:Standard_R50", dataset="imagenet", threat_model="Linf", model_dir=tmp_path)
     assert network_spy == []  # the real socket functions were never reached
     assert socket.getaddrinfo.__name__ == "fn"  # and the guard restored what was there
 
 
 def test_timm_served_entry_needs_local_file(zoo, tmp_path, network_spy):
-    with pytest.raises(FileNotFoundError, match=r"served through timm.*github.com/RobustBench.*Debenedetti2022Light_XCiT-S12\.pt"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"served through timm.*github.com/RobustBench.*Debenedetti2022Light_XCiT-S12\.pt"):
         ebmlens.load_model("robustbench:Debenedetti2022Light_XCiT-S12", dataset="cifar10", threat_model="Linf",
                            model_dir=tmp_path)
     assert network_spy == []

@@ -6,12 +6,11 @@ from __future__ import annotations
 import socket
 
 import pytest
+import timm  # the 'test' extra installs it; a missing extra fails rather than skips
 import torch
 from safetensors.torch import save_file
 
 import ebmlens
-
-import timm  # noqa: E402 - the 'test' extra installs it; a missing extra fails rather than skips
 
 NAME = "resnet10t"  # the smallest timm ResNet (5M parameters)
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from ebmlens import sampling as S
-from ebmlens.runs.options import CPU_COMPUTE_CHUNK, resolve_compute_chunk
 from ebmlens.rng import SampleStreams
+from ebmlens.runs.options import CPU_COMPUTE_CHUNK, resolve_compute_chunk
 from ebmlens.sampling import presets
 from ebmlens.stats import class_mixture
 

@@ -40,7 +40,8 @@ def factories(small_stats, small_data):
 
 
 def test_every_registered_stage_has_a_contract_factory(factories):
-    assert set(S.STAGES) == {n.split("[")[0] for n in factories}, "a registered stage has no factory in this contract test"
+    assert set(S.STAGES) == {n.split("[")[0] for n in factories}, \
+        "a registered stage has no factory in this contract test"
     assert set(S.INITIALIZERS) <= set(S.STAGES)
 
 
@@ -70,7 +71,8 @@ def test_stage_contract(name, factories, small_model):
     assert torch.equal(out, run(1, x0)), "same seed must give the same output"
     if is_init:
         assert float(out.min()) >= 0 and float(out.max()) <= 1
-    if name in ("GaussianInit", "GaussianInit[mixture]", "PCAInit", "NoiseInit", "DataInit", "TargetedPGD", "SGLD", "MomentumSGLD"):
+    if name in ("GaussianInit", "GaussianInit[mixture]", "PCAInit", "NoiseInit", "DataInit", "TargetedPGD", "SGLD",
+                "MomentumSGLD"):
         assert not torch.equal(out, run(2, x0)), "a stochastic stage ignored its generator"
     cfg = S.stage_config(stage)
     json.dumps(cfg)
@@ -84,7 +86,8 @@ def test_sample_streams_work_for_every_stage(factories, small_model):
     for name, make in factories.items():
         st = make()
         g = rng.SampleStreams(3, range(5))
-        out = st(small_model, y, generator=g) if name.split("[")[0] in S.INITIALIZERS else st(small_model, x, y, generator=g)
+        out = (st(small_model, y, generator=g) if name.split("[")[0] in S.INITIALIZERS
+               else st(small_model, x, y, generator=g))
         assert out.shape == x.shape and torch.isfinite(out).all(), name
 
 

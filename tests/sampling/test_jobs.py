@@ -21,10 +21,10 @@ from ebmlens import rng
 from ebmlens.cli import main
 from ebmlens.data import CIFAR10_CLASSES, as_image_data, load_data
 from ebmlens.models.archs import ConvNetSmall
-from ebmlens.sampling import class_stats
 from ebmlens.runs import jobs, loop
-from ebmlens.sampling.records import Samples
 from ebmlens.runs.runner import SampleRun, sample
+from ebmlens.sampling import class_stats
+from ebmlens.sampling.records import Samples
 
 SHAPE = (3, 16, 16)
 
@@ -50,7 +50,8 @@ def files(tmp_path_factory):
 def _args(files, out, *extra):
     ckpt, stats = files
     return ["sample", "--model", f"file:{ckpt}", "--stats", str(stats), "--preset", "robust-jem",
-            "--set", "attack_steps=1", "--set", "steps=1", "--set", "inner_steps=1", "-n", "10", "--classes", "all", "--seed", "3", "--device", "cpu", "--batch-size", "5",
+            "--set", "attack_steps=1", "--set", "steps=1", "--set", "inner_steps=1", "-n", "10", "--classes", "all",
+            "--seed", "3", "--device", "cpu", "--batch-size", "5",
             "--out", str(out), *extra]
 
 
@@ -67,7 +68,8 @@ def test_two_tasks_and_merge_equal_one_process(files, tmp_path):
         assert f"shard {i}/2: 5 new samples (indices {5 * i}..{5 * i + 4})" in r.output
     assert not (tmp_path / "arr" / "run.json").exists()  # a task does not merge
     tasks = jobs.task_records(tmp_path / "arr" / "shards")
-    assert [(t["shard"], t["status"], t["indices"]) for t in tasks] == [([0, 2], "done", [0, 5]), ([1, 2], "done", [5, 10])]
+    assert ([(t["shard"], t["status"], t["indices"]) for t in tasks]
+            == [([0, 2], "done", [0, 5]), ([1, 2], "done", [5, 10])])
     assert len(list((tmp_path / "arr").glob("*/*.png"))) == 10  # the tasks wrote their PNGs
 
     m = _invoke(["merge", str(tmp_path / "arr")])
@@ -169,7 +171,8 @@ def test_images_npy_is_memory_mapped_and_equals_samples_npz(tmp_path):
     assert isinstance(images, np.memmap) and images.dtype == np.uint8 and images.shape == (7, 8, 8, 3)
     with np.load(tmp_path / "r" / "samples.npz") as z:
         assert set(z.files) == {"images", "labels"}
-        assert np.array_equal(z["images"], images) and np.array_equal(z["labels"], np.load(tmp_path / "r" / "labels.npy"))
+        assert (np.array_equal(z["images"], images)
+                and np.array_equal(z["labels"], np.load(tmp_path / "r" / "labels.npy")))
     loaded, labels = run.load()
     assert isinstance(loaded, np.memmap) and np.array_equal(loaded, images)
     assert run.run["files"]["images"] == "images.npy" and run.run["files"]["labels"] == "labels.npy"
@@ -239,7 +242,8 @@ def test_writer_errors_reach_the_caller(tmp_path, monkeypatch):
     assert not (tmp_path / "r" / "run.json").exists()
     monkeypatch.setattr(loop, "write_batch", real)
     done = sample(_model(), _noise, 10, tmp_path / "r", batch_size=2, png=False, resume=True)
-    assert done.run["timings"]["images_resumed"] >= 2 and json.loads((tmp_path / "r" / "run.json").read_text())["n"] == 10
+    assert (done.run["timings"]["images_resumed"] >= 2
+            and json.loads((tmp_path / "r" / "run.json").read_text())["n"] == 10)
 
 
 def test_library_shard_argument(tmp_path):

@@ -14,10 +14,9 @@ from ebmlens import _perf, rng
 from ebmlens.data import CIFAR10_CLASSES
 from ebmlens.energy import EnergyModel
 from ebmlens.models.archs import ConvNetSmall
-from ebmlens.sampling import class_stats, presets
 from ebmlens.runs import RunOptions
 from ebmlens.runs.runner import SampleRun, balanced_labels, make_grid, resolve_classes, sample
-
+from ebmlens.sampling import class_stats, presets
 
 N = 23  # 3 classes x 7 + 2: exercises the remainder rule
 SHAPE = (3, 16, 16)  # small images keep the class statistics and the passes cheap
