@@ -139,6 +139,19 @@ def sample(model: torch.nn.Module, pipeline: Callable, n: int, out_dir: str | os
     return run(plan, progress=progress)
 
 
+def _hint_threads() -> None:
+    """Say so when torch will use several threads on a CPU that is already busy (load average at or
+    above the core count): there one thread per process is often much faster (docs/cli.md)."""
+    try:
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    except (OSError, AttributeError):  # no load average on this platform
+        return
+    if torch.get_num_threads() > 1 and load >= cores:
+        log.warning("the CPU is busy (load average %.1f on %d cores) and torch uses %d threads: --threads 1 "
+                    "(threads=1) is often faster on a loaded machine; see docs/cli.md", load, cores,
+                    torch.get_num_threads())
+
+
 def run(plan: RunPlan, *, progress: Progress = False) -> SampleRun:
     """Carry out a :class:`RunPlan` (see :func:`sample` for ``progress`` and the result)."""
     if plan.batch_coupled:
@@ -148,6 +161,8 @@ def run(plan: RunPlan, *, progress: Progress = False) -> SampleRun:
     jobs.check_out_dir(plan.out_dir, resume=o.resume, overwrite=o.overwrite, shard=o.shard)
     if o.threads is not None:
         torch.set_num_threads(o.threads)  # process-wide, as asked; recorded in the attempt
+    else:
+        _hint_threads()
     t_start = time.perf_counter()
     d = _dist.init_if_needed(o.device)
     try:

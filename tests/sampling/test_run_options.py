@@ -196,3 +196,23 @@ def test_evaluate_may_write_a_runs_metrics_json_the_one_cross_write(tmp_path):
                     "exists")
     r = _cli("evaluate", run, "--out", str(tmp_path / "r" / "metrics.json"), "--metrics", "nonsense")
     assert r.exit_code == 2 and "exists" not in r.output and "nonsense" in r.output, r.output
+
+
+def test_busy_cpu_hint(monkeypatch, caplog):
+    """Threads not given on a loaded machine: the run says that --threads 1 is often faster."""
+    import logging
+    import os
+
+    from ebmlens.runs import runner
+
+    monkeypatch.setattr(runner.torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 7.0, 6.0))
+    with caplog.at_level(logging.WARNING, logger=runner.log.name):
+        runner._hint_threads()
+    assert "--threads 1" in caplog.text and "load average 7.5 on 2 cores" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    with caplog.at_level(logging.WARNING, logger=runner.log.name):
+        runner._hint_threads()
+    assert caplog.text == ""
