@@ -28,6 +28,7 @@ from ._common import runtime_options, setup_runtime
 @click.option("--schedule", default="onecycle", show_default=True, type=click.Choice(["onecycle", "cosine", "constant"]))
 @click.option("--ema", default=None, type=float, help="Keep an EMA of the weights with this decay (e.g. 0.999); it is "
               "evaluated and exported.")
+@click.option("--grid-per-class", default=4, show_default=True, type=int, help="Images per class in each interval grid.")
 @click.option("--log-every", default=None, type=int, help="Steps between rows of intervals.json (and DAT's grids).")
 @click.option("--beta", default=6.0, show_default=True, type=float, help="TRADES/WEAT KL weight (both use 6).")
 @click.option("--seed", default=0, show_default=True, type=int)
