@@ -182,6 +182,10 @@ def test_bn_frozen_ema_exported_and_base_recorded(tiny_spec, tiny_base, tmp_path
     shadow = last["ema"]["shadow"]
     assert all(torch.equal(m.classifier.state_dict()[k], shadow[k]) for k in shadow)  # the EMA is what ships
     assert not all(torch.equal(last["state_dict"][k], shadow[k]) for k in shadow)
+    from safetensors.torch import load_file
+
+    exported = load_file(str(tmp_path / "r" / "model.safetensors"))
+    assert all(torch.equal(exported[k], shadow[k]) for k in shadow)
 
 
 def _run(args):
