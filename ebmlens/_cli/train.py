@@ -85,7 +85,10 @@ def train_cmd(resume: bool, eps: str, attack_step_size: str | None, objective: s
                                    gamma=gamma, sgld_steps=sgld_steps, sgld_inner_steps=sgld_inner_steps,
                                    sgld_step_size=sgld_step_size, sgld_noise=sgld_noise, init=jem_init)
     step = parse_number(attack_step_size) if attack_step_size is not None else None
-    cfg = TrainConfig(eps=parse_number(eps), attack_step_size=step, objective=obj, **kw)
+    eps_value = parse_number(eps)
+    if eps_value is None:
+        raise ValueError("--eps needs a number, e.g. 0.5 or 8/255")
+    cfg = TrainConfig(eps=eps_value, attack_step_size=step, objective=obj, **kw)
     result = train(cfg, resume=resume, progress=True)
     final = result.final
     click.echo(f"done: {cfg.out} clean_acc={final.get('clean_acc', float('nan')):.4f} "

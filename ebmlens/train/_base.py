@@ -48,7 +48,8 @@ def load_base(init_from: str, arch: str, data, threat_model: str) -> EnergyModel
     elif source == "robustbench":
         kw["threat_model"] = threat_model
     model = load_model(init_from, **kw)
-    shape = (int(data.images.shape[3]), *map(int, data.images.shape[1:3]))
+    h, w, c = data.image_shape
+    shape = (int(c), int(h), int(w))
     if tuple(model.input_shape) != shape:
         raise ValueError(f"--init-from {init_from!r} takes images of shape {tuple(model.input_shape)} but the training "
                          f"data has {shape}; choose a model for this data")

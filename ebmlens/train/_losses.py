@@ -112,7 +112,7 @@ def trades(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, bet
     return trades_terms_from_logits(model(x), model(x_adv), y).loss(beta)
 
 
-def _weat(model, x, y, attack, kind: str, beta: float, generator) -> torch.Tensor:
+def _weat(model, x, y, attack, kind: Literal["adv", "nat"], beta: float, generator) -> torch.Tensor:
     _check_beta(f"WEAT-{kind}", beta)
     x_adv = trades_examples(model, x, attack, generator=generator)
     e_w = None

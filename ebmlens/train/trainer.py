@@ -160,7 +160,8 @@ def _fit_to_data(cfg: TrainConfig, n_train: int) -> tuple[TrainConfig, list[str]
 
 def _optimizer(cfg: TrainConfig, model: EnergyModel, total: int):
     """Nesterov SGD (no weight decay on biases and BatchNorm) and the one-cycle or cosine schedule."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.classifier.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -220,7 +221,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(cfg.seed, 3_000_017))
             model = build_model(str(cfg.arch), train_data.num_classes, cfg.mean, cfg.std, train_data.class_names,
-                                input_shape=(train_data.images.shape[3], *train_data.images.shape[1:3]),
+                                input_shape=(train_data.image_shape[2], *train_data.image_shape[:2]),
                                 source="file", name=cfg.arch, dataset=train_data.source, threat_model=cfg.threat_model)
     model.to(device)
     if cfg.channels_last:
@@ -271,7 +272,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
         t0, seen, loss_sum = time.perf_counter(), 0, pos.epoch_loss_sum  # carries over a mid-epoch resume
         while pos.step < steps_per_epoch:
             g = _gen(cfg.seed, pos.epoch, pos.step + 1_000_003)
-            b = perm[pos.step * cfg.batch_size:(pos.step + 1) * cfg.batch_size].numpy()
+            b = perm[pos.step * cfg.batch_size:(pos.step + 1) * cfg.batch_size].tolist()
             xb = _augment(train_data.tensor(b), g).to(device)
             yb = train_data.label_tensor(b, device)
             if cfg.channels_last:
