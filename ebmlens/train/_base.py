@@ -25,14 +25,17 @@ def base_arch(init_from: str, arch: str | None) -> str | None:
     return None
 
 
-def file_arch(init_from: str) -> str:
-    """The architecture name that the checkpoint ``file:PATH`` carries, refused unless it is one a file may name."""
+def _file_meta(init_from: str) -> dict:
     from ..models.file import read_checkpoint, split_checkpoint
 
     _, path = parse_model_spec(init_from)
     obj, st_meta = read_checkpoint(path)
-    _, meta = split_checkpoint(obj, st_meta)
-    arch = meta.get("arch")
+    return split_checkpoint(obj, st_meta)[1]
+
+
+def file_arch(init_from: str) -> str:
+    """The architecture name that the checkpoint ``file:PATH`` carries, refused unless it is one a file may name."""
+    arch = _file_meta(init_from).get("arch")
     if not is_safe_arch_name(arch):
         raise ValueError(f"--init-from {init_from!r}: the checkpoint names its architecture as {arch!r}, not a registered "
                          "name or a source:name spec; pass --arch NAME (the run records that name)")
@@ -43,13 +46,15 @@ def load_base(init_from: str, arch: str, data, threat_model: str) -> EnergyModel
     """The base model, checked against the training data's image shape and classes."""
     source, _ = parse_model_spec(init_from)
     kw: dict = {}
-    if source == "file":
-        kw["arch"] = arch
+    h, w, c = data.image_shape
+    shape = (int(c), int(h), int(w))
+    if source == "file":  # what the file's metadata does not say is taken from the data
+        meta = _file_meta(init_from)
+        kw.update(arch=arch, **({} if "num_classes" in meta else {"num_classes": data.num_classes}),
+                  **({} if "input_shape" in meta else {"input_shape": shape}))
     elif source == "robustbench":
         kw["threat_model"] = threat_model
     model = load_model(init_from, **kw)
-    h, w, c = data.image_shape
-    shape = (int(c), int(h), int(w))
     if tuple(model.input_shape) != shape:
         raise ValueError(f"--init-from {init_from!r} takes images of shape {tuple(model.input_shape)} but the training "
                          f"data has {shape}; choose a model for this data")

@@ -252,3 +252,17 @@ def test_resume_from_a_bad_last_pt_is_one_line(tiny_spec, tmp_path, damage):
     r = _run(["--data", tiny_spec, "--out", str(out), *TINY, "--resume"])
     _one_line_exit_2(r)
     assert str(last) in r.output
+
+
+def test_init_from_a_file_that_names_no_safe_architecture(tiny_spec, tiny_base, tmp_path):
+    sd = torch.load(tiny_base[0][5:], weights_only=True)["state_dict"]
+    bare = tmp_path / "bare.pt"
+    torch.save({"state_dict": sd}, bare)  # no metadata: the run could not name its architecture
+    obj = O.DAT(negatives=tiny_base[1])
+    with pytest.raises(ValueError, match="pass --arch"):
+        train(TrainConfig(data=tiny_spec, out=str(tmp_path / "a"), objective=obj, init_from=f"file:{bare}"))
+    cfg = _dat_cfg(tiny_spec, tmp_path / "b", f"file:{bare}", tiny_base[1], arch="convnet-small", epochs=1,
+                   log_every=None)
+    res = train(cfg)  # the user's --arch names it
+    assert json.loads((tmp_path / "b" / "model.json").read_text())["arch"] == "convnet-small"
+    assert res.final["lr"] == pytest.approx(0.01)  # constant schedule
