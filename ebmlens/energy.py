@@ -387,13 +387,8 @@ def input_grad(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v
     return v.detach(), grad, logits.detach()
 
 
-def energy_grad(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deprecated (one release): use :func:`input_grad`, which also returns the pass's logits.
-
-    ``(fn(x) (N,), d sum(fn(x)) / d x)``, detached: the same pass, with ``fn`` in the model's place.
-    """
+def energy_grad(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deprecated (one release): use :func:`input_grad`. ``(fn(x) (N,), d sum(fn(x)) / d x)``, detached."""
     warnings.warn("ebmlens.energy.energy_grad(fn, x) is deprecated and goes in the next release; use "
                   "ebmlens.energy.input_grad(model, x, value, y), value(logits, y) -> (N,)",
                   DeprecationWarning, stacklevel=2)

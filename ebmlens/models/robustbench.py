@@ -4,15 +4,13 @@ The weights of ``NAME`` trained on ``dataset`` for ``threat_model`` are read fro
 ``{model_dir}/{dataset}/{threat_model}/{NAME}.pt`` (RobustBench's own layout). They are
 downloaded only when the file is missing and ``download=True``. The architecture comes from
 ``robustbench.model_zoo.model_dicts``; the weights are loaded by ebmlens with
-``torch.load(weights_only=True)`` (pickles only with ``trust_checkpoint=True``).
-
-RobustBench models take [0, 1] pixels and normalize inside, so the :class:`~ebmlens.EnergyModel`
-has mean 0 and std 1. Zoo entries whose constructor downloads weights (XCiT through timm,
-ImageNet ``Standard_R50`` through torchvision) are built with the network blocked: they load
-from a local file or cache, or fail with the path to put the file at.
-
-The PyPI release 1.1.1 imports ``autoattack`` (published on PyPI as ``pyautoattack``) and
-``pkg_resources`` (removed in setuptools 81); :func:`import_zoo` makes it importable.
+``torch.load(weights_only=True)`` (pickles only with ``trust_checkpoint=True``). RobustBench
+models take [0, 1] pixels and normalize inside, so the :class:`~ebmlens.EnergyModel` has mean 0 and
+std 1. Zoo entries whose constructor downloads weights (XCiT through timm, ImageNet ``Standard_R50``
+through torchvision) are built with the network blocked: they load from a local file or cache, or
+fail with the path to put the file at. The PyPI release 1.1.1 imports ``autoattack`` (published on
+PyPI as ``pyautoattack``) and ``pkg_resources`` (removed in setuptools 81); :func:`import_zoo` makes
+it importable.
 
 >>> "Carmon2019Unlabeled" in list_names("cifar10", "Linf")
 True
@@ -163,8 +161,7 @@ def resolve(name: str, dataset: str | None = None, threat_model: str | None = No
 
 
 def arch_factory(name: str) -> Callable[..., nn.Module]:
-    """``robustbench:NAME`` (or ``robustbench:DATASET/THREAT_MODEL/NAME`` where the name is ambiguous) as
-    an architecture: the zoo's constructor, run with the network blocked, no weights loaded."""
+    """``robustbench:NAME`` (or ``DATASET/THREAT_MODEL/NAME``) as an architecture: no weights, no network."""
     parts = name.split("/")
     if len(parts) not in (1, 3):
         raise ValueError(f"robustbench architecture {name!r}: write NAME or DATASET/THREAT_MODEL/NAME")

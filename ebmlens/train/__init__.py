@@ -1,8 +1,8 @@
 """Adversarial training: objectives (frozen dataclasses over pure loss functions) and a small trainer."""
 
 from . import objectives
-from .objectives import PGDAT, AttackConfig, RobustJEM, Standard, Trades, WeatAdv, WeatNat
+from .objectives import DAT, PGDAT, AttackConfig, RobustJEM, Standard, Trades, WeatAdv, WeatNat
 from .trainer import TrainConfig, TrainResult, evaluate_accuracy, train
 
 __all__ = ["objectives", "AttackConfig", "TrainConfig", "TrainResult", "train", "evaluate_accuracy",
-           "Standard", "PGDAT", "Trades", "WeatAdv", "WeatNat", "RobustJEM"]
+           "Standard", "PGDAT", "Trades", "WeatAdv", "WeatNat", "RobustJEM", "DAT"]

@@ -1,14 +1,17 @@
 """The trainer's files: ``last.pt`` (write and resume), ``epoch_NNN.pt``, ``model.safetensors`` + ``model.json``.
 
 ``last.pt`` = ``{"state_dict", "optimizer", "scheduler", ["scaler"], "epoch", "step", "config" (config.json's
-dict), "history_json", "epoch_loss_sum", "objective_state"}`` (the objective's state: ``None`` or a tensor,
-Robust JEM's replay buffer), written atomically.
+dict), "history_json", "epoch_loss_sum", "objective_state", "ema", "intervals_json"}`` (the objective's
+state: ``None``, a tensor (Robust JEM's replay buffer) or a dict of plain values (DAT's curriculum); the
+EMA's ``{"decay", "n", "shadow"}`` or ``None``), written atomically.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,8 @@ __all__ = ["Position", "save_last", "resume", "save_weights", "export"]
 log = logging.getLogger(__name__)
 
 # settings a resumed run must share with the run that wrote last.pt (buffer_size: stateful objectives only)
-RESUME_KEYS = ("arch", "objective", "epochs", "batch_size", "seed", "eps", "threat_model", "buffer_size")
+RESUME_KEYS = ("arch", "objective", "epochs", "batch_size", "seed", "eps", "threat_model", "buffer_size", "init_from",
+               "ema")
 
 
 @dataclass
@@ -36,13 +40,15 @@ class Position:
     history: list = field(default_factory=list)
     epoch_loss_sum: float = 0.0
     state: Any = None
+    ema: Any = None
+    intervals: list = field(default_factory=list)
 
 
 def save_last(path: Path, cfg: TrainConfig, model, opt, sched, scaler, pos: Position) -> None:
     ck = {"state_dict": model.classifier.state_dict(), "optimizer": opt.state_dict(),
           "scheduler": sched.state_dict(), "epoch": pos.epoch, "step": pos.step, "config": cfg.to_dict(),
           "history_json": json.dumps(pos.history), "epoch_loss_sum": pos.epoch_loss_sum,
-          "objective_state": pos.state}
+          "objective_state": pos.state, "ema": pos.ema, "intervals_json": json.dumps(pos.intervals)}
     if scaler is not None:
         ck["scaler"] = scaler.state_dict()
     atomic_torch_save(ck, path)
@@ -72,26 +78,60 @@ def resume(path: Path, cfg: TrainConfig, model, opt, sched, scaler, state, devic
     ``state`` is the objective's fresh initial state: a stateful objective (not ``None``) needs one in
     the checkpoint. Refuses a checkpoint of other settings (:data:`RESUME_KEYS`).
     """
-    ck = torch.load(path, map_location=device, weights_only=True)
+    ck = _read_last(path, device)
     _check_same_run(ck.get("config", {}), cfg, state is not None, path)
-    model.classifier.load_state_dict(ck["state_dict"])
-    opt.load_state_dict(ck["optimizer"])
-    sched.load_state_dict(ck["scheduler"])
+    try:
+        model.classifier.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        epoch, step = int(ck["epoch"]), int(ck["step"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise ValueError(f"--resume: {path} does not fit this run ({type(e).__name__}: {first}); "
+                         "choose a new --out") from None
     if scaler is not None and "scaler" in ck:
         scaler.load_state_dict(ck["scaler"])
     if state is not None:
         if ck.get("objective_state") is None:
-            raise ValueError(f"--resume: {path} holds no {cfg.objective_name} state (replay buffer); "
+            raise ValueError(f"--resume: {path} holds no {cfg.objective_name} state; "
                              "it was written by another objective or an older ebmlens: choose a new --out")
         state = _to(ck["objective_state"], device)
+    if cfg.ema is not None and ck.get("ema") is None:
+        raise ValueError(f"--resume: {path} holds no EMA but this run keeps one; resume with the same settings or "
+                         "choose a new --out")
     history = list(ck.get("history_json") and json.loads(ck["history_json"]) or [])
-    log.info("resumed from %s at epoch %d step %d", path, int(ck["epoch"]), int(ck["step"]))
-    return Position(int(ck["epoch"]), int(ck["step"]), history, float(ck.get("epoch_loss_sum", 0.0)), state)
+    intervals = list(ck.get("intervals_json") and json.loads(ck["intervals_json"]) or [])
+    log.info("resumed from %s at epoch %d step %d", path, epoch, step)
+    return Position(epoch, step, history, float(ck.get("epoch_loss_sum", 0.0)), state, _to(ck.get("ema"), device),
+                    intervals)
+
+
+def _read_last(path: Path, device: torch.device) -> dict:
+    """``last.pt`` read with ``weights_only=True``; a pickled, truncated or foreign file is a one-line error."""
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"--resume: {path} holds pickled Python objects, not a checkpoint written by ebmlens train "
+                         "(loading it could run code); choose a new --out") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ValueError(f"--resume: {path} is corrupt or truncated ({type(e).__name__}); delete it to start "
+                         "over, or choose a new --out") from None
+    if not isinstance(ck, dict) or "state_dict" not in ck:
+        raise ValueError(f"--resume: {path} is not a checkpoint written by ebmlens train; choose a new --out")
+    return ck
 
 
 def _meta(model, cfg: TrainConfig) -> dict:
-    return {"arch": cfg.arch, "num_classes": model.num_classes, "class_names": model.class_names,
-            "mean": list(cfg.mean), "std": list(cfg.std), "input_shape": list(model.input_shape)}
+    mean, std = (cfg.mean, cfg.std) if cfg.init_from is None else (model.mean.flatten().tolist(),
+                                                                     model.std.flatten().tolist())
+    meta = {"arch": cfg.arch, "num_classes": model.num_classes, "class_names": model.class_names,
+            "mean": [round(float(v), 7) for v in mean], "std": [round(float(v), 7) for v in std],
+            "input_shape": list(model.input_shape)}
+    if cfg.init_from is not None:
+        meta["base"] = cfg.init_from  # a source:name spec (never module:function)
+    if cfg.ema is not None:
+        meta["ema"] = cfg.ema  # these weights are the EMA
+    return meta
 
 
 def save_weights(model, cfg: TrainConfig, path: Path, epoch: int, metrics: dict | None) -> None:

@@ -38,7 +38,7 @@ class TrainConfig:
 
     data: str
     out: str
-    arch: str = "resnet-small"
+    arch: str | None = None  # resnet-small, or the init_from model's (see ebmlens.train._base)
     objective: Any = "pgd-at"
     threat_model: Literal["L2", "Linf"] = "L2"
     eps: float = 0.5
@@ -49,7 +49,7 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     pct_start: float = 0.25
     beta: float | None = None  # with a string objective only
     seed: int = 0
@@ -62,11 +62,31 @@ class TrainConfig:
     max_train_images: int | None = None
     mean: tuple[float, ...] = CIFAR10_MEAN
     std: tuple[float, ...] = CIFAR10_STD
+    init_from: str | None = None  # a load_model spec to start from (its normalization replaces mean/std)
+    ema: float | None = None  # decay of the weights' EMA (evaluated, saved and exported), e.g. 0.999
+    log_every: int | None = None  # steps between intervals.json rows (and grids for DAT); None: epochs only
+    grid_per_class: int = 4  # images per class in each interval grid
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objective", _as_objective(self.objective, self.beta))
         object.__setattr__(self, "beta", None)
-        get_arch(self.arch)  # raises with choices
+        if self.init_from is not None:
+            if not isinstance(self.init_from, str):
+                raise TypeError(f"init_from must be a model spec such as 'ebmlens:cifar10-l2-small', got "
+                                f"{type(self.init_from).__name__}")
+            from ._base import base_arch
+
+            object.__setattr__(self, "arch", base_arch(self.init_from, self.arch))
+        elif self.arch is None:
+            object.__setattr__(self, "arch", "resnet-small")
+        if self.arch is not None:
+            get_arch(self.arch)  # raises with choices
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ValueError(f"ema must be a decay in (0, 1) such as 0.999, or None, got {self.ema}")
+        if self.log_every is not None and not (isinstance(self.log_every, int) and self.log_every >= 1):
+            raise ValueError(f"log_every must be an int >= 1 or None, got {self.log_every!r}")
+        if not (isinstance(self.grid_per_class, int) and self.grid_per_class >= 0):
+            raise ValueError(f"grid_per_class must be an int >= 0, got {self.grid_per_class!r}")
         object.__setattr__(self, "threat_model", parse_threat_model(self.threat_model))
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
             raise ValueError(f"eps must be > 0, got {self.eps}")
@@ -77,8 +97,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
-        if self.schedule not in ("onecycle", "cosine"):
-            raise ValueError(f"schedule must be 'onecycle' or 'cosine', got {self.schedule!r}")
+        if self.schedule not in ("onecycle", "cosine", "constant"):
+            raise ValueError(f"schedule must be 'onecycle', 'cosine' or 'constant', got {self.schedule!r}")
         size = getattr(self.objective, "buffer_size", None)
         if size is not None and size < self.batch_size:
             raise ValueError(f"buffer_size {size} is smaller than batch_size {self.batch_size}")

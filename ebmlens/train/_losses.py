@@ -98,7 +98,8 @@ def _check_beta(name: str, beta: float) -> None:
         raise ValueError(f"{name} beta must be a number >= 0, got {beta!r}")
 
 
-def trades(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, beta: float = 6.0, generator=None) -> torch.Tensor:
+def trades(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, beta: float = 6.0,
+           generator=None) -> torch.Tensor:
     """TRADES (Zhang et al., ICML 2019).
 
     ``loss = mean_i CE(f(x_i), y_i) + beta * mean_i KL(p(.|x_i) || p(.|x*_i))`` where ``x*``
@@ -112,7 +113,7 @@ def trades(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, bet
     return trades_terms_from_logits(model(x), model(x_adv), y).loss(beta)
 
 
-def _weat(model, x, y, attack, kind: str, beta: float, generator) -> torch.Tensor:
+def _weat(model, x, y, attack, kind: Literal["adv", "nat"], beta: float, generator) -> torch.Tensor:
     _check_beta(f"WEAT-{kind}", beta)
     x_adv = trades_examples(model, x, attack, generator=generator)
     e_w = None
@@ -124,7 +125,8 @@ def _weat(model, x, y, attack, kind: str, beta: float, generator) -> torch.Tenso
     return weat_terms_from_logits(logits, logits_adv, y, energy_for_weights=e_w).loss(kind, beta)
 
 
-def weat_adv(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, beta: float = 6.0, generator=None) -> torch.Tensor:
+def weat_adv(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, beta: float = 6.0,
+             generator=None) -> torch.Tensor:
     """WEAT-adv: energy-weighted TRADES with the adversarial cross-entropy (Mirza et al., ECCV 2024).
 
     ``loss = mean_i(w_i CE(f(x*_i), y_i)) + beta * mean_i(w_i KL(p(.|x_i) || p(.|x*_i)))``,
@@ -142,7 +144,8 @@ def weat_adv(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, b
     return _weat(model, x, y, attack, "adv", beta, generator)
 
 
-def weat_nat(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, beta: float = 6.0, generator=None) -> torch.Tensor:
+def weat_nat(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, beta: float = 6.0,
+             generator=None) -> torch.Tensor:
     """WEAT-nat: as :func:`weat_adv` with the cross-entropy on the natural input (Mirza et al., ECCV 2024).
 
     ``loss = mean_i(w_i CE(f(x_i), y_i)) + beta * mean_i(w_i KL(p(.|x_i) || p(.|x*_i)))``,
@@ -151,6 +154,7 @@ def weat_nat(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, *, b
     return _weat(model, x, y, attack, "nat", beta, generator)
 
 
-def standard(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig | None = None, *, generator=None) -> torch.Tensor:
+def standard(model, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig | None = None, *,
+             generator=None) -> torch.Tensor:
     """Plain cross-entropy on natural images (a non-robust baseline)."""
     return F.cross_entropy(model(x).float(), y)

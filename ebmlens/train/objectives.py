@@ -37,14 +37,26 @@ from typing import Any, Callable, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 
+from ._dat import DAT, curriculum_update, dat_loss, move_negatives, pairwise_auc
 from ._jem import init_replay_buffer, jempp_sgld, robust_jem
-from ._losses import (AttackConfig, _check_beta, adversarial_examples, attack_loss, pgd_at, standard, trades,
-                      trades_examples, weat_adv, weat_nat)
+from ._losses import (
+    AttackConfig,
+    _check_beta,
+    adversarial_examples,
+    attack_loss,
+    pgd_at,
+    standard,
+    trades,
+    trades_examples,
+    weat_adv,
+    weat_nat,
+)
 
-__all__ = ["Objective", "Standard", "PGDAT", "Trades", "WeatAdv", "WeatNat", "RobustJEM", "from_name",
+__all__ = ["Objective", "Standard", "PGDAT", "Trades", "WeatAdv", "WeatNat", "RobustJEM", "DAT", "from_name",
            "objective_name", "objective_params", "AttackConfig", "pgd_at", "trades", "trades_examples", "weat_adv",
            "weat_nat", "robust_jem", "init_replay_buffer", "jempp_sgld", "standard", "adversarial_examples",
-           "attack_loss", "OBJECTIVES", "OBJECTIVE_TYPES"]
+           "attack_loss", "dat_loss", "move_negatives", "pairwise_auc", "curriculum_update", "OBJECTIVES",
+           "OBJECTIVE_TYPES"]
 
 
 @runtime_checkable
@@ -211,7 +223,7 @@ class RobustJEM:
         return robust_jem(model, x, y, attack, state, generator=generator, **self.kwargs())
 
 
-OBJECTIVE_TYPES: dict[str, type] = {t.name: t for t in (PGDAT, Trades, Standard, WeatAdv, WeatNat, RobustJEM)}
+OBJECTIVE_TYPES: dict[str, type] = {t.name: t for t in (PGDAT, Trades, Standard, WeatAdv, WeatNat, RobustJEM, DAT)}
 
 # the pure loss functions by name (as before objectives were objects)
 OBJECTIVES = {"pgd-at": pgd_at, "trades": trades, "standard": standard, "weat-adv": weat_adv,

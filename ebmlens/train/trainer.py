@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +37,8 @@ from ..models.archs import get_arch
 from ..rng import sample_seed
 from . import _checkpoint as ckpt
 from ._config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
+from ._ema import EMA
+from ._interval import interval_row, save_intervals
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate_accuracy", "build_model", "CIFAR10_MEAN", "CIFAR10_STD"]
 
@@ -119,7 +121,16 @@ def _check_data_path(spec: str) -> None:
                                     "point it at the CIFAR-10 archive or an npz/folder of images")
 
 
-def _prepare_out(out: Path) -> None:
+_RUN_FILES = ("last.pt", "config.json", "metrics.json", "model.safetensors", "intervals.json")
+
+
+def _prepare_out(out: Path, resume: bool = False) -> None:
+    """Make ``out`` (writable), refusing to start over an earlier run there unless resuming it."""
+    if not resume and out.is_dir():
+        found = [n for n in _RUN_FILES if (out / n).exists()] + sorted(p.name for p in out.glob("epoch_*.pt"))[:1]
+        if found:
+            raise ValueError(f"--out {str(out)!r} holds an earlier training run ({', '.join(found)}); pass --resume to "
+                             "continue it, or choose a new --out (nothing was overwritten)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write_test"
@@ -149,13 +160,16 @@ def _fit_to_data(cfg: TrainConfig, n_train: int) -> tuple[TrainConfig, list[str]
 
 def _optimizer(cfg: TrainConfig, model: EnergyModel, total: int):
     """Nesterov SGD (no weight decay on biases and BatchNorm) and the one-cycle or cosine schedule."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.classifier.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                          lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     if cfg.schedule == "onecycle":
         return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start)
+    if cfg.schedule == "constant":
+        return opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
 
 
@@ -186,20 +200,30 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
         raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu")
     _autocast(device, cfg.amp)  # an amp the device cannot run fails here, before anything is written
     out = Path(cfg.out)
-    _prepare_out(out)
+    _prepare_out(out, resume)
+    if cfg.init_from is not None and cfg.arch is None:  # file:PATH: the architecture the file names
+        from ._base import file_arch
+
+        cfg = replace(cfg, arch=file_arch(cfg.init_from))
     train_data = require_labels(load_data(cfg.data, "train"), "train")
-    test_data = require_labels(load_data(cfg.data, "test"), "train")  # folder:/npz: specs have no split: the same images
+    # folder:/npz: specs have no split: the same images
+    test_data = require_labels(load_data(cfg.data, "test"), "train")
     n_train = len(train_data) if cfg.max_train_images is None else min(len(train_data), int(cfg.max_train_images))
     train_idx = train_data.strided(n_train) if n_train < len(train_data) else np.arange(len(train_data))
     eval_idx = test_data.strided(min(cfg.eval_n, len(test_data)))
 
     # The initial weights come from cfg.seed: torch's global generator starts from a random seed in
     # each process, so an unseeded init would make the same command give different models.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(sample_seed(cfg.seed, 3_000_017))
-        model = build_model(cfg.arch, train_data.num_classes, cfg.mean, cfg.std, train_data.class_names,
-                            input_shape=(train_data.images.shape[3], *train_data.images.shape[1:3]),
-                            source="file", name=cfg.arch, dataset=train_data.source, threat_model=cfg.threat_model)
+    if cfg.init_from is not None:
+        from ._base import load_base
+
+        model = load_base(cfg.init_from, str(cfg.arch), train_data, cfg.threat_model)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(cfg.seed, 3_000_017))
+            model = build_model(str(cfg.arch), train_data.num_classes, cfg.mean, cfg.std, train_data.class_names,
+                                input_shape=(train_data.image_shape[2], *train_data.image_shape[:2]),
+                                source="file", name=cfg.arch, dataset=train_data.source, threat_model=cfg.threat_model)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -213,12 +237,27 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
     if objective_fn is not None:
         objective = _legacy_objective_fn(objective_fn, objective)
 
+    train_mode = getattr(objective, "model_mode", "train") == "train"  # DAT: eval (BatchNorm frozen)
+    ema = EMA(model.classifier, cfg.ema) if cfg.ema is not None else None
     last = out / "last.pt"
     pos = ckpt.Position(state=state)
     if resume and last.exists():
         pos = ckpt.resume(last, cfg, model, opt, sched, scaler, state, device)
+        if ema is not None:
+            ema.load_state_dict(pos.ema)
     elif resume:
         log.info("--resume given but %s does not exist; starting fresh", last)
+
+    def evaluated():  # the model that is evaluated, saved and exported: the EMA when on
+        return ema.copy_of(model) if ema is not None else model
+
+    def accuracy(m):
+        return evaluate_accuracy(m, test_data, indices=eval_idx, threat_model=cfg.threat_model, eps=cfg.eps,
+                                 steps=cfg.eval_steps, device=device, amp=cfg.amp)
+
+    def save_last():
+        pos.ema = ema.state_dict() if ema is not None else None
+        ckpt.save_last(last, cfg, model, opt, sched, scaler, pos)
     atomic_write_json(out / "config.json", {**cfg.to_dict(), "notes": notes})
 
     report = progress if callable(progress) else None
@@ -230,11 +269,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
     attack = cfg.attack
     while pos.epoch < cfg.epochs:
         perm = torch.from_numpy(train_idx)[torch.randperm(n_train, generator=_gen(cfg.seed, pos.epoch))]
-        model.classifier.train()
+        model.classifier.train(train_mode)
         t0, seen, loss_sum = time.perf_counter(), 0, pos.epoch_loss_sum  # carries over a mid-epoch resume
         while pos.step < steps_per_epoch:
             g = _gen(cfg.seed, pos.epoch, pos.step + 1_000_003)
-            b = perm[pos.step * cfg.batch_size:(pos.step + 1) * cfg.batch_size].numpy()
+            b = perm[pos.step * cfg.batch_size:(pos.step + 1) * cfg.batch_size].tolist()
             xb = _augment(train_data.tensor(b), g).to(device)
             yb = train_data.label_tensor(b, device)
             if cfg.channels_last:
@@ -242,6 +281,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
             with _autocast(device, cfg.amp):
                 loss, pos.state = objective(model, xb, yb, attack, pos.state, generator=g)
             _optimizer_step(loss, opt, sched, scaler)
+            if ema is not None:
+                ema.update(model.classifier)
             pos.step += 1
             seen += len(b)
             loss_sum += float(loss.detach())
@@ -251,11 +292,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
                 bar.set_postfix(epoch=pos.epoch + 1, loss=f"{loss_sum / pos.step:.3f}", img_s=f"{ips:.0f}")
             if report is not None:
                 report({"epoch": pos.epoch, "step": pos.step, "loss": float(loss.detach()), "images_per_s": ips})
+            gstep = pos.epoch * steps_per_epoch + pos.step
+            if cfg.log_every is not None and gstep % cfg.log_every == 0:
+                row, pos.state = interval_row(objective, pos.state, evaluated(), accuracy, step=gstep, out=out,
+                                              per_class=cfg.grid_per_class, generator=_gen(cfg.seed, 4_000_037))
+                model.classifier.train(train_mode)
+                pos.intervals.append({**row, "epoch": pos.epoch + 1, "images": gstep * cfg.batch_size})
+                save_intervals(out, pos.intervals)
+                log.info("interval %s", row)
+                if bar is not None:
+                    bar.write("step " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                                 for k, v in row.items() if k not in ("levels", "grid")))
             if pos.step % cfg.checkpoint_every == 0 and pos.step < steps_per_epoch:
                 pos.epoch_loss_sum = loss_sum
-                ckpt.save_last(last, cfg, model, opt, sched, scaler, pos)
-        metrics = evaluate_accuracy(model, test_data, indices=eval_idx, threat_model=cfg.threat_model, eps=cfg.eps,
-                                    steps=cfg.eval_steps, device=device, amp=cfg.amp)
+                save_last()
+        final = evaluated()
+        metrics = accuracy(final)
         metrics.update(epoch=pos.epoch + 1, train_loss=loss_sum / max(steps_per_epoch, 1), lr=sched.get_last_lr()[0])
         pos.history.append(metrics)
         log.info("epoch %d: clean %.4f robust %.4f", pos.epoch + 1, metrics["clean_acc"], metrics["robust_acc"])
@@ -263,13 +315,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
             bar.write(f"epoch {pos.epoch + 1}/{cfg.epochs}: loss {metrics['train_loss']:.4f} clean acc "
                       f"{metrics['clean_acc']:.4f} robust acc {metrics['robust_acc']:.4f} (n={metrics['n']}, "
                       f"PGD-{cfg.threat_model} eps {cfg.eps})")
-        ckpt.save_weights(model, cfg, out / f"epoch_{pos.epoch + 1:03d}.pt", pos.epoch + 1, metrics)
+        ckpt.save_weights(final, cfg, out / f"epoch_{pos.epoch + 1:03d}.pt", pos.epoch + 1, metrics)
         pos.epoch, pos.step, pos.epoch_loss_sum = pos.epoch + 1, 0, 0.0
-        ckpt.save_last(last, cfg, model, opt, sched, scaler, pos)
+        save_last()
         atomic_write_json(out / "metrics.json", pos.history)
     if bar is not None:
         bar.close()
-    ckpt.export(model, cfg, out, pos.history)
+    ckpt.export(evaluated(), cfg, out, pos.history)
     return TrainResult(str(out), pos.history)
 
 
@@ -284,6 +336,3 @@ def _optimizer_step(loss: torch.Tensor, opt, sched, scaler) -> None:
         opt.step()
     sched.step()
 
-
-def config_fields() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ebmlens.attacks import L2Ball, pgd
 from ebmlens.energy import EnergyModel
 from ebmlens.train import objectives as O
 from tests.conftest import make_tiny_model
@@ -288,8 +287,8 @@ def test_robust_jem_restarts_come_from_init_not_the_buffer():
     for fill in (0.0, 1.0):
         for freq in (0.0, 1.0):
             buffer = torch.full((8, 3, 4, 4), fill, dtype=torch.float64)
-            _, new = O.robust_jem(model, x, y, attack, buffer, generator=_gen(), sgld=O.jempp_sgld(steps=1, inner_steps=1),
-                                  reinit_freq=freq, init=grey)
+            _, new = O.robust_jem(model, x, y, attack, buffer, generator=_gen(),
+                                  sgld=O.jempp_sgld(steps=1, inner_steps=1), reinit_freq=freq, init=grey)
             out[fill, freq] = new[(new != buffer).flatten(1).any(1)]
     assert torch.equal(out[0.0, 1.0], out[1.0, 1.0])  # every chain restarted: the buffer's content is irrelevant
     assert not torch.allclose(out[0.0, 0.0], out[1.0, 0.0])  # no restart: chains continue from the buffer

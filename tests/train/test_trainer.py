@@ -33,7 +33,8 @@ def test_each_objective_reduces_the_loss(tiny_spec, tmp_path, objective):
     assert [m["epoch"] for m in res.epochs] == [1, 2, 3]
     assert 0 <= res.final["robust_acc"] <= res.final["clean_acc"] <= 1
     out = tmp_path / objective
-    for name in ("last.pt", "epoch_001.pt", "epoch_003.pt", "metrics.json", "config.json", "model.safetensors", "model.json"):
+    for name in ("last.pt", "epoch_001.pt", "epoch_003.pt", "metrics.json", "config.json", "model.safetensors",
+                 "model.json"):
         assert (out / name).exists(), name
     ck = torch.load(out / "epoch_002.pt", weights_only=True)
     assert ck["ebmlens_meta"]["objective"] == objective and ck["ebmlens_meta"]["epoch"] == 2
@@ -119,7 +120,7 @@ def test_init_follows_the_seed_and_leaves_global_rng_alone(tiny_spec, tmp_path):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(123)  # another global state must not matter
         b = train(_cfg(tiny_spec, tmp_path / "b", objective="standard"))
-    c = train(_cfg(tiny_spec, tmp_path / "c", objective="standard", seed=1))
+    train(_cfg(tiny_spec, tmp_path / "c", objective="standard", seed=1))
     sd = {k: torch.load(tmp_path / k / "last.pt", weights_only=True)["state_dict"] for k in "abc"}
     assert all(torch.equal(sd["a"][k], sd["b"][k]) for k in sd["a"])
     assert not all(torch.equal(sd["a"][k], sd["c"][k]) for k in sd["a"])
@@ -181,7 +182,7 @@ def test_names_map_onto_objects_and_the_json_keeps_its_keys(name, cls):
     assert type(cfg.objective) is cls and cfg.beta is None
     assert getattr(cfg.objective, "beta", 3.0) == 3.0
     d = cfg.to_dict()
-    assert list(d)[:len(OLD_KEYS)] == OLD_KEYS and d["objective"] == name
+    assert set(OLD_KEYS) <= set(d) and d["objective"] == name  # every key of a config.json of before
     assert d["beta"] == (3.0 if name in ("trades", "weat-adv", "weat-nat") else 6.0)
     assert (d["buffer_size"], d["gamma"], d["jem_init"]) == (10000, 1.0, "gaussian")
     assert TrainConfig.from_dict(json.loads(json.dumps(d))) == cfg
@@ -209,7 +210,10 @@ def test_old_config_json_and_the_bundled_training_config_load():
         if not old:
             continue
         cfg = TrainConfig.from_dict(old)
-        assert type(cfg.objective) is O.PGDAT if old["objective"] == "pgd-at" else cfg.objective_name == old["objective"]
+        if old["objective"] == "pgd-at":
+            assert type(cfg.objective) is O.PGDAT
+        else:
+            assert cfg.objective_name == old["objective"]
         new = cfg.to_dict()
         assert all(new[k] == v for k, v in old.items()), path.name  # same keys, same values (and more keys)
     old = {k: v for k, v in _cfg("npz:x", "y").to_dict().items() if k != "objective_params"}
