@@ -41,8 +41,15 @@ __all__ = ["ood_report", "score_batch", "SCORES", "OODReport", "OODResult"]
 
 log = logging.getLogger(__name__)
 
-SCORES = ("energy", "max-logit", "msp", "grad-norm")
 ScoreFn = Callable[[EnergyModel, torch.Tensor], torch.Tensor]
+#: the built-in scores read from one pass's logits (higher = in-distribution): name -> (model, logits) -> (N,)
+LOGIT_SCORES: dict[str, ScoreFn] = {
+    "energy": lambda m, logits: -m.energy_from_logits(logits),  # -E(x) = logsumexp_y f(x)[y]
+    "max-logit": lambda m, logits: logits.float().amax(1),
+    "msp": lambda m, logits: torch.softmax(logits.float(), 1).amax(1),  # max_y p(y|x)
+}
+#: every built-in score: the logit scores and ``grad-norm`` (-||dE(x)/dx||, from the input-gradient pass)
+SCORES = (*LOGIT_SCORES, "grad-norm")
 Score = Union[str, ScoreFn]
 
 
@@ -78,29 +85,23 @@ def score_batch(model: EnergyModel, x: torch.Tensor, scores: Sequence[Score] | S
     True
     """
     named = _score_names(scores)
+    gnorm = torch.empty(0)
     if any(s == "grad-norm" for _, s in named):
         _, grad, logits = input_grad(model, x, lambda lg, _: model.energy_from_logits(lg))  # dE(x)/dx
         gnorm = grad.flatten(1).norm(dim=1)
     else:
         with torch.no_grad():
             logits = model(x)
-        gnorm = None
     if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
         raise ValueError(f"the model's output has shape {tuple(logits.shape)} for {x.shape[0]} images; "
                          "expected (N, num_classes)")
     out: dict[str, torch.Tensor] = {}
     for name, s in named:
-        if s == "energy":
-            v = -model.energy_from_logits(logits)
-        elif s == "max-logit":
-            v = logits.float().amax(1)
-        elif s == "msp":
-            v = torch.softmax(logits.float(), 1).amax(1)
-        elif s == "grad-norm":
-            v = -gnorm
+        if isinstance(s, str):
+            v = LOGIT_SCORES[s](model, logits) if s in LOGIT_SCORES else -gnorm
         else:
             with torch.no_grad():
-                v = torch.as_tensor(s(model, x)).float().flatten()  # type: ignore[operator]
+                v = torch.as_tensor(s(model, x)).float().flatten()
             if v.shape != (x.shape[0],):
                 raise ValueError(f"score {name!r} returned shape {tuple(v.shape)} for {x.shape[0]} images; "
                                  "a score callable must return one value per image, (N,)")

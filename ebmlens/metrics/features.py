@@ -297,15 +297,6 @@ class ModuleFeatures:
 
 
 # ---------------------------------------------------------------------------- choosing and running one
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from e
-
-
 def extractor(feature_model: object, *, inception_weights=None, layer=None, arch=None, device=None,
               trust_checkpoint=False, feature_name=None) -> InceptionFeatures | ModuleFeatures:
     """``None`` / ``"inception"``: the standard Inception (checked weights file); an ``nn.Module``
@@ -314,7 +305,7 @@ def extractor(feature_model: object, *, inception_weights=None, layer=None, arch
         if layer not in (None, "2048"):
             raise ValueError(f"the standard Inception uses its 2048-d pool features; layer={layer!r} is not offered")
         weights = check_inception_weights(find_inception_weights(inception_weights), trust_checkpoint)
-        return InceptionFeatures(weights, _device(device))
+        return InceptionFeatures(weights, _dist.resolve_device(device))
     if isinstance(feature_model, (str, os.PathLike)):
         from ..models import resolve_model
 
@@ -324,7 +315,7 @@ def extractor(feature_model: object, *, inception_weights=None, layer=None, arch
     if not isinstance(feature_model, nn.Module):
         raise TypeError(f"feature_model must be an nn.Module, a model name like 'ebmlens:cifar10-l2-small', "
                         f"or None (standard Inception), got {type(feature_model).__name__}")
-    return ModuleFeatures(feature_model, layer, None if device is None else _device(device), feature_name)
+    return ModuleFeatures(feature_model, layer, None if device is None else _dist.resolve_device(device), feature_name)
 
 
 def rgb_images(x: object, what: str = "images") -> ImageSet:

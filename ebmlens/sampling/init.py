@@ -112,10 +112,6 @@ class GaussianInit:
         if not (math.isfinite(self.scale) and self.scale >= 0):
             raise ValueError(f"GaussianInit scale must be >= 0, got {self.scale!r}")
 
-    @property
-    def fingerprint(self) -> dict[str, Any]:
-        return self.stats.fingerprint
-
     def unit_range_after(self, unit_in: bool) -> bool:
         """Its images lie in [0, 1] when clamped (what the pipeline's records plan on)."""
         return bool(self.clamp)
@@ -177,10 +173,6 @@ class PCAInit:
             raise ValueError(f"PCAInit variance must be in (0, 1], got {self.variance!r}")
         if self.n_images is not None and self.n_images < 2:
             raise ValueError(f"PCAInit n_images must be >= 2, got {self.n_images!r}")
-
-    @property
-    def fingerprint(self) -> dict[str, Any]:
-        return self.stats.fingerprint
 
     def unit_range_after(self, unit_in: bool) -> bool:
         """Its images lie in [0, 1] (what the pipeline's records plan on)."""
@@ -277,18 +269,6 @@ class DataInit:
                             f"{type(imgs).__name__}")
         if not self.noise >= 0:
             raise ValueError(f"DataInit noise must be >= 0, got {self.noise!r}")
-
-    @property
-    def fingerprint(self) -> dict[str, Any]:
-        imgs = self.images
-        if isinstance(imgs, torch.Tensor):
-            import hashlib
-
-            import numpy as np
-
-            h = hashlib.sha256(np.ascontiguousarray(imgs.detach().cpu().float().numpy()).data).hexdigest()[:16]
-            return {"source": "tensor", "count": int(imgs.shape[0]), "sha256": h}
-        return {"source": imgs.source, "count": len(imgs), "sha256": imgs.fingerprint}
 
     def unit_range_after(self, unit_in: bool) -> bool:
         """Its images lie in [0, 1] (what the pipeline's records plan on)."""

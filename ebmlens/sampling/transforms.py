@@ -58,10 +58,6 @@ class Contrast:
         elif not 0 <= float(self.center) <= 1:
             raise ValueError(f"Contrast center must be in [0, 1], got {self.center!r}")
 
-    @property
-    def fingerprint(self) -> dict[str, Any] | None:
-        return self.stats.fingerprint if self.stats is not None else None
-
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, *, generator: rng.GeneratorLike = None,
                  callback: Any = None) -> torch.Tensor:
         if self.center == "image":

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .._io import atomic_write_json
 from .._perf import autocast_context
+from .._validate import parse_device
 from ..data import ImageData, load_data, require_labels
 from ..energy import EnergyModel
 from ..models.archs import get_arch
@@ -195,9 +196,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Callable[[
     "images_per_s"}`` after each step. ``objective_fn`` is deprecated (use ``cfg.objective``).
     """
     _check_data_path(cfg.data)
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu")
+    name = parse_device(cfg.device)  # the one device parser (fails when the device is not here)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
     _autocast(device, cfg.amp)  # an amp the device cannot run fails here, before anything is written
     out = Path(cfg.out)
     _prepare_out(out, resume)
