@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_npz",
            "atomic_torch_save", "atomic_save_safetensors", "create_json", "jsonable", "fingerprint", "versions",
-           "save_figure"]
+           "save_figure", "check_writable"]
 
 
 @contextlib.contextmanager
@@ -179,3 +179,20 @@ def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 110) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi)
     return Path(path)
+
+
+def check_writable(path: Path | str, what: str, hint: str) -> None:
+    """Before anything is computed: ``path`` (or, when it does not exist yet, its nearest existing
+    parent) is a folder this process may write in; else a one-line ``ValueError``
+    ``"{what} cannot be written: ...; {hint}"``.
+
+    >>> check_writable("/", "--out /", "choose another --out") is None or True
+    True
+    """
+    probe = Path(path)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{what} cannot be written: {probe} is a file, not a folder; {hint}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} cannot be written: {probe} does not allow writing; {hint}")

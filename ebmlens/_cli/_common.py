@@ -18,6 +18,7 @@ from typing import Any, Callable
 import click
 
 from .. import DEFAULT_MODEL
+from .._io import check_writable
 
 TRUST_HELP = ("Allow a checkpoint that holds pickled Python objects (torch.load with weights_only=False). "
               "Loading such a file runs code from it: only for files you trust. Plain state dicts and "
@@ -169,13 +170,7 @@ def check_out_file(out: str | None, *, overwrite: bool, flag: str = "--out") -> 
         raise ValueError(f"{flag} {out} is a folder; give a file name (e.g. {path / 'result.json'})")
     if path.exists() and not overwrite:
         raise ValueError(f"{flag} {out} exists; pass --overwrite to replace it, or choose another file")
-    probe = path.parent
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"{flag} {out} cannot be written: {probe} is a file, not a folder; choose another {flag}")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {out} cannot be written: {probe} does not allow writing; choose another {flag}")
+    check_writable(path.parent, f"{flag} {out}", f"choose another {flag}")
 
 
 def check_out_folder(out: str, *, own: str, overwrite: bool, what: str, flag: str = "--out") -> None:
@@ -185,13 +180,7 @@ def check_out_folder(out: str, *, own: str, overwrite: bool, what: str, flag: st
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{flag} {out} is a file; choose a folder")
-    probe = path
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"{flag} {out} cannot be created: {probe} is a file; choose another {flag}")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {out} cannot be written: {probe} does not allow writing; choose another {flag}")
+    check_writable(path, f"{flag} {out}", f"choose another {flag}")
     if path.is_dir() and not overwrite and not (path / own).exists():
         found = sorted(p.name for p in path.iterdir())
         if found:

@@ -32,7 +32,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .._io import atomic_path, atomic_write_json, create_json
+from .._io import atomic_path, atomic_write_json, check_writable, create_json
 from .._lock import RunLock, describe_holder, held_by
 from . import shards
 from .outputs import safe_name
@@ -104,14 +104,7 @@ def _holds_run(out: Path) -> bool:
 
 def _writable_dir(out: Path) -> None:
     """``out`` (or, when it does not exist yet, its nearest existing parent) is a folder we may write in."""
-    probe = out
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"cannot create the output folder {out}: {probe} is a file; choose another --out")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"the output folder {out} is not writable ({probe} does not allow writing); choose "
-                         "another --out")
+    check_writable(out, f"the output folder {out}", "choose another --out")
 
 
 def check_out_dir(out: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
