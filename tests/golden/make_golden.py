@@ -58,7 +58,7 @@ def _report(text: str) -> dict:
 def compute(cifar_spec: str) -> dict:
     import ebmlens
     from ebmlens import analysis, metrics
-    from ebmlens.attacks import get_attack
+    from ebmlens.attacks import Geometry, get_attack
     from ebmlens.data import load_data
     from ebmlens.sampling import presets
 
@@ -79,8 +79,8 @@ def compute(cifar_spec: str) -> dict:
             ebmlens.sample(model, pipe, n=12, out_dir=d, batch_size=5, seed=3, png=False, grid=False)
             z = np.load(Path(d) / "samples.npz")
             out["runner/robust-jem"] = {k: _sha(z[k]) for k in sorted(z.files)}
-        rep = analysis.energy_report(model, test, ("pgd", "pgd-targeted"), eps=0.5, threat_model="L2", n=40,
-                                     steps=3, n_boot=200, batch_size=16)
+        rep = analysis.energy_report(model, test, ("pgd", "pgd-targeted"), n=40, steps=3, n_boot=200,
+                                     batch_size=16, geometry=Geometry.for_model(model, "L2", 0.5))
         out["energy_report"] = _report(rep.to_json(per_sample=False))
         out["energy_report/per_sample"] = _sha(np.asarray(json.dumps(_report(rep.to_json())), dtype=object)
                                                .astype(str))
