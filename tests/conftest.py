@@ -82,3 +82,14 @@ def robust_model() -> EnergyModel:
     if dev:
         return ebmlens.load_model(f"file:{dev}")
     return ebmlens.load_model("ebmlens:cifar10-l2-small")
+
+
+def json_numbers(obj, path=""):
+    """Every number in a JSON tree, by its path (to compare two reports number by number)."""
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in json_numbers(val, f"{path}/{key}").items()}
+    if isinstance(obj, list):
+        return {k: v for i, val in enumerate(obj) for k, v in json_numbers(val, f"{path}[{i}]").items()}
+    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        return {path: obj}
+    return {}

@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from ebmlens.cli import main
+from tests.conftest import json_numbers
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 
@@ -41,15 +42,6 @@ def _single(*args) -> None:
     assert res.exit_code == 0, res.output
 
 
-def _numbers(obj, path=""):
-    """Every number in a JSON tree, by its path."""
-    if isinstance(obj, dict):
-        return {k: v for key, val in obj.items() for k, v in _numbers(val, f"{path}/{key}").items()}
-    if isinstance(obj, list):
-        return {k: v for i, val in enumerate(obj) for k, v in _numbers(val, f"{path}[{i}]").items()}
-    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        return {path: obj}
-    return {}
 
 
 def test_torchrun_energy_matches_single_process(tmp_path, cifar_spec):
@@ -63,8 +55,8 @@ def test_torchrun_energy_matches_single_process(tmp_path, cifar_spec):
     rd = json.loads((tmp_path / "dist" / "report.json").read_text())
     r1 = json.loads((tmp_path / "one" / "report.json").read_text())
     assert rd["config"]["world_size"] == 2 and "world_size" not in r1["config"]
-    nd, n1 = _numbers(rd["summaries"] if "summaries" in rd else rd), _numbers(r1["summaries"] if "summaries" in r1
-                                                                               else r1)
+    nd = json_numbers(rd["summaries"] if "summaries" in rd else rd)
+    n1 = json_numbers(r1["summaries"] if "summaries" in r1 else r1)
     nd = {k: v for k, v in nd.items() if "world_size" not in k and "seconds" not in k}
     n1 = {k: v for k, v in n1.items() if "seconds" not in k}
     assert nd.keys() == n1.keys() and len(nd) > 20

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import json_numbers
+
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 
 SCRIPT = '''
@@ -53,14 +55,6 @@ if __name__ == "__main__":
 '''
 
 
-def _numbers(obj, path=""):
-    if isinstance(obj, dict):
-        return {k: v for key, val in obj.items() for k, v in _numbers(val, f"{path}/{key}").items()}
-    if isinstance(obj, list):
-        return {k: v for i, val in enumerate(obj) for k, v in _numbers(val, f"{path}[{i}]").items()}
-    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        return {path: obj}
-    return {}
 
 
 def test_calibration_and_counterfactual_under_torchrun_equal_one_process(tmp_path):
@@ -86,7 +80,7 @@ def test_calibration_and_counterfactual_under_torchrun_equal_one_process(tmp_pat
     finally:
         torch.set_num_threads(threads)
     assert dist["cal"]["config"].pop("world_size") == 2 and dist["cf"]["config"].pop("world_size") == 2
-    nd, n1 = _numbers(dist), _numbers(json.loads(json.dumps(one)))
+    nd, n1 = json_numbers(dist), json_numbers(json.loads(json.dumps(one)))
     assert nd.keys() == n1.keys() and len(nd) > 100
     for k in nd:
         assert nd[k] == pytest.approx(n1[k], rel=1e-6, abs=1e-7, nan_ok=True), k
