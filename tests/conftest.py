@@ -3,6 +3,7 @@ under $EBMLENS_CACHE (default ~/.cache/ebmlens), so the archive is decoded once 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -93,3 +94,19 @@ def json_numbers(obj, path=""):
     if isinstance(obj, (int, float)) and not isinstance(obj, bool):
         return {path: obj}
     return {}
+
+
+def hf_put(cache: Path, repo: str, files: dict[str, bytes], commit: str = "a" * 40, ref: str | None = "main") -> Path:
+    """Write ``files`` as huggingface_hub does: blobs by hash, snapshot links into them, a ref."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "blobs").mkdir(parents=True, exist_ok=True)
+    snap = folder / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        h = hashlib.sha256(data).hexdigest()
+        (folder / "blobs" / h).write_bytes(data)
+        (snap / name).symlink_to(Path("..", "..", "blobs", h))
+    if ref:
+        (folder / "refs").mkdir(exist_ok=True)
+        (folder / "refs" / ref).write_text(commit)  # no newline, as huggingface_hub writes it
+    return folder

@@ -197,6 +197,24 @@ def load(
     )
 
 
+def arch_name(name: str, cache_dir: str | Path | None = None) -> str:
+    """The architecture of ``hf:ORG/NAME[@REV]`` as a name a checkpoint may carry (``timm:ARCH`` or the
+    config's registered name), for a model fine-tuned from it; read from the cached ``config.json``.
+    ``model_args`` other than ``num_classes`` cannot be carried by a name: refused (pass ``arch=``)."""
+    repo, revision = parse_repo(name)
+    commit, _ = snapshot(repo, revision, cache_dir)
+    cfg = read_config(repo, commit, cache_dir)
+    pc = cfg["pretrained_cfg"] if isinstance(cfg.get("pretrained_cfg"), dict) else cfg
+    arch = cfg.get("architecture") or pc.get("architecture")
+    if not isinstance(arch, str) or not arch:
+        raise ValueError(f"hf:{repo}: config.json names no 'architecture' (found {arch!r}); pass --arch")
+    extra = sorted(set(cfg.get("model_args") or {}) - {"num_classes"})
+    if extra:
+        raise ValueError(f"hf:{repo}: config.json model_args set {', '.join(extra)}, which a fine-tuned "
+                         "checkpoint's architecture name cannot record; pass --arch with a factory that builds it")
+    return arch if (":" in arch or arch in ARCHS) else f"timm:{arch}"
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     """One cached revision: ``spec`` (``ORG/NAME`` for main, else ``ORG/NAME@REV``), its commit, whether

@@ -230,8 +230,8 @@ def _strip(sd: dict, sub: str) -> dict:
 
 
 def _state_dict_from(ckpt: Any, name: str, ensemble: bool = False) -> dict:
-    if "Kireev2021Effectiveness" in name or name == "Andriushchenko2020Understanding":
-        ckpt = ckpt["last"]  # the checkpoint holds 'last' and 'best'; RobustBench evaluates 'last'
+    if ("Kireev2021Effectiveness" in name or name == "Andriushchenko2020Understanding") and "last" in ckpt:
+        ckpt = ckpt["last"]  # their release holds 'last' and 'best' (RobustBench evaluates 'last'); else a state dict
     if isinstance(ckpt, dict) and "state_dict" in ckpt:
         sd = _strip(ckpt["state_dict"], "module.")
     else:

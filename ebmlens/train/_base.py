@@ -2,8 +2,8 @@
 
 The run records the base as its ``source:name`` spec and the architecture as a name a file may carry
 (a registered name or ``source:name``, see :func:`ebmlens.models.archs.is_safe_arch_name`): for
-``ebmlens:``, ``robustbench:`` and ``timm:`` bases the spec itself; for ``file:PATH`` the file's own
-architecture name (or ``arch=`` given by the user).
+``ebmlens:``, ``robustbench:`` and ``timm:`` bases the spec itself; for ``hf:ORG/NAME`` ``timm:ARCH`` of its
+cached ``config.json``; for ``file:PATH`` the file's own architecture name (or ``arch=`` given by the user).
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ def base_arch(init_from: str, arch: str | None) -> str | None:
         return arch
     if source in ARCH_SOURCES:
         return f"{source}:{name}"
+    if source == "hf":  # the cached config.json's timm architecture
+        from ..models.hf import arch_name
+
+        return arch_name(name)
     return None
 
 

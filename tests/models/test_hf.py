@@ -4,11 +4,9 @@ every way a cache breaks is a one-line error."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
-from pathlib import Path
 
 import pytest
 import timm
@@ -21,6 +19,7 @@ from timm.models._hub import save_config_for_hf
 import ebmlens
 from ebmlens.cli import main
 from ebmlens.models import hf
+from tests.conftest import hf_put as put
 
 ARCH = "test_efficientnet"  # timm's smallest registered net (0.36M parameters)
 REPO = "lab/tiny-robust"
@@ -47,22 +46,6 @@ def config(tmp_path_factory) -> dict:
     cfg = json.loads((d / "config.json").read_text())
     cfg["pretrained_cfg"].update(input_size=[3, 32, 32], mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3], crop_pct=1.0)
     return cfg
-
-
-def put(cache: Path, repo: str, files: dict[str, bytes], commit: str = A, ref: str | None = "main") -> Path:
-    """Write ``files`` as huggingface_hub does: blobs by hash, snapshot links into them, a ref."""
-    folder = cache / f"models--{repo.replace('/', '--')}"
-    (folder / "blobs").mkdir(parents=True, exist_ok=True)
-    snap = folder / "snapshots" / commit
-    snap.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        h = hashlib.sha256(data).hexdigest()
-        (folder / "blobs" / h).write_bytes(data)
-        (snap / name).symlink_to(Path("..", "..", "blobs", h))
-    if ref:
-        (folder / "refs").mkdir(exist_ok=True)
-        (folder / "refs" / ref).write_text(commit)  # no newline, as huggingface_hub writes it
-    return folder
 
 
 @pytest.fixture(autouse=True)
