@@ -31,7 +31,7 @@ def model_options(*, model_default: str | None = DEFAULT_MODEL, arch_help: str |
     """``--model --model-dir --dataset --threat-model --arch --trust-checkpoint`` on a command."""
     opts = [
         click.option("--model", "model_spec", default=model_default, show_default=model_default is not None,
-                     help="Model spec: ebmlens:NAME, robustbench:NAME, timm:NAME or file:PATH."),
+                     help="Model spec: ebmlens:NAME, robustbench:NAME, timm:NAME, hf:ORG/NAME[@REV] or file:PATH."),
         click.option("--model-dir", default=None, help="Folder of RobustBench checkpoints (default: models/)."),
         click.option("--dataset", default=None, help="RobustBench dataset of the model (cifar10, cifar100, imagenet)."),
         click.option("--threat-model", default=None, help=THREAT_MODEL_HELP),
