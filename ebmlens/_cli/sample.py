@@ -79,6 +79,20 @@ def parse_classes(text: str | None) -> str | list[str]:
     return parts
 
 
+def card_preset(model, preset: str | None, opts: dict) -> tuple[str, dict, str]:
+    """The preset to run: ``--preset`` when given; else the bundled model card's (its overrides under the
+    user's ``--set``); else ``robust-jem``. Also says where it came from, for the closing line."""
+    if preset is not None:
+        return preset, opts, ""
+    if getattr(model, "source", None) == "ebmlens" and getattr(model, "name", None):
+        from ..models.bundled import sampling_preset
+
+        rec = sampling_preset(model.name)
+        if rec is not None:
+            return rec[0], {**rec[1], **opts}, ", the model card's preset"
+    return "robust-jem", opts, ""
+
+
 def bundled_stats(model) -> Any:
     """The compact class statistics shipped with a bundled model, else ``None``."""
     if getattr(model, "source", None) != "ebmlens" or not getattr(model, "name", None):
@@ -95,7 +109,8 @@ def bundled_stats(model) -> Any:
 @click.option("--stats", "stats_path", default=None, type=click.Path(),
               help="A saved ClassStats file (.safetensors) or an `ebmlens stats` directory, "
                    "instead of fitting on --data.")
-@click.option("--preset", default="robust-jem", show_default=True, help="Sampler preset (see docs/cli.md).")
+@click.option("--preset", default=None,
+              help="Sampler preset (see docs/cli.md); default: the model card's preset, else robust-jem.")
 @click.option("-n", "--n", "--num-samples", "n", default=64, show_default=True, type=int,
               help="Number of samples. Under torchrun write -n or --num-samples: torchrun's own parser "
                    "rejects --n as an abbreviation of its --nnodes/--nproc-per-node.")
@@ -173,7 +188,7 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpo
                          f"`ebmlens merge {out}` then `ebmlens evaluate {out} --metrics {eval_metrics}`")
     check_out_dir(out, resume=resume, overwrite=overwrite, shard=task)  # before any model or statistics
     setup_runtime(device, threads)
-    if preset not in presets.names():
+    if preset is not None and preset not in presets.names():
         presets.get(preset)  # raises the error with close matches
     opts = dict(parse_override(s) for s in overrides)
     metrics = ref_spec = None
@@ -201,6 +216,7 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpo
         stats = ClassStats.load(stats_path, classes=order)  # a per-class directory: only the classes sampled
     elif data is None:
         stats = bundled_stats(model)
+    preset, opts, how = card_preset(model, preset, opts)
     pipe = presets.get(preset, stats=stats, data=data, dataset=model.dataset, **opts)
     plan = RunPlan.build(model, pipe, n, out, classes=wanted, options=options)
     run = run_plan(plan, progress=True)
@@ -214,7 +230,7 @@ def sample_cmd(model_spec, model_dir, dataset, threat_model, arch, trust_checkpo
     t = run.run["timings"]
     ips = f", {t['images_per_s']:.2f} images/s" if t.get("images_per_s") else ""
     grid = f", grid {run.grid}" if run.grid else ""
-    click.echo(f"wrote {run.n} samples to {run.out_dir}{grid} ({preset}{ips})")
+    click.echo(f"wrote {run.n} samples to {run.out_dir}{grid} ({preset}{how}{ips})")
     if metrics is not None:
         evaluate_run(run, metrics, ref_spec, inception_weights=inception_weights, feature_model=feature_model,
                      device=device, batch_size=run.run["attempts"][-1]["batch_size"], trust_checkpoint=trust_checkpoint)

@@ -5,7 +5,9 @@ Each model is a pair in the ``bundled/`` folder next to this file:
 * ``NAME.safetensors`` - the weights (may be stored in float16; cast to float32 on load);
 * ``NAME.json``        - ``{"arch", "num_classes", "class_names", "mean", "std", "input_shape",
   "threat_model", "eps", "dataset", "card": {...}}``; the card records how it was trained and
-  measured.
+  measured. Optional: ``"stats": OTHER`` (use ``OTHER.stats.safetensors``, e.g. a fine-tuned model's
+  base, which saw the same training images) and ``"sampling": {"preset": NAME, "set": {...}}`` (the
+  preset, with overrides, that ``ebmlens sample`` uses for this model when no ``--preset`` is given).
 
 The folder can be redirected with ``$EBMLENS_BUNDLED_DIR`` or by setting :data:`BUNDLED_DIR`.
 
@@ -25,7 +27,7 @@ from .archs import arch_from_file
 from .file import load_into, read_checkpoint
 
 __all__ = ["DEFAULT_MODEL", "BUNDLED_DIR", "bundled_dir", "list_names", "load", "model_card", "model_meta",
-           "bundled_stats"]
+           "bundled_stats", "sampling_preset"]
 
 #: Override for the folder of bundled models (``None``: ``$EBMLENS_BUNDLED_DIR`` or the package's).
 BUNDLED_DIR: Path | None = None
@@ -122,10 +124,31 @@ def bundled_stats(name: str):
     torch.Size([10, 3072])
     """
     name = name.split(":", 1)[1] if name.startswith("ebmlens:") else name
-    model_meta(name)  # unknown names fail with the choices
-    path = bundled_dir() / f"{name}.stats.safetensors"
+    meta = model_meta(name)  # unknown names fail with the choices
+    owner = meta.get("stats", name)  # a fine-tuned model shares its base's statistics
+    if not isinstance(owner, str) or owner not in list_names():
+        raise ValueError(f"bundled model file {str(bundled_dir() / (name + '.json'))!r} names stats {owner!r}, "
+                         "not a bundled model; reinstall ebmlens")
+    path = bundled_dir() / f"{owner}.stats.safetensors"
     if not path.is_file():
         return None
     from ..stats import ClassStats
 
     return ClassStats.load(path)
+
+
+def sampling_preset(name: str) -> tuple[str, dict] | None:
+    """``(preset, overrides)`` that the bundled model ``name``'s card recommends (``"sampling"`` in its
+    JSON: e.g. a DAT-fine-tuned model's ``dat2025`` with the step count chosen for it), else ``None``.
+
+    >>> sampling_preset("cifar10-l2-small") is None
+    True
+    """
+    name = name.split(":", 1)[1] if name.startswith("ebmlens:") else name
+    rec = model_meta(name).get("sampling")
+    if rec is None:
+        return None
+    if not (isinstance(rec, dict) and isinstance(rec.get("preset"), str) and isinstance(rec.get("set", {}), dict)):
+        raise ValueError(f"bundled model file {str(bundled_dir() / (name + '.json'))!r} has a malformed 'sampling' "
+                         f"entry {rec!r}; reinstall ebmlens")
+    return rec["preset"], dict(rec.get("set", {}))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 import ebmlens
@@ -79,3 +80,50 @@ def test_the_robust_judge_reaches_its_card(cifar_test):
     res = robust_accuracy(model, cifar_test, attack, indices=cifar_test.strided(1000), batch_size=250).to_dict()
     assert abs(res["clean_acc"] - ev["clean_acc"]) <= 0.01 and abs(res["robust_acc"] - ev["robust_acc"]) <= 0.02, res
     assert res["robust_acc"] > 0.3 and res["robust_acc"] < res["clean_acc"]
+
+
+def _bundle_copy(tmp_path, monkeypatch, extra: dict) -> str:
+    """A bundled folder holding the real model and a copy of it whose JSON carries ``extra``."""
+    src = bundled.bundled_dir()
+    for f in (f"{NAME}.json", f"{NAME}.safetensors", f"{NAME}.stats.safetensors"):
+        (tmp_path / f).write_bytes((src / f).read_bytes())
+    meta = json.loads((src / f"{NAME}.json").read_text())
+    (tmp_path / "tuned.json").write_text(json.dumps({**meta, "name": "tuned", **extra}))
+    (tmp_path / "tuned.safetensors").write_bytes((src / f"{NAME}.safetensors").read_bytes())
+    monkeypatch.setattr(bundled, "BUNDLED_DIR", tmp_path)
+    return "tuned"
+
+
+def test_card_preset_and_shared_statistics(tmp_path, monkeypatch):
+    """A fine-tuned bundled model names its base's statistics and its own preset; ``ebmlens sample`` without
+    --preset runs that preset with the card's overrides (the user's --set and --preset win)."""
+    from click.testing import CliRunner
+
+    from ebmlens.cli import main
+
+    name = _bundle_copy(tmp_path, monkeypatch, {"stats": NAME, "sampling": {"preset": "dat2025", "set": {"steps": 3}}})
+    assert bundled.sampling_preset(name) == ("dat2025", {"steps": 3})
+    assert bundled.sampling_preset(NAME) is None
+    assert torch.equal(bundled.bundled_stats(name).mean, bundled.bundled_stats(NAME).mean)
+
+    def run(*args):
+        out = tmp_path / f"s{len(list(tmp_path.glob('s*')))}"
+        r = CliRunner().invoke(main, ["sample", "--model", f"ebmlens:{name}", "--n", "2", "--no-png", "--no-grid",
+                                      "--threads", "1", "--out", str(out), *args])
+        assert r.exit_code == 0, r.output
+        return r.output, json.loads((out / "run.json").read_text())["pipeline"]
+
+    threads = torch.get_num_threads()
+    try:
+        said, rec = run()
+        assert "dat2025, the model card's preset" in said
+        assert rec["stages"][0]["name"] == "TargetedPGD" and rec["stages"][0]["steps"] == 3, rec
+        assert run("--set", "steps=2")[1]["stages"][0]["steps"] == 2
+        said, rec = run("--preset", "jempp")
+        assert rec["stages"][0]["name"] == "SGLD" and "model card" not in said
+    finally:
+        torch.set_num_threads(threads)
+    (tmp_path / "tuned.json").write_text(json.dumps({**json.loads((tmp_path / "tuned.json").read_text()),
+                                                      "stats": "nowhere"}))
+    with pytest.raises(ValueError, match="names stats 'nowhere'"):
+        bundled.bundled_stats(name)
