@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ebmlens.sampling.outputs import to_uint8_nhwc  # noqa: E402
+from ebmlens.runs.outputs import to_uint8_nhwc  # noqa: E402
 from quality import draw, judge_features  # noqa: E402
 
 import ebmlens  # noqa: E402
