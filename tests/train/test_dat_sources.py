@@ -32,8 +32,13 @@ def _train(args):
 
 
 def _moved(base, out, x):
-    """The fine-tuned run loads back as file: and its logits differ from the base's."""
+    """The fine-tuned run loads back as file:, started from the base's weights (a step away from them, not a
+    fresh initialization) and moved (its logits differ)."""
     tuned = ebmlens.load_model(f"file:{out / 'model.safetensors'}")
+    a_sd, b_sd = base.classifier.state_dict(), tuned.classifier.state_dict()
+    diff = sum(float((a_sd[k].float() - b_sd[k].float()).norm() ** 2) for k in a_sd if a_sd[k].is_floating_point())
+    norm = sum(float(a_sd[k].float().norm() ** 2) for k in a_sd if a_sd[k].is_floating_point())
+    assert 0 < diff ** 0.5 < 0.1 * norm ** 0.5, (diff ** 0.5, norm ** 0.5)
     with torch.no_grad():
         a, b = base.logits(x), tuned.logits(x)
     assert a.shape == b.shape and not torch.allclose(a, b)
@@ -103,3 +108,31 @@ def test_dat_from_a_robustbench_model_dir(tmp_path, monkeypatch):
     assert meta["arch"] == f"robustbench:{name}" and meta["base"] == f"robustbench:{name}"
     base = ebmlens.load_model(f"robustbench:{name}", threat_model="Linf")
     _moved(base, out, torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)))
+
+
+def test_dat_from_timm_weights_in_the_hugging_face_cache(offline, tmp_path):
+    """``timm:NAME`` whose weights live on the Hub (read from the cache, never through timm's hub loader):
+    timm's smallest ImageNet net at its 160 px, on 1,000 one-image classes."""
+    import numpy as np
+
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save
+
+    name = "test_efficientnet.r160_in1k"
+    torch.manual_seed(0)
+    net = timm.create_model(name, pretrained=False)
+    cfg = {"architecture": "test_efficientnet", "num_classes": 1000, "pretrained_cfg": {}}
+    weights = save({k: v.contiguous() for k, v in net.state_dict().items()})
+    hf_put(offline, f"timm/{name}", {"config.json": json.dumps(cfg).encode(), "model.safetensors": weights})
+    rng = np.random.default_rng(0)
+    data = tmp_path / "in1k.npz"
+    np.savez(data, images=rng.integers(0, 256, (1000, 160, 160, 3), dtype=np.uint8), labels=np.arange(1000),
+             class_names=np.array([f"c{i}" for i in range(1000)]))
+    out = tmp_path / "run"
+    r = _train([*FAST, "--init-from", f"timm:{name}", "--negatives", f"npz:{data}", "--data", f"npz:{data}",
+                "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["arch"] == f"timm:{name}" and meta["base"] == f"timm:{name}"
+    x = torch.rand(2, 3, 160, 160, generator=torch.Generator().manual_seed(3))
+    _moved(ebmlens.load_model(f"timm:{name}"), out, x)
