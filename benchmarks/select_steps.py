@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ebmlens.runs.outputs import to_uint8_nhwc  # noqa: E402
 from quality import draw, judge_features  # noqa: E402
 
 import ebmlens  # noqa: E402
@@ -38,6 +37,7 @@ from ebmlens import metrics as M  # noqa: E402
 from ebmlens._io import atomic_save_npz, atomic_write_json  # noqa: E402
 from ebmlens.data import default_cifar10_path, load_data  # noqa: E402
 from ebmlens.metrics.features import extractor  # noqa: E402
+from ebmlens.runs.outputs import to_uint8_nhwc  # noqa: E402
 from ebmlens.sampling import presets  # noqa: E402
 
 
