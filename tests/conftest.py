@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,21 @@ def hf_put(cache: Path, repo: str, files: dict[str, bytes], commit: str = "a" * 
         (folder / "refs").mkdir(exist_ok=True)
         (folder / "refs" / ref).write_text(commit)  # no newline, as huggingface_hub writes it
     return folder
+
+
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    """No socket opens (a test that tries fails); ``HF_HUB_CACHE`` is an empty folder of the test's own,
+    returned for the test to fill (``hf_put``)."""
+    calls = []
+
+    def refuse(*a, **k):
+        calls.append(a)
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    yield tmp_path / "hub"
+    assert calls == [], f"network access attempted: {calls}"

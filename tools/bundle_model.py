@@ -2,7 +2,7 @@
 
     python tools/bundle_model.py runs/cifar10-l2-small cifar10-l2-small --card card.json
     python tools/bundle_model.py runs/dat cifar10-l2-small-dat --card card.json --stats-from cifar10-l2-small \
-        --preset dat2025 --set steps=33            # a fine-tuned model: its base's statistics, its own preset
+        --preset dat2025 --set steps=19            # a fine-tuned model: its base's statistics, its own preset
 
 Writes ebmlens/models/bundled/NAME.safetensors (weights in float16; BatchNorm running statistics and
 counters kept in their own dtype) and NAME.json (architecture, normalization, classes and the model

@@ -53,6 +53,13 @@ log = logging.getLogger(__name__)
 _LOADING_ARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
 
 
+def _form(cfg: dict) -> tuple[dict, Any]:
+    """``(pretrained_cfg, architecture)`` of a timm config.json: the new form nests the data config in
+    ``pretrained_cfg``, the old one has it at the top level."""
+    pc = cfg["pretrained_cfg"] if isinstance(cfg.get("pretrained_cfg"), dict) else cfg
+    return pc, cfg.get("architecture") or pc.get("architecture")
+
+
 def _field(cfg: dict, pc: dict, key: str, check: Callable[[Any], bool], want: str, repo: str) -> Any:
     """``key`` of the config: ``num_classes`` at the top level wins over ``pretrained_cfg`` (as in timm),
     the data fields (mean, std, input_size) are read from ``pretrained_cfg`` first."""
@@ -149,8 +156,7 @@ def load(
             raise FileNotFoundError(f"hf:{repo}: the cached snapshot {commit[:12]} has no config.json, so the "
                                     "architecture is unknown; pass arch= (CLI --arch)") from None
         cfg = {}
-    pc = cfg["pretrained_cfg"] if isinstance(cfg.get("pretrained_cfg"), dict) else cfg  # new form, else old
-    arch_name = cfg.get("architecture") or pc.get("architecture")
+    pc, arch_name = _form(cfg)
     if arch is None and not isinstance(arch_name, str):
         raise ValueError(f"hf:{repo}: config.json names no 'architecture' (found {arch_name!r}); pass arch=")
     model_args = cfg.get("model_args") or {}
@@ -204,8 +210,7 @@ def arch_name(name: str, cache_dir: str | Path | None = None) -> str:
     repo, revision = parse_repo(name)
     commit, _ = snapshot(repo, revision, cache_dir)
     cfg = read_config(repo, commit, cache_dir)
-    pc = cfg["pretrained_cfg"] if isinstance(cfg.get("pretrained_cfg"), dict) else cfg
-    arch = cfg.get("architecture") or pc.get("architecture")
+    arch = _form(cfg)[1]
     if not isinstance(arch, str) or not arch:
         raise ValueError(f"hf:{repo}: config.json names no 'architecture' (found {arch!r}); pass --arch")
     extra = sorted(set(cfg.get("model_args") or {}) - {"num_classes"})

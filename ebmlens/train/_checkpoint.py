@@ -145,9 +145,8 @@ def export(model, cfg: TrainConfig, out: Path, history: list) -> None:
     """``model.safetensors`` + ``model.json`` (the run's final weights, config and metrics). The
     safetensors header carries the loading metadata too (``ebmlens_meta``), so ``file:.../model.safetensors``
     opens on its own."""
-    head = {**_meta(model, cfg), "threat_model": cfg.threat_model, "eps": cfg.eps, "objective": cfg.objective_name}
+    base = {**_meta(model, cfg), "threat_model": cfg.threat_model, "eps": cfg.eps}
     atomic_save_safetensors(model.classifier.state_dict(), out / "model.safetensors",
-                            metadata={"ebmlens_meta": json.dumps(head)})
-    meta = {**_meta(model, cfg), "threat_model": cfg.threat_model, "eps": cfg.eps, "config": cfg.to_dict(),
-            "final_metrics": history[-1] if history else {}}
+                            metadata={"ebmlens_meta": json.dumps({**base, "objective": cfg.objective_name})})
+    meta = {**base, "config": cfg.to_dict(), "final_metrics": history[-1] if history else {}}
     atomic_write_json(out / "model.json", meta)

@@ -6,9 +6,8 @@ file may carry, and its weights must load back as ``file:`` into the same networ
 from __future__ import annotations
 
 import json
-import socket
 
-import pytest
+import timm
 import torch
 from click.testing import CliRunner
 
@@ -45,19 +44,7 @@ def _moved(base, out, x):
     return tuned
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    def refuse(*a, **k):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    return tmp_path / "hub"
-
-
-def test_dat_from_a_hugging_face_cache(offline, tiny_spec, tmp_path):
-    timm = pytest.importorskip("timm")
+def test_dat_from_a_hugging_face_cache(offline_hub, tiny_spec, tmp_path):
     from safetensors.torch import save
 
     torch.manual_seed(0)
@@ -65,7 +52,7 @@ def test_dat_from_a_hugging_face_cache(offline, tiny_spec, tmp_path):
     cfg = {"architecture": "test_efficientnet", "num_classes": 4, "label_names": ["a", "b", "c", "d"],
            "pretrained_cfg": {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.25] * 3}}
     sd = save({k: v.contiguous() for k, v in net.state_dict().items()})
-    hf_put(offline, "lab/tiny", {"config.json": json.dumps(cfg).encode(), "model.safetensors": sd})
+    hf_put(offline_hub, "lab/tiny", {"config.json": json.dumps(cfg).encode(), "model.safetensors": sd})
     neg = write_tiny_npz(tmp_path / "neg.npz", n_per_class=2, seed=9)
     out = tmp_path / "run"
     r = _train([*FAST, "--init-from", "hf:lab/tiny", "--negatives", f"npz:{neg}", "--data", tiny_spec,
@@ -78,7 +65,7 @@ def test_dat_from_a_hugging_face_cache(offline, tiny_spec, tmp_path):
     assert tuned.class_names == ["a", "b", "c", "d"] and tuned.mean.flatten().tolist() == [0.5] * 3
     # model_args a name cannot carry: one line naming the fix, before any training
     cfg["model_args"] = {"drop_rate": 0.5}
-    hf_put(offline, "lab/args", {"config.json": json.dumps(cfg).encode(), "model.safetensors": sd})
+    hf_put(offline_hub, "lab/args", {"config.json": json.dumps(cfg).encode(), "model.safetensors": sd})
     r = _train([*FAST, "--init-from", "hf:lab/args", "--negatives", f"npz:{neg}", "--data", tiny_spec,
                 "--out", str(tmp_path / "args")])
     assert r.exit_code == 2 and "drop_rate" in r.output and "--arch" in r.output, r.output
@@ -110,12 +97,10 @@ def test_dat_from_a_robustbench_model_dir(tmp_path, monkeypatch):
     _moved(base, out, torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)))
 
 
-def test_dat_from_timm_weights_in_the_hugging_face_cache(offline, tmp_path):
+def test_dat_from_timm_weights_in_the_hugging_face_cache(offline_hub, tmp_path):
     """``timm:NAME`` whose weights live on the Hub (read from the cache, never through timm's hub loader):
     timm's smallest ImageNet net at its 160 px, on 1,000 one-image classes."""
     import numpy as np
-
-    timm = pytest.importorskip("timm")
     from safetensors.torch import save
 
     name = "test_efficientnet.r160_in1k"
@@ -123,7 +108,7 @@ def test_dat_from_timm_weights_in_the_hugging_face_cache(offline, tmp_path):
     net = timm.create_model(name, pretrained=False)
     cfg = {"architecture": "test_efficientnet", "num_classes": 1000, "pretrained_cfg": {}}
     weights = save({k: v.contiguous() for k, v in net.state_dict().items()})
-    hf_put(offline, f"timm/{name}", {"config.json": json.dumps(cfg).encode(), "model.safetensors": weights})
+    hf_put(offline_hub, f"timm/{name}", {"config.json": json.dumps(cfg).encode(), "model.safetensors": weights})
     rng = np.random.default_rng(0)
     data = tmp_path / "in1k.npz"
     np.savez(data, images=rng.integers(0, 256, (1000, 160, 160, 3), dtype=np.uint8), labels=np.arange(1000),
